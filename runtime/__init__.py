@@ -1,0 +1,1 @@
+"""lorafleet runtime: a TGI-compatible multi-LoRA inference server."""

@@ -1,0 +1,100 @@
+"""The engine's request and output types: the contract between the engine and the server.
+
+The server turns HTTP bodies into `GenerationRequest`s, hands them to `Engine`, and turns the
+`TokenEvent`s / `GenerationResult`s that come back into TGI and OpenAI JSON. Validation of
+values against the model's limits happens in the engine (it knows them) and raises
+`EngineValidationError` with a message that names the parameter.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class EngineError(Exception):
+    """Root of the engine's errors."""
+
+
+class EngineValidationError(EngineError):
+    """A request the engine refuses before running it (bad parameter, too long, ...)."""
+
+
+class AdapterLoadError(EngineValidationError):
+    """An adapter id that cannot be found, downloaded or validated against the base model."""
+
+
+class GenerationError(EngineError):
+    """A request that failed while running; other requests of the batch are unaffected."""
+
+
+class FinishReason(str, enum.Enum):
+    LENGTH = "length"
+    EOS_TOKEN = "eos_token"
+    STOP_SEQUENCE = "stop_sequence"
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Decoding parameters of one request (TGI's names; `None` = not set)."""
+
+    max_new_tokens: int | None = None  # None: max_total_tokens - input length
+    do_sample: bool = False
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    typical_p: float | None = None
+    repetition_penalty: float | None = None
+    frequency_penalty: float | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    top_n_tokens: int = 0  # alternatives returned per generated token
+    ignore_eos: bool = False
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One request: a prompt (text, or token ids) for the base model or one adapter."""
+
+    prompt: str | list[int]
+    params: SamplingParams = field(default_factory=SamplingParams)
+    adapter_id: str | None = None  # None = the base model
+    truncate: int | None = None  # keep only the last `truncate` prompt tokens
+    decoder_input_details: bool = False  # return log-probs of the prompt tokens
+    add_special_tokens: bool = True
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    id: int
+    text: str
+    logprob: float | None
+    special: bool = False
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """One generated token, streamed as soon as it is sampled.
+
+    `text` is the newly decodable text (may be "" while a multi-byte character is incomplete).
+    The last event of a request has `finish_reason` and `result` set.
+    """
+
+    index: int  # 1-based position among generated tokens
+    token: TokenInfo
+    text: str
+    top_tokens: tuple[TokenInfo, ...] = ()
+    finish_reason: FinishReason | None = None
+    result: GenerationResult | None = None
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    generated_text: str
+    finish_reason: FinishReason
+    tokens: tuple[TokenInfo, ...]
+    prompt_tokens: tuple[TokenInfo, ...]  # log-probs only with decoder_input_details
+    top_tokens: tuple[tuple[TokenInfo, ...], ...]
+    seed: int | None
+    num_prompt_tokens: int
+    adapter_id: str | None
