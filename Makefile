@@ -26,7 +26,7 @@ test: setup
 	$(BIN)/python -m pytest
 
 demo: setup
-	$(BIN)/python -m lorafleet.demo
+	$(BIN)/python scripts/demo.py
 
 lint: setup
 	$(BIN)/ruff check sdk controlplane runtime kernels tests benchmarks
