@@ -28,3 +28,22 @@ def add_lora(
         delta = float(scales[slot]) * (shrunk @ lora_b[slot].float().T)  # [N]
         out[t] = (out[t].float() + delta).to(out.dtype)
     return out
+
+
+def add_lora_sliced(
+    out: torch.Tensor,  # [T, N], N = sum(slice_widths)
+    x: torch.Tensor,  # [T, K]
+    lora_a: torch.Tensor,  # [L, S, R, K]
+    lora_b: torch.Tensor,  # [L, N, R]
+    token_lora: torch.Tensor,  # [T] int, -1 = no adapter
+    scales: torch.Tensor,  # [L] or [S, L] float32
+    slice_widths: tuple[int, ...],  # S output widths, e.g. (q, k, v)
+) -> torch.Tensor:
+    """Fused projections (q/k/v, gate/up): slice s is an ordinary LoRA on columns of `out`."""
+    begin = 0
+    for s, width in enumerate(slice_widths):
+        slice_scales = scales if scales.dim() == 1 else scales[s]
+        columns = out[:, begin : begin + width]  # a view: writes land in out
+        add_lora(columns, x, lora_a[:, s], lora_b[:, begin : begin + width], token_lora, slice_scales)
+        begin += width
+    return out

@@ -1,27 +1,39 @@
 """Grouped multi-LoRA in torch: one matmul pair per adapter present in the batch.
 
-This is the CPU path (and the fallback when Triton is not available). It groups tokens by
-adapter slot, so its cost grows with the number of distinct adapters, not with the tokens.
+This is the CPU path (and the fallback when Triton is not available). It walks the slot
+segments of a `LoraBatch`, so its cost grows with the number of distinct adapters, not with the
+tokens. Each slot's delta is computed in float32 and added into `out` with one rounding.
 """
 
 from __future__ import annotations
 
 import torch
+from lorafleet.kernels.batch import LoraBatch
 
 
-def add_lora(
+def add_lora_sliced(
     out: torch.Tensor,  # [T, N]
     x: torch.Tensor,  # [T, K]
-    lora_a: torch.Tensor,  # [L, R, K]
+    lora_a: torch.Tensor,  # [L, S, R, K]
     lora_b: torch.Tensor,  # [L, N, R]
-    token_lora: torch.Tensor,  # [T] int, -1 = no adapter
-    scales: torch.Tensor,  # [L] float32
+    scales: torch.Tensor,  # [S, L] float32
+    slice_offsets: list[int],  # S + 1 column offsets into N
+    meta: LoraBatch,
 ) -> torch.Tensor:
-    for slot in torch.unique(token_lora).tolist():
-        if slot < 0:
+    """Adds, for every slot with tokens, `scale * (x @ A_s.T) @ B_s.T` into each slice of out."""
+    _, num_slices, rank, hidden_in = lora_a.shape
+    counts = meta.slot_counts.tolist()
+    starts = meta.slot_starts.tolist()
+    for slot, (start, count) in enumerate(zip(starts, counts, strict=True)):
+        if count == 0:
             continue
-        rows = (token_lora == slot).nonzero(as_tuple=True)[0]
-        shrunk = x[rows].float() @ lora_a[slot].float().T  # [n, R]
-        delta = (shrunk @ lora_b[slot].float().T) * scales[slot].float()  # [n, N]
+        rows = meta.sorted_tokens[start : start + count].long()  # [n]
+        a = lora_a[slot].reshape(num_slices * rank, hidden_in).float()  # [S*R, K]
+        shrunk = x[rows].float() @ a.T  # [n, S*R]
+        delta = torch.empty(count, out.shape[1], dtype=torch.float32, device=out.device)  # [n, N]
+        for s in range(num_slices):
+            begin, end = slice_offsets[s], slice_offsets[s + 1]
+            b = lora_b[slot, begin:end].float()  # [N_s, R]
+            delta[:, begin:end] = (shrunk[:, s * rank : (s + 1) * rank] @ b.T) * scales[s, slot]
         out[rows] = (out[rows].float() + delta).to(out.dtype)
     return out
