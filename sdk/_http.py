@@ -145,7 +145,10 @@ def raise_for_status(response: httpx.Response) -> None:
 
 def _network_error(call: ApiCall, url: str, error: Exception, attempts: int) -> NetworkError:
     tries = f" after {attempts} attempts" if attempts > 1 else ""
-    return NetworkError(f"{call.method} {url} failed{tries}: {type(error).__name__}: {error}")
+    return NetworkError(
+        f"{call.method} {url} failed{tries}: {type(error).__name__}: {error}. "
+        "Is the control plane running there? (set LORAFLEET_URL or pass the URL)"
+    )
 
 
 def send_sync(http: httpx.Client, base_url: str, call: ApiCall, token: str | None, retry: RetryPolicy):
