@@ -1,0 +1,47 @@
+"""The FastAPI app of one replica."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+
+from fastapi import FastAPI
+from lorafleet.runtime.server import __version__
+from lorafleet.runtime.server.config import ServerConfig
+from lorafleet.runtime.server.context import ServerContext
+from lorafleet.runtime.server.errors import install_error_handlers
+from lorafleet.runtime.server.loading import load_engine
+from lorafleet.runtime.server.routes_info import info_router
+from lorafleet.runtime.server.routes_openai import openai_router
+from lorafleet.runtime.server.routes_tgi import tgi_router
+
+logger = logging.getLogger("lorafleet.runtime.server")
+
+
+def create_app(config: ServerConfig, *, on_fatal: Callable[[], None] | None = None) -> FastAPI:
+    """The app for `config`; the engine starts loading when the app starts.
+
+    Args:
+        config: the parsed flags.
+        on_fatal: called (from the loader thread) if the model fails to load; the CLI uses it
+            to stop the server so the process exits non-zero and the control plane sees it.
+    """
+    ctx = ServerContext.create(config)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        ctx.holder.start_loading(lambda progress: load_engine(config, progress), on_fatal or (lambda: None))
+        try:
+            yield
+        finally:
+            logger.info("shutting down the engine")
+            ctx.holder.shutdown()
+
+    app = FastAPI(title="lorafleet runtime", version=__version__, lifespan=lifespan)
+    app.state.context = ctx
+    install_error_handlers(app)
+    app.include_router(info_router(ctx))
+    app.include_router(tgi_router(ctx))
+    app.include_router(openai_router(ctx))
+    return app

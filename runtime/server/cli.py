@@ -1,0 +1,229 @@
+"""`lorafleet-runtime` / `python -m lorafleet.runtime`: TGI's launcher flags and env vars.
+
+A flag wins over its environment variable, which wins over the default. Bad values stop the
+process before anything loads, with a message naming the flag and its variable.
+
+Example:
+    MODEL_ID=/repository LORA_ADAPTERS=predibase/magicoder,support=/data/support PORT=8080 \\
+        python -m lorafleet.runtime --max-total-tokens 4096
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from lorafleet.runtime.server.config import ConfigError, ServerConfig, parse_adapter_list
+
+DTYPES = ("float16", "bfloat16", "float32")
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
+def _int(value: str) -> int:
+    try:
+        return int(value.strip())
+    except ValueError:
+        raise ValueError("must be an integer") from None
+
+
+def _positive_int(value: str) -> int:
+    number = _int(value)
+    if number <= 0:
+        raise ValueError("must be a positive integer")
+    return number
+
+
+def _port(value: str) -> int:
+    number = _int(value)
+    if not 1 <= number <= 65535:
+        raise ValueError("must be a port number between 1 and 65535")
+    return number
+
+
+def _choice(choices: Sequence[str]) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        if value.lower() not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return value.lower()
+
+    return parse
+
+
+def _text(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value.strip()
+
+
+@dataclass(frozen=True)
+class Flag:
+    name: str  # --model-id
+    env: tuple[str, ...]  # MODEL_ID, ...: read in this order when the flag is absent
+    parse: Callable[[str], Any]
+    help: str
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def dest(self) -> str:
+        return self.name.removeprefix("--").replace("-", "_")
+
+    def label(self) -> str:
+        return "/".join((self.name, *self.env))
+
+
+FLAGS = (
+    Flag("--model-id", ("MODEL_ID",), _text, "base model: a local directory or a Hub repo id"),
+    Flag("--revision", ("REVISION",), _text, "Hub revision of the base model"),
+    Flag(
+        "--lora-adapters",
+        ("LORA_ADAPTERS",),
+        lambda v: parse_adapter_list(v),
+        "comma list of adapters to preload: `id`, `id@rev`, `name=path`",
+    ),
+    Flag("--dtype", ("DTYPE",), _choice(DTYPES), "weights and activations dtype"),
+    Flag("--device", ("DEVICE",), _text, "torch device (default: cuda when available, else cpu)"),
+    Flag(
+        "--max-input-length",
+        ("MAX_INPUT_LENGTH", "MAX_INPUT_TOKENS"),
+        _positive_int,
+        "longest prompt in tokens",
+        aliases=("--max-input-tokens",),
+    ),
+    Flag("--max-total-tokens", ("MAX_TOTAL_TOKENS",), _positive_int, "longest prompt + output in tokens"),
+    Flag(
+        "--max-batch-prefill-tokens",
+        ("MAX_BATCH_PREFILL_TOKENS",),
+        _positive_int,
+        "prompt tokens prefilled per engine step",
+    ),
+    Flag(
+        "--max-batch-total-tokens",
+        ("MAX_BATCH_TOTAL_TOKENS",),
+        _positive_int,
+        "tokens (prompt + output) of all running requests",
+    ),
+    Flag(
+        "--max-concurrent-requests",
+        ("MAX_CONCURRENT_REQUESTS",),
+        _positive_int,
+        "requests in flight before answering 429 (default 128)",
+    ),
+    Flag(
+        "--max-loaded-adapters",
+        ("MAX_LOADED_ADAPTERS",),
+        _positive_int,
+        "adapters kept loaded; least recently used ones are evicted past it",
+    ),
+    Flag("--block-size", ("BLOCK_SIZE",), _positive_int, "tokens per KV-cache block (default 16)"),
+    Flag(
+        "--num-kv-blocks", ("NUM_KV_BLOCKS",), _positive_int, "KV-cache blocks (default: sized by the engine)"
+    ),
+    Flag("--hostname", ("HOSTNAME",), _text, "address to listen on (default 0.0.0.0)"),
+    Flag("--port", ("PORT",), _port, "port to listen on (default 3000)"),
+    Flag("--log-level", ("LOG_LEVEL",), _choice(LOG_LEVELS), "log level (default info)"),
+)
+_FLAG_FIELDS = {"max_input_length": "max_input_tokens"}  # flag name → ServerConfig field
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lorafleet-runtime",
+        description="Serve one base model and many LoRA adapters over TGI- and OpenAI-compatible HTTP.",
+    )
+    for flag in FLAGS:
+        env_help = " or ".join(f"${e}" for e in flag.env)
+        parser.add_argument(
+            flag.name, *flag.aliases, dest=flag.dest, default=None, help=f"{flag.help} [{env_help}]"
+        )
+    return parser
+
+
+def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> ServerConfig:
+    """Flags and env vars → `ServerConfig`; raises `ConfigError` naming the bad flag."""
+    env = os.environ if env is None else env
+    args = vars(build_parser().parse_args(argv))
+    values: dict[str, Any] = {}
+    for flag in FLAGS:
+        raw, origin = args[flag.dest], flag.name
+        if raw is None:
+            origin, raw = next(((e, env[e]) for e in flag.env if env.get(e, "").strip()), (origin, None))
+        if raw is None:
+            continue
+        try:
+            values[_FLAG_FIELDS.get(flag.dest, flag.dest)] = flag.parse(raw)
+        except ConfigError:
+            raise
+        except ValueError as e:
+            raise ConfigError(f"{flag.label()}: invalid value {raw!r} (from {origin}): {e}") from e
+    if "model_id" not in values:
+        raise ConfigError("--model-id/MODEL_ID is required: a local model directory or a Hub repo id")
+    _check_limits(values)
+    return ServerConfig(**values)
+
+
+def _check_limits(values: Mapping[str, Any]) -> None:
+    max_input, max_total = values.get("max_input_tokens"), values.get("max_total_tokens")
+    prefill = values.get("max_batch_prefill_tokens")
+    if max_input is not None and max_total is not None and max_input >= max_total:
+        raise ConfigError(
+            f"--max-input-length ({max_input}) must be < --max-total-tokens ({max_total}): "
+            "no room is left for output tokens"
+        )
+    if max_input is not None and prefill is not None and prefill < max_input:
+        raise ConfigError(
+            f"--max-batch-prefill-tokens ({prefill}) must be >= --max-input-length ({max_input})"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the server until SIGINT/SIGTERM; returns the process exit code."""
+    try:
+        config = parse_config(argv)
+    except ConfigError as e:
+        print(f"lorafleet-runtime: error: {e}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return serve(config)
+
+
+def serve(config: ServerConfig) -> int:
+    import uvicorn
+    from lorafleet.runtime.server.app import create_app
+
+    failed = False
+    server: uvicorn.Server | None = None
+
+    def on_fatal() -> None:
+        nonlocal failed
+        failed = True
+        if server is not None:
+            server.should_exit = True
+
+    app = create_app(config, on_fatal=on_fatal)
+    uvicorn_config = uvicorn.Config(
+        app,
+        host=config.hostname,
+        port=config.port,
+        log_level=config.log_level,
+        timeout_graceful_shutdown=30,
+    )
+    server = uvicorn.Server(uvicorn_config)
+    logging.getLogger("lorafleet.runtime.server").info(
+        "listening on http://%s:%d (model %s)", config.hostname, config.port, config.model_id
+    )
+    try:
+        server.run()
+    except SystemExit as e:  # uvicorn exits this way when it cannot bind the port
+        return int(e.code or 1)
+    if failed:
+        return 1
+    return 0 if server.started else 1

@@ -1,0 +1,71 @@
+"""The server's configuration: one frozen dataclass, built by the CLI from flags and env vars."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+class ConfigError(ValueError):
+    """A bad flag or environment value; the message names the flag (and its env var)."""
+
+
+@dataclass(frozen=True)
+class AdapterSource:
+    """One entry of `--lora-adapters`: `id`, `id@revision`, `name=path` or `name=repo@revision`."""
+
+    adapter_id: str
+    source: str  # a local directory or a Hub repo id
+    revision: str | None = None
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    model_id: str
+    revision: str | None = None
+    lora_adapters: tuple[AdapterSource, ...] = ()
+    dtype: str | None = None
+    device: str | None = None
+    max_input_tokens: int | None = None
+    max_total_tokens: int | None = None
+    max_batch_prefill_tokens: int | None = None
+    max_batch_total_tokens: int | None = None
+    max_concurrent_requests: int = 128
+    max_loaded_adapters: int | None = None
+    block_size: int = 16
+    num_kv_blocks: int | None = None
+    hostname: str = "0.0.0.0"
+    port: int = 3000
+    log_level: str = "info"
+
+
+def parse_adapter_list(value: str, *, flag: str = "--lora-adapters") -> tuple[AdapterSource, ...]:
+    """Parses TGI's `LORA_ADAPTERS`: a comma list of `id`, `id@rev`, `name=path` or `name=id@rev`.
+
+    Example:
+        >>> parse_adapter_list("predibase/magicoder,support=/data/support")
+        (AdapterSource(adapter_id='predibase/magicoder', source='predibase/magicoder', revision=None),
+         AdapterSource(adapter_id='support', source='/data/support', revision=None))
+    """
+    sources: list[AdapterSource] = []
+    for raw in value.split(","):
+        item = raw.strip()
+        if not item:
+            continue
+        name, sep, target = item.partition("=")
+        if sep:
+            name, target = name.strip(), target.strip()
+            if not name or not target:
+                raise ConfigError(f"{flag}: entry {item!r} must be `name=path` with both parts set")
+        else:
+            name, target = "", item
+        revision = None
+        if "@" in target and not os.path.exists(target):
+            target, _, revision = target.rpartition("@")
+            if not target or not revision:
+                raise ConfigError(f"{flag}: entry {item!r} has an empty id or revision around '@'")
+        adapter_id = name or target
+        if any(s.adapter_id == adapter_id for s in sources):
+            raise ConfigError(f"{flag}: adapter id {adapter_id!r} is given twice")
+        sources.append(AdapterSource(adapter_id, target, revision))
+    return tuple(sources)

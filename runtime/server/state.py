@@ -1,0 +1,103 @@
+"""The server's two pieces of state: the engine being loaded/served, and the admission count."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from lorafleet.runtime.server.errors import NotReadyError, OverloadedError
+
+if TYPE_CHECKING:
+    from lorafleet.runtime.engine import Engine
+
+logger = logging.getLogger("lorafleet.runtime.server")
+
+
+class EngineHolder:
+    """Owns the engine: loads it on a background thread so the HTTP listener answers at once.
+
+    `/health` reports 503 until `engine` is set. A load failure is logged and handed to
+    `on_fatal` (the CLI stops the server so the process exits non-zero).
+    """
+
+    def __init__(self) -> None:
+        self.engine: Engine | None = None
+        self.load_error: str | None = None
+        self.phase = "starting"
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def start_loading(
+        self, load: Callable[[Callable[[str], None]], Engine], on_fatal: Callable[[], None]
+    ) -> None:
+        def progress(message: str) -> None:
+            self.phase = message
+            logger.info("loading: %s", message)
+
+        def run() -> None:
+            try:
+                engine = load(progress)
+            except BaseException as e:  # noqa: BLE001 - any failure must reach the log and the exit code
+                logger.exception("model load failed")
+                self.load_error = f"{type(e).__name__}: {e}"
+                self.phase = "failed"
+                on_fatal()
+                return
+            with self._lock:
+                if self._closed:  # the server stopped while we were loading
+                    engine.shutdown()
+                    return
+                self.engine = engine
+            self.phase = "ready"
+            logger.info("model loaded and ready")
+
+        self._thread = threading.Thread(target=run, name="lorafleet-engine-loader", daemon=True)
+        self._thread.start()
+
+    def require(self) -> Engine:
+        """The engine, or a 503 while it is not ready."""
+        engine = self.engine
+        if engine is None:
+            if self.load_error is not None:
+                raise NotReadyError(f"Model failed to load: {self.load_error}")
+            raise NotReadyError(f"Model is loading ({self.phase})")
+        return engine
+
+    def shutdown(self) -> None:
+        with self._lock:
+            self._closed = True
+            engine, self.engine = self.engine, None
+        if engine is not None:
+            engine.shutdown()
+
+
+class AdmissionGate:
+    """Counts requests in flight; refuses with 429 past `max_concurrent_requests`.
+
+    Only the event loop touches it, so it needs no lock.
+    """
+
+    def __init__(self, max_concurrent_requests: int) -> None:
+        self.max_concurrent_requests = max_concurrent_requests
+        self.in_flight = 0
+
+    def acquire(self) -> Callable[[], None]:
+        """Admits one request; returns its idempotent release function."""
+        if self.in_flight >= self.max_concurrent_requests:
+            raise OverloadedError(
+                f"Model is overloaded: {self.in_flight} requests in flight "
+                f"(--max-concurrent-requests={self.max_concurrent_requests})"
+            )
+        self.in_flight += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.in_flight -= 1
+
+        return release

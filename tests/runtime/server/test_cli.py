@@ -1,0 +1,101 @@
+"""Flags and env vars as TGI users set them; bad values stop the start with the flag's name."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from lorafleet.runtime.server.cli import parse_config
+from lorafleet.runtime.server.config import AdapterSource, ConfigError, parse_adapter_list
+
+
+def test_env_vars_configure_the_server_as_tgi_names_them():
+    env = {
+        "MODEL_ID": "/repository",
+        "LORA_ADAPTERS": "predibase/customer_support,predibase/magicoder",
+        "MAX_INPUT_LENGTH": "1024",
+        "MAX_TOTAL_TOKENS": "1512",
+        "MAX_BATCH_PREFILL_TOKENS": "2048",
+        "PORT": "8080",
+        "HOSTNAME": "127.0.0.1",
+    }
+    config = parse_config([], env=env)
+    assert config.model_id == "/repository"
+    assert [a.adapter_id for a in config.lora_adapters] == [
+        "predibase/customer_support",
+        "predibase/magicoder",
+    ]
+    assert (config.max_input_tokens, config.max_total_tokens, config.max_batch_prefill_tokens) == (
+        1024,
+        1512,
+        2048,
+    )
+    assert (config.hostname, config.port) == ("127.0.0.1", 8080)
+
+
+def test_flags_win_over_env_vars():
+    config = parse_config(
+        ["--model-id", "flag-model", "--port", "9000"], env={"MODEL_ID": "env", "PORT": "1"}
+    )
+    assert (config.model_id, config.port) == ("flag-model", 9000)
+
+
+def test_max_input_tokens_is_accepted_as_an_alias_of_max_input_length():
+    assert parse_config(["--model-id", "m"], env={"MAX_INPUT_TOKENS": "77"}).max_input_tokens == 77
+    assert parse_config(["--model-id", "m", "--max-input-tokens", "78"], env={}).max_input_tokens == 78
+
+
+def test_defaults_match_tgi_port_and_concurrency():
+    config = parse_config(["--model-id", "m"], env={})
+    assert (config.hostname, config.port, config.max_concurrent_requests) == ("0.0.0.0", 3000, 128)
+    assert config.lora_adapters == ()
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "named"),
+    [
+        (["--max-total-tokens", "abc"], {}, "--max-total-tokens"),
+        ([], {"MAX_TOTAL_TOKENS": "-3"}, "MAX_TOTAL_TOKENS"),
+        (["--port", "70000"], {}, "--port"),
+        ([], {"PORT": "http"}, "PORT"),
+        (["--dtype", "float8"], {}, "--dtype"),
+        (["--max-concurrent-requests", "0"], {}, "--max-concurrent-requests"),
+        (["--max-loaded-adapters", "x"], {}, "--max-loaded-adapters"),
+        (["--lora-adapters", "a=,b"], {}, "--lora-adapters"),
+        (["--lora-adapters", "a,a"], {}, "--lora-adapters"),
+        (["--max-input-length", "100", "--max-total-tokens", "100"], {}, "--max-input-length"),
+        (["--max-input-length", "100", "--max-batch-prefill-tokens", "50"], {}, "--max-batch-prefill-tokens"),
+    ],
+)
+def test_bad_values_raise_an_error_naming_the_flag(argv, env, named):
+    with pytest.raises(ConfigError, match=named):
+        parse_config(["--model-id", "m", *argv], env=env)
+
+
+def test_a_missing_model_id_is_an_error_naming_the_flag():
+    with pytest.raises(ConfigError, match="--model-id/MODEL_ID is required"):
+        parse_config([], env={})
+
+
+def test_adapter_list_parses_names_paths_and_revisions(tmp_path):
+    local = tmp_path / "with@at"
+    local.mkdir()
+    parsed = parse_adapter_list(f"org/a, org/b@v2 ,named=org/c@main,local={local}")
+    assert parsed == (
+        AdapterSource("org/a", "org/a", None),
+        AdapterSource("org/b", "org/b", "v2"),
+        AdapterSource("named", "org/c", "main"),
+        AdapterSource("local", str(local), None),  # an existing path keeps its '@'
+    )
+
+
+def test_the_module_entry_point_exits_2_with_the_flag_in_stderr():
+    proc = subprocess.run(
+        [sys.executable, "-m", "lorafleet.runtime", "--model-id", "m", "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "--port/PORT" in proc.stderr
