@@ -1,0 +1,86 @@
+"""Request checks against the model's limits, with TGI's messages (each names the parameter)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lorafleet.runtime.engine.config import EngineConfig
+from lorafleet.runtime.engine.types import EngineValidationError, GenerationRequest, SamplingParams
+from lorafleet.runtime.tokenizer import Tokenizer
+
+MAX_STOP_SEQUENCES = 4
+MAX_TOP_N_TOKENS = 5
+
+
+@dataclass(frozen=True)
+class ValidatedRequest:
+    prompt_ids: list[int]
+    max_new_tokens: int
+
+
+def check_params(p: SamplingParams) -> None:
+    """Raises `EngineValidationError` for out-of-range sampling values."""
+    if p.temperature is not None and p.temperature <= 0:
+        raise EngineValidationError("`temperature` must be strictly positive")
+    if p.top_p is not None and not 0 < p.top_p < 1:
+        raise EngineValidationError("`top_p` must be > 0.0 and < 1.0")
+    if p.typical_p is not None and not 0 < p.typical_p < 1:
+        raise EngineValidationError("`typical_p` must be > 0.0 and < 1.0")
+    if p.top_k is not None and p.top_k <= 0:
+        raise EngineValidationError("`top_k` must be strictly positive")
+    if p.repetition_penalty is not None and p.repetition_penalty <= 0:
+        raise EngineValidationError("`repetition_penalty` must be strictly positive")
+    if p.frequency_penalty is not None and not -2 <= p.frequency_penalty <= 2:
+        raise EngineValidationError("`frequency_penalty` must be >= -2.0 and <= 2.0")
+    if not 0 <= p.top_n_tokens <= MAX_TOP_N_TOKENS:
+        raise EngineValidationError(f"`top_n_tokens` must be >= 0 and <= {MAX_TOP_N_TOKENS}")
+    if len(p.stop) > MAX_STOP_SEQUENCES:
+        raise EngineValidationError(
+            f"`stop` supports up to {MAX_STOP_SEQUENCES} stop sequences. Given: {len(p.stop)}"
+        )
+    if p.max_new_tokens is not None and p.max_new_tokens <= 0:
+        raise EngineValidationError("`max_new_tokens` must be strictly positive")
+    if p.seed is not None and not 0 <= p.seed < 2**64:
+        raise EngineValidationError("`seed` must be >= 0 and < 2**64")
+
+
+def validate_request(
+    request: GenerationRequest, config: EngineConfig, tokenizer: Tokenizer
+) -> ValidatedRequest:
+    """Tokenizes and checks one request (not its adapter); returns its prompt ids and token budget."""
+    check_params(request.params)
+    if isinstance(request.prompt, str):
+        ids = tokenizer.encode(request.prompt, add_special_tokens=request.add_special_tokens)
+    else:
+        ids = list(request.prompt)
+        bad = [i for i in ids if not isinstance(i, int) or not 0 <= i < tokenizer.vocab_size]
+        if bad:
+            raise EngineValidationError(f"`inputs` holds token ids outside the vocabulary: {bad[:5]}")
+    if not ids:
+        raise EngineValidationError("`inputs` cannot be empty")
+    if request.truncate is not None:
+        if request.truncate <= 0:
+            raise EngineValidationError("`truncate` must be strictly positive")
+        if request.truncate > config.max_input_tokens:
+            raise EngineValidationError(
+                f"`truncate` must be strictly positive and less than {config.max_input_tokens}. "
+                f"Given: {request.truncate}"
+            )
+        ids = ids[-request.truncate :]
+    if len(ids) > config.max_input_tokens:
+        raise EngineValidationError(
+            f"`inputs` tokens must be at most {config.max_input_tokens}. Given: {len(ids)}"
+        )
+    max_new = request.params.max_new_tokens
+    if max_new is None:
+        max_new = config.max_total_tokens - len(ids)
+        if max_new <= 0:
+            raise EngineValidationError(
+                f"`inputs` leave no room for new tokens within max_total_tokens={config.max_total_tokens}"
+            )
+    if len(ids) + max_new > config.max_total_tokens:
+        raise EngineValidationError(
+            f"`inputs` tokens + `max_new_tokens` must be <= {config.max_total_tokens}. "
+            f"Given: {len(ids)} `inputs` tokens and {max_new} `max_new_tokens`"
+        )
+    return ValidatedRequest(ids, max_new)

@@ -1,0 +1,118 @@
+"""Attention over the paged KV cache.
+
+The cache of one layer is `k_cache`/`v_cache` [num_blocks, block_size, KVH, D]; a sequence's
+tokens live in the blocks its block table lists, in order. Each step first writes the new
+keys/values at their slots, then attends:
+
+- decode rows (one new token per sequence) are batched: the blocks of every sequence are gathered
+  into [B, max_blocks * block_size] and padded positions are masked out;
+- prefill chunks run one sequence at a time with a causal mask offset by the tokens already cached.
+
+Both use `torch.nn.functional.scaled_dot_product_attention`, which on CUDA dispatches to its fused
+(flash / memory-efficient) kernels and on the CPU to its fused C++ path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class PrefillSpan:
+    """One sequence's prefill chunk inside the flat batch."""
+
+    token_start: int  # first row of the chunk in the flat [T] batch
+    token_end: int
+    start_pos: int  # position of the chunk's first token (= tokens already in the cache)
+    block_table: torch.Tensor  # [num_blocks_of_seq] int64
+
+
+@dataclass(frozen=True)
+class DecodeGroup:
+    """Sequences that add exactly one token this step."""
+
+    token_index: torch.Tensor  # [B] rows of the flat batch
+    block_tables: torch.Tensor  # [B, max_blocks] int64, padded with 0
+    context_lens: torch.Tensor  # [B] int64, tokens in the cache after this step's write
+
+
+@dataclass(frozen=True)
+class AttentionMetadata:
+    slot_mapping: torch.Tensor  # [T] int64: block * block_size + offset of each new token
+    prefills: tuple[PrefillSpan, ...]
+    decode: DecodeGroup | None
+
+
+def paged_attention(
+    q: torch.Tensor,  # [T, H, D]
+    k: torch.Tensor,  # [T, KVH, D]
+    v: torch.Tensor,  # [T, KVH, D]
+    k_cache: torch.Tensor,  # [num_blocks, block_size, KVH, D]
+    v_cache: torch.Tensor,  # [num_blocks, block_size, KVH, D]
+    meta: AttentionMetadata,
+    scale: float,
+    sliding_window: int | None = None,
+) -> torch.Tensor:  # [T, H, D]
+    """Writes this step's keys/values into the cache and attends each row to its sequence."""
+    num_kv_heads, head_dim = k_cache.shape[2], k_cache.shape[3]
+    k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, meta.slot_mapping, k)
+    v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, meta.slot_mapping, v)
+    out = torch.empty_like(q)
+    if meta.decode is not None:
+        out[meta.decode.token_index] = _decode(q, k_cache, v_cache, meta.decode, scale, sliding_window)
+    for span in meta.prefills:
+        out[span.token_start : span.token_end] = _prefill(q, k_cache, v_cache, span, scale, sliding_window)
+    return out
+
+
+def _gather(cache: torch.Tensor, block_tables: torch.Tensor) -> torch.Tensor:
+    # [B, nb] -> [B, KVH, nb * block_size, D]
+    gathered = cache[block_tables]  # [B, nb, bs, KVH, D]
+    b, nb, bs, kvh, d = gathered.shape
+    return gathered.view(b, nb * bs, kvh, d).transpose(1, 2)
+
+
+def _decode(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    group: DecodeGroup,
+    scale: float,
+    sliding_window: int | None,
+) -> torch.Tensor:  # [B, H, D]
+    query = q[group.token_index].unsqueeze(2)  # [B, H, 1, D]
+    keys = _gather(k_cache, group.block_tables)
+    values = _gather(v_cache, group.block_tables)
+    key_pos = torch.arange(keys.shape[2], device=q.device)[None, :]  # [1, C]
+    mask = key_pos < group.context_lens[:, None]  # [B, C]
+    if sliding_window is not None:
+        mask &= key_pos > (group.context_lens[:, None] - 1 - sliding_window)
+    out = F.scaled_dot_product_attention(
+        query, keys, values, attn_mask=mask[:, None, None, :], scale=scale, enable_gqa=True
+    )
+    return out.squeeze(2)
+
+
+def _prefill(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    span: PrefillSpan,
+    scale: float,
+    sliding_window: int | None,
+) -> torch.Tensor:  # [n, H, D]
+    n = span.token_end - span.token_start
+    context = span.start_pos + n
+    query = q[span.token_start : span.token_end].transpose(0, 1).unsqueeze(0)  # [1, H, n, D]
+    keys = _gather(k_cache, span.block_table[None])[:, :, :context]  # [1, KVH, ctx, D]
+    values = _gather(v_cache, span.block_table[None])[:, :, :context]
+    q_pos = torch.arange(span.start_pos, context, device=q.device)[:, None]  # [n, 1]
+    key_pos = torch.arange(context, device=q.device)[None, :]  # [1, ctx]
+    mask = key_pos <= q_pos
+    if sliding_window is not None:
+        mask &= key_pos > q_pos - sliding_window
+    out = F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=scale, enable_gqa=True)
+    return out.squeeze(0).transpose(0, 1)

@@ -1,0 +1,100 @@
+"""The reference the runtime is checked against: transformers + peft on the same fixture files."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from lorafleet.runtime.engine import Engine
+from lorafleet.runtime.engine.scheduler import ScheduledBatch, ScheduledSeq
+from lorafleet.runtime.engine.sequence import Sequence, SequenceStatus
+from lorafleet.runtime.engine.types import SamplingParams
+
+from tests.fixtures import standard_adapters, tiny_model
+
+
+@functools.lru_cache(maxsize=3)
+def peft_model(arch: str):  # type: ignore[no-untyped-def]
+    """A PeftModel over the tiny `arch` checkpoint with every standard adapter loaded by name."""
+    import transformers
+    from peft import PeftModel
+
+    model_dir = tiny_model(arch)
+    adapters = standard_adapters(model_dir)
+    base = transformers.AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32).eval()
+    names = list(adapters)
+    model = PeftModel.from_pretrained(base, adapters[names[0]], adapter_name=names[0]).eval()
+    for name in names[1:]:
+        model.load_adapter(adapters[name], adapter_name=name)
+    return model
+
+
+@contextlib.contextmanager
+def active(model, adapter: str | None) -> Iterator[None]:  # type: ignore[no-untyped-def]
+    if adapter is None:
+        with model.disable_adapter():
+            yield
+    else:
+        model.set_adapter(adapter)
+        yield
+
+
+@torch.no_grad()
+def oracle_logits(arch: str, ids: list[int], adapter: str | None) -> torch.Tensor:  # [n, V]
+    model = peft_model(arch)
+    with active(model, adapter):
+        return model(torch.tensor([ids])).logits[0].float()
+
+
+@torch.no_grad()
+def oracle_greedy(arch: str, ids: list[int], adapter: str | None, num_tokens: int) -> list[int]:
+    """Greedy continuation by full recomputation (no EOS handling: the engine runs with ignore_eos)."""
+    model = peft_model(arch)
+    tokens = list(ids)
+    with active(model, adapter):
+        for _ in range(num_tokens):
+            tokens.append(int(model(torch.tensor([tokens])).logits[0, -1].argmax()))
+    return tokens[len(ids) :]
+
+
+def engine_for(arch: str, **kwargs) -> Engine:  # type: ignore[no-untyped-def]
+    model_dir = tiny_model(arch)
+    adapters = {name: str(path) for name, path in standard_adapters(model_dir).items()}
+    return Engine.from_pretrained(model_dir, adapters=adapters, progress=lambda _: None, **kwargs)
+
+
+def engine_prefill_logits(engine: Engine, ids: list[int], adapter: str | None) -> torch.Tensor:  # [n, V]
+    """Runs one prefill through the engine's runner and paged cache (engine not started)."""
+    seq = Sequence(
+        seq_id=10**6,
+        token_ids=list(ids),
+        num_prompt_tokens=len(ids),
+        max_new_tokens=1,
+        params=SamplingParams(),
+        adapter_id=adapter,
+        status=SequenceStatus.RUNNING,
+    )
+    if adapter is not None:
+        slot = engine.adapter_slots.slot_of(adapter)
+        assert slot is not None
+        seq.adapter_slot = slot
+    engine.block_manager.allocate(seq, len(ids))
+    try:
+        out = engine.runner.execute(ScheduledBatch([ScheduledSeq(seq, len(ids))]), {seq.seq_id})
+    finally:
+        engine.block_manager.free(seq)
+    start, logits = out.prompt_logits[seq.seq_id]
+    assert start == 0
+    return logits
+
+
+def corpus_prompts(engine: Engine, count: int) -> list[list[int]]:
+    lines = [
+        line
+        for line in (Path(__file__).parents[1] / "fixtures" / "corpus.txt").read_text().splitlines()
+        if line
+    ]
+    return [engine.tokenizer.encode(lines[i * 7 % len(lines)])[:24] for i in range(count)]

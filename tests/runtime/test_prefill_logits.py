@@ -1,0 +1,31 @@
+"""Prefill logits of the engine's model equal transformers + peft for the base and every adapter."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.fixtures import STANDARD_ADAPTERS
+from tests.runtime.oracle import corpus_prompts, engine_for, engine_prefill_logits, oracle_logits
+
+CASES = [None, *STANDARD_ADAPTERS]
+
+
+@pytest.mark.parametrize("arch", ["mistral", "llama", "qwen2"])
+def test_prefill_logits_match_transformers_and_peft_for_base_and_each_adapter(arch: str) -> None:
+    engine = engine_for(arch)
+    prompts = corpus_prompts(engine, 2)
+    for adapter in CASES:
+        for ids in prompts:
+            ours = engine_prefill_logits(engine, ids, adapter)
+            ref = oracle_logits(arch, ids, adapter)
+            torch.testing.assert_close(ours, ref, atol=1e-4, rtol=0, msg=f"{arch} adapter={adapter}")
+
+
+def test_every_adapter_changes_the_logits() -> None:
+    # Guards the test above: equality would be vacuous if adapters were silently ignored.
+    engine = engine_for("mistral")
+    ids = corpus_prompts(engine, 1)[0]
+    base = engine_prefill_logits(engine, ids, None)
+    for adapter in STANDARD_ADAPTERS:
+        assert (engine_prefill_logits(engine, ids, adapter) - base).abs().max() > 1e-2, adapter
