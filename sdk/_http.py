@@ -75,12 +75,14 @@ def auth_headers(token: str | None) -> dict[str, str]:
     return headers
 
 
-def build_request(http: httpx.Client | httpx.AsyncClient, base_url: str, call: ApiCall, token: str | None):
+def build_request(
+    http: httpx.Client | httpx.AsyncClient, base_url: str, call: ApiCall, token: str | None
+) -> httpx.Request:
     """The httpx request for `call` (no body and no content type when there is no JSON body)."""
     return http.build_request(
         call.method,
         f"{base_url}{call.path}",
-        json=call.json_body if call.json_body is not None else None,
+        json=call.json_body,
         params=call.params or None,
         headers=auth_headers(token),
     )
@@ -151,7 +153,9 @@ def _network_error(call: ApiCall, url: str, error: Exception, attempts: int) -> 
     )
 
 
-def send_sync(http: httpx.Client, base_url: str, call: ApiCall, token: str | None, retry: RetryPolicy):
+def send_sync(
+    http: httpx.Client, base_url: str, call: ApiCall, token: str | None, retry: RetryPolicy
+) -> httpx.Response:
     """Sends `call`, retrying network failures of idempotent calls; returns the raw response."""
     pauses = iter(retry.pauses() if call.is_idempotent else ())
     attempts = 0

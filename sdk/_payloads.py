@@ -178,9 +178,15 @@ def logs_call(namespace: str, name: str, tail: int | None = None) -> ApiCall:
 
 
 def logs_text(body: Any) -> str:
-    """The log text from a logs response: plain text, `{"logs": str | [str]}` or a list of lines."""
+    """The log text of a logs response: plain text, `{"logs": ...}`, `{"lines": [...]}` or a list.
+
+    With several replicas (`{"replicas": [{"id", "lines"}, ...]}`) each line is prefixed `[id]`.
+    """
     if body is None:
         return ""
+    replicas = body.get("replicas") if isinstance(body, dict) else None
+    if isinstance(replicas, list) and len(replicas) > 1:
+        return "\n".join(f"[{r.get('id')}] {line}" for r in replicas for line in r.get("lines") or [])
     if isinstance(body, dict):
         body = body.get("logs", body.get("lines", body))
     if isinstance(body, list):

@@ -233,7 +233,9 @@ def delete_inference_endpoint(
     api.request(calls.delete_call(namespace, name), token=token)
 
 
-def _action(name: str, action: str, namespace: str | None, token: Token, client: Client | None):
+def _action(
+    name: str, action: str, namespace: str | None, token: Token, client: Client | None
+) -> InferenceEndpoint:
     api = _client(client)
     namespace = api.namespace(namespace, token=token)
     return _wrap(api, api.request(calls.action_call(namespace, name, action), token=token), namespace, token)
