@@ -47,6 +47,7 @@ def sampling_params(body: OpenAISamplingFields, *, top_n_tokens: int = 0) -> Sam
         seed=body.seed,
         stop=tuple(body.stop or ()),
         top_n_tokens=top_n_tokens,
+        ignore_eos=body.ignore_eos,
     )
 
 

@@ -55,6 +55,7 @@ class OpenAISamplingFields(BaseModel):
     frequency_penalty: float | None = None
     presence_penalty: float | None = None
     repetition_penalty: float | None = None  # TGI's extension
+    ignore_eos: bool = False  # vLLM's extension: generate exactly `max_tokens`
     seed: int | None = None
     stop: str | list[str] | None = None
     n: int | None = None

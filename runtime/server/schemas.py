@@ -40,6 +40,7 @@ class GenerateParameters(BaseModel):
     truncate: int | None = None
     typical_p: float | None = None
     watermark: bool = False
+    ignore_eos: bool = False  # an extension (vLLM's name): generate exactly `max_new_tokens`
 
     @field_validator("stop", mode="before")
     @classmethod

@@ -28,6 +28,7 @@ def sampling_params(p: GenerateParameters) -> SamplingParams:
         seed=p.seed,
         stop=tuple(p.stop),
         top_n_tokens=p.top_n_tokens or 0,
+        ignore_eos=p.ignore_eos,
     )
 
 
