@@ -68,6 +68,7 @@ class EngineStats:
     adapter_loads: int
     adapter_evictions: int
     generated_tokens: int
+    preemptions: int = 0  # cumulative: sequences sent back to recompute when the KV pool ran out
 
 
 class Engine:
@@ -223,6 +224,7 @@ class Engine:
             adapter_loads=self.adapter_slots.num_loads,
             adapter_evictions=self.adapter_slots.num_evictions,
             generated_tokens=self._generated_tokens,
+            preemptions=self.scheduler.num_preemptions,
         )
 
     def validate(self, request: GenerationRequest) -> None:

@@ -100,12 +100,16 @@ def _step(engine: Engine, batch: ScheduledBatch) -> None:
     if not out.sample_seqs:
         return
     rows = [SampleRequest(s.params, s.token_ids, s.generator) for s in out.sample_seqs]
+    events = []
     for seq, choice in zip(out.sample_seqs, sample(out.sample_logits, rows), strict=True):
         seq.token_ids.append(choice.token_id)
         event = seq.output.add_token(choice, engine.eos_token_ids)
         engine._generated_tokens += 1
         if event.finish_reason is not None:
             engine.scheduler.remove(seq)
+        events.append((seq, event))
+    _snapshot(engine)  # before the events go out: a caller woken by the last one sees the new state
+    for seq, event in events:
         _emit(engine, seq, event)
 
 

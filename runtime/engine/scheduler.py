@@ -56,6 +56,7 @@ class Scheduler:
         self._waiting: OrderedDict[str | None, deque[Sequence]] = OrderedDict()
         self._preempted: deque[Sequence] = deque()
         self.running: list[Sequence] = []  # in admission order
+        self.num_preemptions = 0
 
     @property
     def num_waiting(self) -> int:
@@ -159,6 +160,7 @@ class Scheduler:
         self._release(seq)
         seq.num_computed = 0
         seq.num_preemptions += 1
+        self.num_preemptions += 1
         seq.status = SequenceStatus.WAITING
         self._preempted.appendleft(seq)
         batch.preempted.append(seq)
