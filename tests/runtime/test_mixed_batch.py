@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-
 from lorafleet.runtime.engine import Engine, GenerationRequest, SamplingParams
+
 from tests.fixtures import STANDARD_ADAPTERS
 from tests.runtime.oracle import corpus_prompts, engine_for, oracle_greedy
 
