@@ -233,7 +233,11 @@ def _delegate(group: str, argv: list[str]) -> int:
         print(f"error: `lorafleet {group}` needs the {extra} extra: pip install 'lorafleet[{extra}]' "
               f"({error})", file=sys.stderr)  # fmt: skip
         return 1
-    return int(module.main(argv) or 0)
+    try:
+        return int(module.main(argv) or 0)
+    except SystemExit as exit_:  # their argparse exits on --help and usage errors
+        code = exit_.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
