@@ -1,0 +1,61 @@
+"""Sign-in with an API token, and sign-out.
+
+The sign-in form carries a CSRF token too: `GET /dashboard/signin` gives the browser an anonymous
+session (a sealed cookie with no token), and the form's token is bound to it. That stops a
+cross-site page from signing a victim into the attacker's namespace ("login CSRF").
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Form, Request
+from fastapi.responses import Response
+from lorafleet.controlplane.auth.service import authenticate
+from lorafleet.controlplane.dashboard.routing import CsrfChecked, router
+from lorafleet.controlplane.dashboard.session import COOKIE_NAME
+from lorafleet.controlplane.dashboard.web import browser_session, redirect, render, sealer
+from lorafleet.controlplane.deps import SessionDep
+from lorafleet.controlplane.errors import UnauthorizedError
+
+
+def _signin_page(request: Request, *, error: str | None = None, status_code: int = 200) -> Response:
+    box = sealer(request)
+    session = browser_session(request)
+    if session is None or session.token:
+        session = box.new_session(token="", namespace="")
+    response = render(request, "signin.html", {"csrf": box.csrf_token(session),
+                                               "errors": {"token": error} if error else {}},
+                      status_code=status_code)
+    response.set_cookie(COOKIE_NAME, box.seal(session), **box.cookie_options())  # type: ignore[arg-type]
+    return response
+
+
+@router.get("/signin")
+def signin_form(request: Request) -> Response:
+    return _signin_page(request)
+
+
+@router.post("/signin", dependencies=[CsrfChecked])
+def signin(request: Request, db: SessionDep, token: Annotated[str, Form()] = "") -> Response:
+    token = token.strip()
+    if not token:
+        return _signin_page(request, error="Enter an API token.", status_code=400)
+    try:
+        principal = authenticate(db, f"Bearer {token}")
+    except UnauthorizedError as e:
+        return _signin_page(request, error=f"Sign-in refused: {e.message}.", status_code=401)
+    box = sealer(request)
+    # A fresh session id on sign-in, so a CSRF token seen before sign-in is worthless after it.
+    session = box.new_session(token=token, namespace=principal.namespace)
+    response = redirect("")
+    response.set_cookie(COOKIE_NAME, box.seal(session), **box.cookie_options())  # type: ignore[arg-type]
+    return response
+
+
+@router.post("/signout", dependencies=[CsrfChecked])
+def signout(request: Request) -> Response:
+    response = redirect("/signin")
+    options = sealer(request).cookie_options()
+    response.delete_cookie(COOKIE_NAME, path=str(options["path"]), httponly=True, samesite="strict")
+    return response
