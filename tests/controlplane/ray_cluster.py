@@ -45,21 +45,30 @@ def ray_cluster(num_gpu_nodes: int = 1, accelerator_type: str = "L4") -> Iterato
     cluster = Cluster(initialize_head=True, head_node_args=lean, shutdown_at_exit=True)
     try:
         workers = [
-            cluster.add_node(num_cpus=1, num_gpus=1, resources={f"accelerator_type:{accelerator_type}": 1},
-                             object_store_memory=NODE_MEMORY)
+            cluster.add_node(
+                num_cpus=1,
+                num_gpus=1,
+                resources={f"accelerator_type:{accelerator_type}": 1},
+                object_store_memory=NODE_MEMORY,
+            )
             for _ in range(num_gpu_nodes)
         ]
         cluster.wait_for_nodes()
-        yield RayTestCluster(cluster.address, cluster.head_node.node_id,
-                             tuple(worker.node_id for worker in workers))
+        yield RayTestCluster(
+            cluster.address, cluster.head_node.node_id, tuple(worker.node_id for worker in workers)
+        )
     finally:
         if ray.is_initialized():
             ray.shutdown()
         cluster.shutdown()
 
 
-def wait_for(predicate: Callable[[], object], timeout_s: float = 120.0, interval_s: float = 0.25,
-             what: str = "condition") -> object:
+def wait_for(
+    predicate: Callable[[], object],
+    timeout_s: float = 120.0,
+    interval_s: float = 0.25,
+    what: str = "condition",
+) -> object:
     """Polls `predicate` until it returns something truthy; fails the test after `timeout_s`."""
     deadline = time.monotonic() + timeout_s
     while True:

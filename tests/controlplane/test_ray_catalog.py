@@ -16,27 +16,42 @@ from lorafleet.controlplane.launchers.ray_nodes import (
 
 GIB = 2**30
 HEAD = NodeResources("head", "10.0.0.1", {"CPU": 4.0, "memory": 8 * GIB}, {"CPU": 4.0})
-L4_NODE = NodeResources("l4", "10.0.0.2",
-                        {"CPU": 8.0, "GPU": 1.0, "accelerator_type:L4": 1.0, "memory": 32 * GIB},
-                        {"CPU": 8.0, "GPU": 1.0, "accelerator_type:L4": 1.0})
-H100_NODE = NodeResources("h100", "10.0.0.3", {"CPU": 96.0, "GPU": 4.0, "accelerator_type:H100": 1.0,
-                                               "memory": 512 * GIB}, {"CPU": 96.0, "GPU": 1.0,
-                                                                            "accelerator_type:H100": 0.997})
+L4_NODE = NodeResources(
+    "l4",
+    "10.0.0.2",
+    {"CPU": 8.0, "GPU": 1.0, "accelerator_type:L4": 1.0, "memory": 32 * GIB},
+    {"CPU": 8.0, "GPU": 1.0, "accelerator_type:L4": 1.0},
+)
+H100_NODE = NodeResources(
+    "h100",
+    "10.0.0.3",
+    {"CPU": 96.0, "GPU": 4.0, "accelerator_type:H100": 1.0, "memory": 512 * GIB},
+    {"CPU": 96.0, "GPU": 1.0, "accelerator_type:H100": 0.997},
+)
 NODES = [HEAD, L4_NODE, H100_NODE]
 
 
-@pytest.mark.parametrize(("ray_type", "model"), [
-    ("L4", "nvidia-l4"), ("A100-80G", "nvidia-a100-80g"), ("H200", "nvidia-h200"),
-    ("AMD-Instinct-MI300X-OAM", "amd-instinct-mi300x-oam"), ("Intel-GPU-Max-1550", "intel-gpu-max-1550"),
-])
+@pytest.mark.parametrize(
+    ("ray_type", "model"),
+    [
+        ("L4", "nvidia-l4"),
+        ("A100-80G", "nvidia-a100-80g"),
+        ("H200", "nvidia-h200"),
+        ("AMD-Instinct-MI300X-OAM", "amd-instinct-mi300x-oam"),
+        ("Intel-GPU-Max-1550", "intel-gpu-max-1550"),
+    ],
+)
 def test_ray_accelerator_types_map_to_lorafleet_gpu_models(ray_type: str, model: str) -> None:
     assert gpu_model_name(ray_type) == model
 
 
 def test_gpu_request_uses_the_clusters_spelling_and_reserves_no_cpu() -> None:
     request = request_for("nvidia-h100", 2, 16, NODES)
-    assert request.actor_options() == {"num_gpus": 2, "num_cpus": 0.0,
-                                       "resources": {"accelerator_type:H100": 0.001}}
+    assert request.actor_options() == {
+        "num_gpus": 2,
+        "num_cpus": 0.0,
+        "resources": {"accelerator_type:H100": 0.001},
+    }
 
 
 def test_cpu_request_reserves_its_cores_and_no_accelerator() -> None:
@@ -48,7 +63,8 @@ def test_unknown_gpu_model_is_impossible_and_the_message_lists_the_offer() -> No
     assert reason == (
         "the Ray cluster cannot run 8 x nvidia-h200: no node has nvidia-h200 GPUs "
         "(accelerator_type:H200); 3 alive nodes offer cpu up to x96, nvidia-h100 up to x4, "
-        "nvidia-l4 up to x1")
+        "nvidia-l4 up to x1"
+    )
 
 
 def test_more_gpus_than_any_one_node_has_is_impossible() -> None:
@@ -60,7 +76,8 @@ def test_request_that_fits_a_node_but_not_its_free_gpus_waits_for_capacity() -> 
     request = request_for("nvidia-h100", 2, 1, NODES)
     assert impossible_reason(request, NODES) is None
     assert capacity_reason(request, NODES) == (
-        "waiting for capacity: 2 x nvidia-h100 fits 1 node(s) of the Ray cluster, but none has it free now")
+        "waiting for capacity: 2 x nvidia-h100 fits 1 node(s) of the Ray cluster, but none has it free now"
+    )
     assert capacity_reason(request_for("nvidia-h100", 1, 1, NODES), NODES) is None
 
 
@@ -74,21 +91,36 @@ def test_sizes_are_powers_of_two_up_to_the_largest_node() -> None:
 def test_detect_region_becomes_the_clusters_instance_types() -> None:
     data = {"vendors": [{"name": "local", "regions": [{"name": "local", "computes": "detect"}]}]}
     computes = {(c.instance_type, c.instance_size): c for c in cluster_catalog(data, NODES).instances()}
-    assert sorted(computes) == sorted([("nvidia-h100", "x1"), ("nvidia-h100", "x2"), ("nvidia-h100", "x4"),
-                                       ("nvidia-l4", "x1")] + [("cpu", f"x{n}") for n in (1, 2, 4, 8, 16, 32,
-                                                                                          64, 96)])
+    assert sorted(computes) == sorted(
+        [("nvidia-h100", "x1"), ("nvidia-h100", "x2"), ("nvidia-h100", "x4"), ("nvidia-l4", "x1")]
+        + [("cpu", f"x{n}") for n in (1, 2, 4, 8, 16, 32, 64, 96)]
+    )
     h100_x2 = computes[("nvidia-h100", "x2")]
     assert (h100_x2.gpu_model, h100_x2.num_accelerators, h100_x2.memory_gb, h100_x2.num_cpus) == (
-        "nvidia-h100", 2, 256.0, 48)
+        "nvidia-h100",
+        2,
+        256.0,
+        48,
+    )
     assert h100_x2.architecture == "NVIDIA H100"
 
 
 def test_listed_region_keeps_only_what_the_cluster_can_run() -> None:
     listed = [
-        {"instanceType": "nvidia-l4", "instanceSize": "x1", "accelerator": "gpu", "numAccelerators": 1,
-         "gpuModel": "nvidia-l4"},
-        {"instanceType": "nvidia-a10g", "instanceSize": "x1", "accelerator": "gpu", "numAccelerators": 1,
-         "gpuModel": "nvidia-a10g"},
+        {
+            "instanceType": "nvidia-l4",
+            "instanceSize": "x1",
+            "accelerator": "gpu",
+            "numAccelerators": 1,
+            "gpuModel": "nvidia-l4",
+        },
+        {
+            "instanceType": "nvidia-a10g",
+            "instanceSize": "x1",
+            "accelerator": "gpu",
+            "numAccelerators": 1,
+            "gpuModel": "nvidia-a10g",
+        },
         {"instanceType": "intel-icl", "instanceSize": "x2", "accelerator": "cpu", "numCpus": 2},
     ]
     data = {"vendors": [{"name": "aws", "regions": [{"name": "us-east-1", "computes": listed}]}]}

@@ -50,16 +50,27 @@ def cluster() -> Iterator[RayTestCluster]:
 
 @pytest.fixture
 def launcher(cluster: RayTestCluster) -> Iterator[RayLauncher]:
-    launcher = RayLauncher(address=cluster.address, command=[sys.executable, "-c", SERVER],
-                           placement_timeout_s=60, call_timeout_s=30, stop_grace_s=5)
+    launcher = RayLauncher(
+        address=cluster.address,
+        command=[sys.executable, "-c", SERVER],
+        placement_timeout_s=60,
+        call_timeout_s=30,
+        stop_grace_s=5,
+    )
     yield launcher
     for handle in launcher.adopt():  # leave the module's cluster empty for the next test
         launcher.stop(handle)
 
 
 def spec(key: str, instance: InstanceType = L4_X1, model_id: str = "/models/tiny") -> ReplicaSpec:
-    return ReplicaSpec(replica_key=key, endpoint_namespace="alice", endpoint_name="ep",
-                       instance=instance, env={"MODEL_ID": model_id}, args=("--flag",))
+    return ReplicaSpec(
+        replica_key=key,
+        endpoint_namespace="alice",
+        endpoint_name="ep",
+        instance=instance,
+        env={"MODEL_ID": model_id},
+        args=("--flag",),
+    )
 
 
 def served_env(url: str) -> dict[str, str]:
@@ -93,15 +104,20 @@ def test_validate_refuses_what_no_node_can_ever_hold(launcher: RayLauncher) -> N
 
 
 def test_gpu_replica_runs_on_the_l4_node_with_the_gpu_ray_assigned(
-        launcher: RayLauncher, cluster: RayTestCluster) -> None:
+    launcher: RayLauncher, cluster: RayTestCluster
+) -> None:
     handle = start_when_free(launcher, spec("rep-gpu"))
     assert handle["node_id"] == cluster.gpu_node_ids[0]
     assert handle["actor_name"] == "alice/ep/rep-gpu" and handle["replica_key"] == "rep-gpu"
     status = launcher.status(handle)
     assert status.phase == "running" and status.url == handle["url"]
     env = served_env(status.url)
-    assert env == {"PORT": str(handle["port"]), "HOSTNAME": "0.0.0.0", "CUDA_VISIBLE_DEVICES": "0",
-                   "MODEL_ID": "/models/tiny"}
+    assert env == {
+        "PORT": str(handle["port"]),
+        "HOSTNAME": "0.0.0.0",
+        "CUDA_VISIBLE_DEVICES": "0",
+        "MODEL_ID": "/models/tiny",
+    }
     assert any("args ['--flag']" in line for line in launcher.logs(handle))
     wait_for(lambda: free_gpus(cluster.gpu_node_ids[0]) == 0.0, what="Ray to count the GPU as used")
     assert launcher.used_accelerators(L4_X1) == 1
@@ -113,7 +129,8 @@ def test_cpu_replica_gets_no_gpu(launcher: RayLauncher) -> None:
 
 
 def test_second_l4_replica_waits_for_capacity_until_the_first_stops(
-        launcher: RayLauncher, cluster: RayTestCluster) -> None:
+    launcher: RayLauncher, cluster: RayTestCluster
+) -> None:
     first = start_when_free(launcher, spec("rep-a"))
     with pytest.raises(NoCapacityError, match="waiting for capacity: 1 x nvidia-l4 fits 1 node"):
         launcher.start(spec("rep-b"))
@@ -173,12 +190,14 @@ def test_crashed_server_is_exited_with_its_code_and_last_log_lines(cluster: RayT
 
 
 def test_new_launcher_adopts_live_replicas_and_start_does_not_duplicate(
-        launcher: RayLauncher, cluster: RayTestCluster) -> None:
+    launcher: RayLauncher, cluster: RayTestCluster
+) -> None:
     handle = start_when_free(launcher, spec("rep-adopt"))
     restarted = RayLauncher(address=cluster.address, command=[sys.executable, "-c", SERVER])
     adopted = restarted.adopt()
     assert [(h["replica_key"], h["actor_id"], h["url"]) for h in adopted] == [
-        ("rep-adopt", handle["actor_id"], handle["url"])]
+        ("rep-adopt", handle["actor_id"], handle["url"])
+    ]
     again = restarted.start(spec("rep-adopt"))
     assert again["actor_id"] == handle["actor_id"]
     assert len(ray.util.list_named_actors(all_namespaces=True)) == 1

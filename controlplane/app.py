@@ -1,0 +1,111 @@
+"""`create_app(settings)`: the FastAPI application, its shared objects and the reconciler task."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from lorafleet.controlplane.auth.router import router as auth_router
+from lorafleet.controlplane.catalog.loader import load_catalog
+from lorafleet.controlplane.catalog.router import router as catalog_router
+from lorafleet.controlplane.catalog.service import Hardware
+from lorafleet.controlplane.db import Database, check_migrated
+from lorafleet.controlplane.endpoints.router import router as endpoints_router
+from lorafleet.controlplane.endpoints.service import EndpointService
+from lorafleet.controlplane.errors import ControlPlaneError
+from lorafleet.controlplane.launchers import create_launcher
+from lorafleet.controlplane.reconciler import Reconciler
+from lorafleet.controlplane.secretbox import SecretBox
+from lorafleet.controlplane.settings import Settings
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("lorafleet.controlplane")
+
+
+def _field_path(location: tuple[object, ...]) -> str:
+    parts = [str(p) for p in location if p not in ("body",)]
+    return ".".join(parts) or "body"
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = [
+        {"field": _field_path(tuple(e.get("loc", ()))), "message": e.get("msg", "")} for e in exc.errors()
+    ]
+    summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
+    return JSONResponse(status_code=422, content={"error": f"invalid request: {summary}", "errors": errors})
+
+
+async def _control_plane_error(request: Request, exc: ControlPlaneError) -> JSONResponse:
+    return JSONResponse(status_code=exc.status_code, content=exc.to_json())
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return JSONResponse(status_code=exc.status_code, content={"error": str(exc.detail)}, headers=exc.headers)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Builds the control plane. Refuses (raises `NotMigratedError`) on an unmigrated database.
+
+    Example:
+        >>> app = create_app(Settings(database_url="sqlite:////tmp/cp.db"))
+        >>> uvicorn.run(app, port=8000)
+    """
+    settings = settings or Settings()
+    database = Database(settings.resolved_database_url)
+    check_migrated(database.engine)
+    launcher = create_launcher(settings)
+    hardware = Hardware(load_catalog(settings.catalog), launcher)
+    secret_box = (
+        SecretBox(settings.secret_key.get_secret_value())
+        if settings.secret_key
+        else SecretBox.from_key_file(settings.secret_key_file)
+    )
+    reconciler = Reconciler(settings, database, launcher, hardware, secret_box)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        stop = asyncio.Event()
+        task = asyncio.create_task(reconciler.run(stop)) if settings.reconciler_enabled else None
+        try:
+            yield
+        finally:
+            stop.set()
+            if task is not None:
+                await task
+            launcher.close()
+            database.dispose()
+
+    app = FastAPI(
+        title="lorafleet control plane",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="Hugging Face Inference Endpoints v2-compatible API for multi-LoRA endpoints.",
+    )
+    app.state.settings = settings
+    app.state.database = database
+    app.state.launcher = launcher
+    app.state.hardware = hardware
+    app.state.reconciler = reconciler
+    app.state.endpoint_service = EndpointService(hardware, secret_box)
+    app.state.wake_reconciler = reconciler.wake
+    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(ControlPlaneError, _control_plane_error)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
+    app.include_router(endpoints_router)
+    app.include_router(catalog_router)
+    app.include_router(auth_router)
+
+    @app.get("/health", tags=["health"], summary="Liveness (no auth)")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/api/agent-harnesses", include_in_schema=False)
+    def agent_harnesses() -> JSONResponse:  # huggingface_hub 2.x probes this; a 404 is expected
+        return JSONResponse(status_code=404, content={"error": "not found"})
+
+    return app

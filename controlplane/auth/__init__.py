@@ -1,0 +1,1 @@
+"""Bearer tokens: each token belongs to one namespace and sees only that namespace."""

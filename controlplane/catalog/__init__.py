@@ -1,0 +1,1 @@
+"""The hardware catalog: vendors → regions → instance types (`GET /v2/provider`)."""

@@ -1,0 +1,102 @@
+"""All SQL about endpoints, their replicas and events."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from lorafleet.controlplane.models import Endpoint, EndpointEvent, Namespace, Replica
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session
+
+
+def get_endpoint(session: Session, *, namespace_id: int, name: str) -> Endpoint | None:
+    return session.scalar(
+        select(Endpoint).where(Endpoint.namespace_id == namespace_id, Endpoint.name == name)
+    )
+
+
+def list_endpoints(session: Session, *, namespace_id: int) -> Sequence[Endpoint]:
+    return session.scalars(
+        select(Endpoint).where(Endpoint.namespace_id == namespace_id).order_by(Endpoint.name)
+    ).all()
+
+
+def add_endpoint(session: Session, endpoint: Endpoint) -> Endpoint:
+    session.add(endpoint)
+    session.flush()
+    return endpoint
+
+
+def delete_endpoint(session: Session, endpoint: Endpoint) -> None:
+    """Deletes the row; its replicas become orphans (endpoint_id NULL) for the reconciler to stop."""
+    session.execute(update(Replica).where(Replica.endpoint_id == endpoint.id).values(endpoint_id=None))
+    session.execute(delete(EndpointEvent).where(EndpointEvent.endpoint_id == endpoint.id))
+    session.delete(endpoint)
+    session.flush()
+
+
+def add_event(session: Session, *, endpoint_id: int, kind: str, message: str) -> None:
+    session.add(EndpointEvent(endpoint_id=endpoint_id, kind=kind, message=message[:4000]))
+
+
+def list_events(session: Session, *, endpoint_id: int, limit: int) -> Sequence[EndpointEvent]:
+    rows = session.scalars(
+        select(EndpointEvent)
+        .where(EndpointEvent.endpoint_id == endpoint_id)
+        .order_by(EndpointEvent.id.desc())
+        .limit(limit)
+    ).all()
+    return list(reversed(rows))
+
+
+def replicas_of(session: Session, *, endpoint_id: int) -> Sequence[Replica]:
+    return session.scalars(
+        select(Replica).where(Replica.endpoint_id == endpoint_id).order_by(Replica.id)
+    ).all()
+
+
+# --- reconciler queries ---------------------------------------------------------------------
+
+
+def all_endpoints_with_namespace(session: Session) -> list[tuple[Endpoint, str]]:
+    rows = session.execute(
+        select(Endpoint, Namespace.name)
+        .join(Namespace, Namespace.id == Endpoint.namespace_id)
+        .order_by(Endpoint.id)
+    ).all()
+    return [(row[0], row[1]) for row in rows]
+
+
+def all_replicas(session: Session) -> Sequence[Replica]:
+    return session.scalars(select(Replica).order_by(Replica.id)).all()
+
+
+def write_status(session: Session, *, endpoint_id: int, revision: int, values: dict[str, Any]) -> bool:
+    """Writes reconciler-owned status columns unless the spec changed since it was read.
+
+    Does not bump `revision` (that is the user's optimistic lock), and does not overwrite a
+    state the API set meanwhile (pause, resume...): then the row's revision differs and the
+    next pass sees the new spec. Returns whether the row was written.
+    """
+    result = session.execute(
+        update(Endpoint)
+        .where(Endpoint.id == endpoint_id, Endpoint.revision == revision)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount)
+
+
+def count_endpoints(session: Session) -> int:
+    return int(session.scalar(select(func.count(Endpoint.id))) or 0)
+
+
+def touch_active(session: Session, *, endpoint_id: int, moment: datetime) -> None:
+    session.execute(
+        update(Endpoint)
+        .where(Endpoint.id == endpoint_id)
+        .values(last_active_at=moment)
+        .execution_options(synchronize_session=False)
+    )

@@ -1,0 +1,227 @@
+"""The endpoint service: every operation the REST routes and the dashboard perform.
+
+Plain methods taking a session and the caller's `Principal`; they validate, change rows through
+the repository, append events, and never commit (the caller's session scope does). After a
+change they flag the session (`session.info["wake_reconciler"]`); the session dependency wakes
+the reconciler after the commit, so it acts at once instead of at its next tick.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from lorafleet.controlplane.auth.service import Principal
+from lorafleet.controlplane.catalog.service import Hardware
+from lorafleet.controlplane.clock import to_wire, utcnow
+from lorafleet.controlplane.endpoints import repository
+from lorafleet.controlplane.endpoints.render import render_endpoint
+from lorafleet.controlplane.endpoints.schemas import EndpointCreate, EndpointUpdate
+from lorafleet.controlplane.endpoints.spec import build_spec, launch_digest_fields, merge_update
+from lorafleet.controlplane.errors import BadRequestError, ConflictError, NotFoundError
+from lorafleet.controlplane.models import Endpoint
+from lorafleet.controlplane.secretbox import SecretBox
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.exc import StaleDataError
+
+WAKE_FLAG = "wake_reconciler"
+
+
+def _wake(session: Session) -> None:
+    session.info[WAKE_FLAG] = True
+
+
+@dataclass(frozen=True)
+class ReplicaLogs:
+    replica: str
+    state: str
+    lines: list[str]
+
+
+class EndpointService:
+    """Create, list, get, update, pause, resume, scale to zero, delete, logs and events."""
+
+    def __init__(self, hardware: Hardware, secret_box: SecretBox) -> None:
+        self.hardware = hardware
+        self.secret_box = secret_box
+
+    # --- reads --------------------------------------------------------------------------
+
+    def get(self, session: Session, principal: Principal, name: str) -> Endpoint:
+        endpoint = repository.get_endpoint(session, namespace_id=principal.namespace_id, name=name)
+        if endpoint is None:
+            raise NotFoundError(f"Endpoint {name!r} not found in namespace {principal.namespace!r}")
+        return endpoint
+
+    def list(self, session: Session, principal: Principal) -> list[Endpoint]:
+        return list(repository.list_endpoints(session, namespace_id=principal.namespace_id))
+
+    def render(self, endpoint: Endpoint) -> dict[str, Any]:
+        return render_endpoint(endpoint)
+
+    # --- writes -------------------------------------------------------------------------
+
+    def create(self, session: Session, principal: Principal, body: EndpointCreate) -> Endpoint:
+        spec = build_spec(body)
+        self._resolve(spec)
+        if repository.get_endpoint(session, namespace_id=principal.namespace_id, name=body.name):
+            raise ConflictError(f"Endpoint {body.name!r} already exists in namespace {principal.namespace!r}")
+        now = utcnow()
+        endpoint = Endpoint(
+            namespace_id=principal.namespace_id,
+            name=body.name,
+            spec=spec,
+            secrets_encrypted=self.secret_box.seal(body.model.secrets) if body.model.secrets else None,
+            desired_state="running",
+            state="pending",
+            message="Endpoint waiting to be scheduled",
+            created_by=principal.namespace,
+            updated_by=principal.namespace,
+            created_at=now,
+            updated_at=now,
+            last_active_at=now,
+        )
+        try:
+            with session.begin_nested():
+                repository.add_endpoint(session, endpoint)
+        except IntegrityError as e:  # a concurrent create won the race for the name
+            raise ConflictError(
+                f"Endpoint {body.name!r} already exists in namespace {principal.namespace!r}"
+            ) from e
+        repository.add_event(
+            session,
+            endpoint_id=endpoint.id,
+            kind="created",
+            message=f"created on {self._instance_label(spec)}",
+        )
+        _wake(session)
+        return endpoint
+
+    def update(
+        self,
+        session: Session,
+        principal: Principal,
+        name: str,
+        body: EndpointUpdate,
+        expected_revision: int | None = None,
+    ) -> Endpoint:
+        """Deep-merges `body` into the spec. `expected_revision` (HTTP `If-Match`) must match."""
+        endpoint = self.get(session, principal, name)
+        if expected_revision is not None and expected_revision != endpoint.revision:
+            raise ConflictError(
+                f"Endpoint {name!r} is at revision {endpoint.revision}, not "
+                f"{expected_revision}: fetch it and retry",
+                revision=endpoint.revision,
+            )
+        new_spec = merge_update(endpoint.spec, body)
+        self._resolve(new_spec)
+        relaunch = launch_digest_fields(new_spec) != launch_digest_fields(endpoint.spec)
+        if body.model is not None and body.model.secrets is not None:
+            endpoint.secrets_encrypted = (
+                self.secret_box.seal(body.model.secrets) if body.model.secrets else None
+            )
+            relaunch = True
+        endpoint.spec = new_spec
+        endpoint.failure_count = 0
+        if endpoint.desired_state == "running" and relaunch:
+            endpoint.state = "updating" if endpoint.state == "running" else "pending"
+            endpoint.message = "Endpoint waiting for the update"
+        elif endpoint.state in ("failed", "updateFailed"):
+            endpoint.state, endpoint.message = "pending", "Endpoint waiting to be scheduled"
+        self._touch(endpoint, principal)
+        self._flush(session, endpoint)
+        repository.add_event(
+            session,
+            endpoint_id=endpoint.id,
+            kind="updated",
+            message="spec updated" + (" (new replicas)" if relaunch else ""),
+        )
+        _wake(session)
+        return endpoint
+
+    def pause(self, session: Session, principal: Principal, name: str) -> Endpoint:
+        endpoint = self.get(session, principal, name)
+        endpoint.desired_state, endpoint.state = "paused", "paused"
+        endpoint.message, endpoint.url, endpoint.target_replicas = "Endpoint paused", None, 0
+        return self._commit_action(session, principal, endpoint, "paused")
+
+    def resume(self, session: Session, principal: Principal, name: str) -> Endpoint:
+        endpoint = self.get(session, principal, name)
+        if endpoint.desired_state == "running" and endpoint.state in ("running", "updating"):
+            raise BadRequestError(f"Endpoint {name!r} is already running")
+        endpoint.desired_state, endpoint.state, endpoint.url = "running", "pending", None
+        endpoint.message, endpoint.failure_count = "Endpoint waiting to be scheduled", 0
+        return self._commit_action(session, principal, endpoint, "resumed")
+
+    def scale_to_zero(self, session: Session, principal: Principal, name: str) -> Endpoint:
+        endpoint = self.get(session, principal, name)
+        endpoint.desired_state, endpoint.state = "scaledToZero", "scaledToZero"
+        endpoint.message, endpoint.target_replicas = "Endpoint scaled to zero: resume it to serve again", 0
+        return self._commit_action(session, principal, endpoint, "scaled-to-zero")
+
+    def delete(self, session: Session, principal: Principal, name: str) -> None:
+        endpoint = self.get(session, principal, name)
+        repository.delete_endpoint(session, endpoint)
+        _wake(session)
+
+    # --- observability --------------------------------------------------------------------
+
+    def logs(self, session: Session, principal: Principal, name: str, tail: int = 100) -> list[ReplicaLogs]:
+        """The last `tail` log lines of each replica of the endpoint, oldest replica first."""
+        endpoint = self.get(session, principal, name)
+        launcher = self.hardware.launcher
+        out = []
+        for replica in repository.replicas_of(session, endpoint_id=endpoint.id):
+            lines = launcher.logs(replica.handle, tail) if replica.handle else []
+            out.append(ReplicaLogs(replica.replica_key, replica.state, lines))
+        return out
+
+    def events(
+        self, session: Session, principal: Principal, name: str, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        endpoint = self.get(session, principal, name)
+        return [
+            {"createdAt": to_wire(e.created_at), "kind": e.kind, "message": e.message}
+            for e in repository.list_events(session, endpoint_id=endpoint.id, limit=limit)
+        ]
+
+    # --- helpers ------------------------------------------------------------------------
+
+    def _resolve(self, spec: dict[str, Any]) -> None:
+        compute, provider = spec["compute"], spec["provider"]
+        self.hardware.resolve(
+            vendor=provider["vendor"],
+            region=provider["region"],
+            instance_type=compute["instanceType"],
+            instance_size=compute["instanceSize"],
+            accelerator=compute["accelerator"],
+        )
+
+    @staticmethod
+    def _instance_label(spec: dict[str, Any]) -> str:
+        c, p = spec["compute"], spec["provider"]
+        return f"{p['vendor']}/{p['region']} {c['instanceType']} {c['instanceSize']}"
+
+    @staticmethod
+    def _touch(endpoint: Endpoint, principal: Principal) -> None:
+        endpoint.updated_at = endpoint.last_active_at = utcnow()
+        endpoint.updated_by = principal.namespace
+
+    @staticmethod
+    def _flush(session: Session, endpoint: Endpoint) -> None:
+        try:
+            session.flush()
+        except StaleDataError as e:
+            raise ConflictError(
+                f"Endpoint {endpoint.name!r} was changed concurrently: fetch it and retry"
+            ) from e
+
+    def _commit_action(
+        self, session: Session, principal: Principal, endpoint: Endpoint, kind: str
+    ) -> Endpoint:
+        self._touch(endpoint, principal)
+        self._flush(session, endpoint)
+        repository.add_event(session, endpoint_id=endpoint.id, kind=kind, message=f"endpoint {kind}")
+        _wake(session)
+        return endpoint

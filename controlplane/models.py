@@ -1,0 +1,110 @@
+"""SQLAlchemy 2.0 models. The schema only changes through Alembic revisions in `migrations/`.
+
+Ownership: the endpoint service writes an endpoint's *spec* (`spec`, `desired_state`,
+`secrets_encrypted`) under optimistic locking on `revision`; the reconciler writes its *status*
+columns (`state`, `message`, `url`, replica counts) with a conditional UPDATE that does not bump
+`revision`, so the two never clobber each other. Replicas belong to the reconciler.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from lorafleet.controlplane.clock import utcnow
+from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Namespace(Base):
+    __tablename__ = "namespaces"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class ApiToken(Base):
+    """A bearer token; only its SHA-256 is stored, plus a short prefix to recognise it by."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    namespace_id: Mapped[int] = mapped_column(ForeignKey("namespaces.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    description: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+    namespace: Mapped[Namespace] = relationship(lazy="raise")
+
+
+class Endpoint(Base):
+    __tablename__ = "endpoints"
+    __table_args__ = (UniqueConstraint("namespace_id", "name", name="uq_endpoints_namespace_name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    namespace_id: Mapped[int] = mapped_column(ForeignKey("namespaces.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    secrets_encrypted: Mapped[str | None] = mapped_column(Text, nullable=True)
+    desired_state: Mapped[str] = mapped_column(String(16), default="running")
+    revision: Mapped[int] = mapped_column(Integer, default=1)
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    message: Mapped[str] = mapped_column(Text, default="")
+    url: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    ready_replicas: Mapped[int] = mapped_column(Integer, default=0)
+    target_replicas: Mapped[int] = mapped_column(Integer, default=0)
+    failure_count: Mapped[int] = mapped_column(Integer, default=0)
+    created_by: Mapped[str] = mapped_column(String(64), default="")
+    updated_by: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    last_active_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    namespace: Mapped[Namespace] = relationship(lazy="raise")
+
+    __mapper_args__ = {"version_id_col": revision}
+
+
+class Replica(Base):
+    """One launched replica. `endpoint_id` is NULL once its endpoint is deleted: an orphan the
+    reconciler stops and removes."""
+
+    __tablename__ = "replicas"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    replica_key: Mapped[str] = mapped_column(String(64), unique=True)
+    endpoint_id: Mapped[int | None] = mapped_column(
+        ForeignKey("endpoints.id", ondelete="SET NULL"), index=True, nullable=True
+    )
+    launcher: Mapped[str] = mapped_column(String(32))
+    spec_digest: Mapped[str] = mapped_column(String(32))
+    handle: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    state: Mapped[str] = mapped_column(String(16), default="starting")
+    url: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    message: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    ready_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    queue_size: Mapped[float] = mapped_column(default=0.0)
+
+    endpoint: Mapped[Endpoint | None] = relationship(lazy="raise")
+
+
+class EndpointEvent(Base):
+    """Append-only log of what happened to an endpoint (created, replica started, crashed...)."""
+
+    __tablename__ = "endpoint_events"
+    __table_args__ = (Index("ix_endpoint_events_endpoint_id_id", "endpoint_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    endpoint_id: Mapped[int] = mapped_column(ForeignKey("endpoints.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    kind: Mapped[str] = mapped_column(String(32))
+    message: Mapped[str] = mapped_column(Text, default="")
