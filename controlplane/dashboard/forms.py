@@ -134,10 +134,8 @@ def build_create_payload(form: EndpointForm, *, accelerator: str) -> dict[str, A
         adapters = parse_adapters(form.adapters)
     except ValueError as e:
         errors["adapters"] = str(e)
-    for key, label, text in (
-        ("min_replica", "Min replicas", form.min_replica),
-        ("max_replica", "Max replicas", form.max_replica),
-    ):
+    for key, label, text in (("min_replica", "Min replicas", form.min_replica),
+                             ("max_replica", "Max replicas", form.max_replica)):
         try:
             scaling[key] = _replica_count(text, label)
         except ValueError as e:

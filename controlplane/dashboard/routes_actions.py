@@ -18,37 +18,23 @@ ACTIONS = ("pause", "resume", "scale-to-zero")
 
 
 @router.post("/endpoints/{name}/delete", dependencies=[CsrfChecked])
-def delete_endpoint(
-    request: Request,
-    name: str,
-    db: SessionDep,
-    caller: CallerDep,
-    service: EndpointServiceDep,
-    confirm: Annotated[str, Form()] = "",
-) -> Response:
+def delete_endpoint(request: Request, name: str, db: SessionDep, caller: CallerDep,
+                    service: EndpointServiceDep, confirm: Annotated[str, Form()] = "") -> Response:
     if confirm != "yes":  # without JavaScript's confirm(), ask on a page of its own
         return render(request, "confirm_delete.html", {"name": name}, caller=caller)
     try:
         service.delete(db, caller.principal, name)
     except ControlPlaneError as e:
         db.rollback()
-        return endpoint_page(
-            request, db, caller, service, name, page_error=e.message, status_code=e.status_code
-        )
+        return endpoint_page(request, db, caller, service, name, page_error=e.message,
+                             status_code=e.status_code)
     return redirect("?did=deleted")
 
 
 @router.post("/endpoints/{name}/try", dependencies=[CsrfChecked])
-def try_endpoint(
-    request: Request,
-    name: str,
-    db: SessionDep,
-    caller: CallerDep,
-    service: EndpointServiceDep,
-    prompt: Annotated[str, Form()] = "",
-    adapter_id: Annotated[str, Form()] = "",
-    max_new_tokens: Annotated[str, Form()] = "20",
-) -> Response:
+def try_endpoint(request: Request, name: str, db: SessionDep, caller: CallerDep, service: EndpointServiceDep,
+                 prompt: Annotated[str, Form()] = "", adapter_id: Annotated[str, Form()] = "",
+                 max_new_tokens: Annotated[str, Form()] = "20") -> Response:
     wants_json = request.headers.get("accept", "").startswith("application/json")
     try:
         raw = service.render(service.get(db, caller.principal, name))
@@ -59,38 +45,28 @@ def try_endpoint(
     # The session's work is done: release the connection before waiting on the replica.
     db.commit()
     status = raw["status"]
-    trial = generate(
-        Trial(prompt, adapter_id, max_new_tokens),
-        url=status.get("url"),
-        state=status["state"],
-        token=caller.token,
-    )
+    trial = generate(Trial(prompt, adapter_id, max_new_tokens), url=status.get("url"),
+                     state=status["state"], token=caller.token)
     if wants_json:
         if trial.error:
             return JSONResponse({"error": trial.error}, status_code=trial.status_code)
         return JSONResponse({"generated_text": trial.text, "label": trial.label})
-    return endpoint_page(request, db, caller, service, name, trial=trial, status_code=trial.status_code)
+    return endpoint_page(request, db, caller, service, name, trial=trial,
+                         status_code=trial.status_code)
 
 
 # Registered last: the literal /delete and /try routes above must win over `{action}`.
 @router.post("/endpoints/{name}/{action}", dependencies=[CsrfChecked])
-def endpoint_action(
-    request: Request, name: str, action: str, db: SessionDep, caller: CallerDep, service: EndpointServiceDep
-) -> Response:
+def endpoint_action(request: Request, name: str, action: str, db: SessionDep, caller: CallerDep,
+                    service: EndpointServiceDep) -> Response:
     if action not in ACTIONS:
-        return render(
-            request,
-            "error.html",
-            {"title": "Unknown action", "message": f"No action {action!r}."},
-            status_code=404,
-            caller=caller,
-        )
+        return render(request, "error.html", {"title": "Unknown action", "message": f"No action {action!r}."},
+                      status_code=404, caller=caller)
     run = {"pause": service.pause, "resume": service.resume, "scale-to-zero": service.scale_to_zero}[action]
     try:
         run(db, caller.principal, name)
     except ControlPlaneError as e:
         db.rollback()
-        return endpoint_page(
-            request, db, caller, service, name, page_error=e.message, status_code=e.status_code
-        )
+        return endpoint_page(request, db, caller, service, name, page_error=e.message,
+                             status_code=e.status_code)
     return redirect(f"/endpoints/{quote(name)}?did={action}")

@@ -24,12 +24,9 @@ def _signin_page(request: Request, *, error: str | None = None, status_code: int
     session = browser_session(request)
     if session is None or session.token:
         session = box.new_session(token="", namespace="")
-    response = render(
-        request,
-        "signin.html",
-        {"csrf": box.csrf_token(session), "errors": {"token": error} if error else {}},
-        status_code=status_code,
-    )
+    response = render(request, "signin.html", {"csrf": box.csrf_token(session),
+                                               "errors": {"token": error} if error else {}},
+                      status_code=status_code)
     response.set_cookie(COOKIE_NAME, box.seal(session), **box.cookie_options())  # type: ignore[arg-type]
     return response
 

@@ -40,52 +40,29 @@ def _endpoint_views(db: Session, caller: Caller, service: EndpointService) -> li
 
 
 @router.get("")
-def endpoint_list(
-    request: Request, db: SessionDep, caller: CallerDep, service: EndpointServiceDep, did: str | None = None
-) -> Response:
-    return render(
-        request,
-        "list.html",
-        {"endpoints": _endpoint_views(db, caller, service), "notice": NOTICES.get(did or "")},
-        caller=caller,
-    )
+def endpoint_list(request: Request, db: SessionDep, caller: CallerDep, service: EndpointServiceDep,
+                  did: str | None = None) -> Response:
+    return render(request, "list.html", {"endpoints": _endpoint_views(db, caller, service),
+                                         "notice": NOTICES.get(did or "")}, caller=caller)
 
 
 @router.get("/partials/endpoints")
-def endpoint_rows(
-    request: Request, db: SessionDep, caller: CallerDep, service: EndpointServiceDep
-) -> Response:
-    return render(
-        request, "_endpoint_rows.html", {"endpoints": _endpoint_views(db, caller, service)}, caller=caller
-    )
+def endpoint_rows(request: Request, db: SessionDep, caller: CallerDep,
+                  service: EndpointServiceDep) -> Response:
+    return render(request, "_endpoint_rows.html", {"endpoints": _endpoint_views(db, caller, service)},
+                  caller=caller)
 
 
-def _create_page(
-    request: Request,
-    caller: Caller,
-    hardware: Any,
-    form: EndpointForm,
-    errors: dict[str, str],
-    status_code: int = 200,
-) -> Response:
+def _create_page(request: Request, caller: Caller, hardware: Any, form: EndpointForm,
+                 errors: dict[str, str], status_code: int = 200) -> Response:
     choices = HardwareChoices.from_provider(hardware.render())
     if not form.vendor and choices.vendors:  # first visit: preselect the first catalog entry
         first = choices.instance_types[0] if choices.instance_types else None
-        form = EndpointForm(
-            **{
-                **form.values(),
-                "vendor": choices.vendors[0],
-                "region": first.region if first else "",
-                "instance_type": first.instance_type if first else "",
-            }
-        )
-    return render(
-        request,
-        "create.html",
-        {"form": form, "errors": errors, "choices": choices},
-        status_code=status_code,
-        caller=caller,
-    )
+        form = EndpointForm(**{**form.values(), "vendor": choices.vendors[0],
+                               "region": first.region if first else "",
+                               "instance_type": first.instance_type if first else ""})
+    return render(request, "create.html", {"form": form, "errors": errors, "choices": choices},
+                  status_code=status_code, caller=caller)
 
 
 @router.get("/new")
@@ -98,14 +75,8 @@ async def read_endpoint_form(request: Request) -> EndpointForm:
 
 
 @router.post("/new", dependencies=[CsrfChecked])
-def create_endpoint(
-    request: Request,
-    caller: CallerDep,
-    hardware: HardwareDep,
-    service: EndpointServiceDep,
-    db: SessionDep,
-    form: Annotated[EndpointForm, Depends(read_endpoint_form)],
-) -> Response:
+def create_endpoint(request: Request, caller: CallerDep, hardware: HardwareDep, service: EndpointServiceDep,
+                    db: SessionDep, form: Annotated[EndpointForm, Depends(read_endpoint_form)]) -> Response:
     choices = HardwareChoices.from_provider(hardware.render())
     accelerator = choices.accelerator_for(form.vendor, form.region, form.instance_type, form.instance_size)
     try:
@@ -117,9 +88,8 @@ def create_endpoint(
         return _create_page(request, caller, hardware, form, validation_errors(e), status_code=422)
     except ControlPlaneError as e:
         db.rollback()
-        return _create_page(
-            request, caller, hardware, form, {field_for(e): e.message}, status_code=e.status_code
-        )
+        return _create_page(request, caller, hardware, form, {field_for(e): e.message},
+                            status_code=e.status_code)
     return redirect(f"/endpoints/{quote(body.name)}?did=created")
 
 
@@ -134,49 +104,28 @@ def _status_context(db: Session, caller: Caller, service: EndpointService, name:
     }
 
 
-def endpoint_page(
-    request: Request,
-    db: Session,
-    caller: Caller,
-    service: EndpointService,
-    name: str,
-    *,
-    notice: str | None = None,
-    page_error: str | None = None,
-    trial: Any = None,
-    status_code: int = 200,
-) -> Response:
+def endpoint_page(request: Request, db: Session, caller: Caller, service: EndpointService, name: str,
+                  *, notice: str | None = None, page_error: str | None = None,
+                  trial: Any = None, status_code: int = 200) -> Response:
     """An endpoint's page; also re-rendered by actions that fail and by a no-JS "Try it"."""
     try:
         context = _status_context(db, caller, service, name)
     except NotFoundError as e:
-        return render(
-            request,
-            "error.html",
-            {"title": "Endpoint not found", "message": e.message},
-            status_code=404,
-            caller=caller,
-        )
+        return render(request, "error.html", {"title": "Endpoint not found", "message": e.message},
+                      status_code=404, caller=caller)
     context.update(notice=notice, page_error=page_error, trial=trial)
     return render(request, "endpoint.html", context, status_code=status_code, caller=caller)
 
 
 @router.get("/endpoints/{name}")
-def endpoint_detail(
-    request: Request,
-    name: str,
-    db: SessionDep,
-    caller: CallerDep,
-    service: EndpointServiceDep,
-    did: str | None = None,
-) -> Response:
+def endpoint_detail(request: Request, name: str, db: SessionDep, caller: CallerDep,
+                    service: EndpointServiceDep, did: str | None = None) -> Response:
     return endpoint_page(request, db, caller, service, name, notice=NOTICES.get(did or ""))
 
 
 @router.get("/partials/endpoints/{name}")
-def endpoint_status(
-    request: Request, name: str, db: SessionDep, caller: CallerDep, service: EndpointServiceDep
-) -> Response:
+def endpoint_status(request: Request, name: str, db: SessionDep, caller: CallerDep,
+                    service: EndpointServiceDep) -> Response:
     try:
         context = _status_context(db, caller, service, name)
     except NotFoundError as e:

@@ -1,4 +1,4 @@
-""" "Try it": one generation through the endpoint's URL, proxied by the control plane.
+""""Try it": one generation through the endpoint's URL, proxied by the control plane.
 
 Server-side on purpose: the browser never needs the endpoint's URL to be reachable from it (no
 CORS, replicas may listen on a private network) and the API token never enters JavaScript. The
@@ -55,9 +55,8 @@ def _error_text(response: httpx.Response) -> str:
     return str(body)[:500]
 
 
-def generate(
-    trial: Trial, *, url: str | None, state: str, token: str, timeout_s: float = GENERATE_TIMEOUT_S
-) -> Trial:
+def generate(trial: Trial, *, url: str | None, state: str, token: str,
+             timeout_s: float = GENERATE_TIMEOUT_S) -> Trial:
     """Runs `trial` against the endpoint at `url`; returns it with `text` or `error` filled in."""
     if not trial.prompt.strip():
         return _failed(trial, "Enter a prompt.", 400)
@@ -66,19 +65,15 @@ def generate(
     except ValueError as e:
         return _failed(trial, str(e), 400)
     if not url:
-        return _failed(
-            trial, f"The endpoint is {state} and has no URL yet: try again once it is running.", 409
-        )
+        return _failed(trial, f"The endpoint is {state} and has no URL yet: try again once it is running.",
+                       409)
     parameters: dict[str, object] = {"max_new_tokens": max_new_tokens}
     if trial.adapter_id:
         parameters["adapter_id"] = trial.adapter_id
     try:
-        response = httpx.post(
-            f"{url.rstrip('/')}/generate",
-            json={"inputs": trial.prompt, "parameters": parameters},
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=timeout_s,
-        )
+        response = httpx.post(f"{url.rstrip('/')}/generate",
+                              json={"inputs": trial.prompt, "parameters": parameters},
+                              headers={"Authorization": f"Bearer {token}"}, timeout=timeout_s)
     except httpx.HTTPError as e:
         return _failed(trial, f"The endpoint did not answer ({type(e).__name__}: {e}).")
     if response.status_code != 200:

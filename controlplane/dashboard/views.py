@@ -23,16 +23,8 @@ STATE_CLASSES = {
     "failed": "bad",
     "updateFailed": "bad",
 }
-EVENT_CLASSES = {
-    "created": "busy",
-    "ready": "ok",
-    "running": "ok",
-    "failed": "bad",
-    "paused": "idle",
-    "scaled-to-zero": "idle",
-    "resumed": "busy",
-    "updated": "busy",
-}
+EVENT_CLASSES = {"created": "busy", "ready": "ok", "running": "ok", "failed": "bad", "paused": "idle",
+                 "scaled-to-zero": "idle", "resumed": "busy", "updated": "busy"}
 
 
 def state_class(state: str) -> str:
@@ -54,9 +46,8 @@ def parse_lora_adapters(value: str | None) -> list[AdapterView]:
         if not item:
             continue
         name, sep, path = item.partition("=")
-        adapters.append(
-            AdapterView(id=name.strip(), source=path.strip()) if sep else AdapterView(id=item, source=item)
-        )
+        adapters.append(AdapterView(id=name.strip(), source=path.strip()) if sep
+                        else AdapterView(id=item, source=item))
     return adapters
 
 
@@ -106,10 +97,8 @@ class EndpointView:
             name=raw["name"],
             repository=model["repository"],
             adapters=parse_lora_adapters(env.get("LORA_ADAPTERS")),
-            instance=(
-                f"{provider['vendor']} · {provider['region']} · "
-                f"{compute['instanceType']} {compute['instanceSize']}"
-            ),
+            instance=(f"{provider['vendor']} · {provider['region']} · "
+                      f"{compute['instanceType']} {compute['instanceSize']}"),
             accelerator=compute.get("accelerator", ""),
             min_replica=int(scaling.get("minReplica") or 0),
             max_replica=int(scaling.get("maxReplica") or 0),
@@ -142,10 +131,8 @@ class EventView:
 
 def event_views(events: Iterable[Mapping[str, Any]]) -> list[EventView]:
     """The event log, newest first (the timeline reads top-down from now)."""
-    views = [
-        EventView(at=e.get("createdAt", ""), kind=e.get("kind", ""), message=e.get("message", ""))
-        for e in events
-    ]
+    views = [EventView(at=e.get("createdAt", ""), kind=e.get("kind", ""), message=e.get("message", ""))
+             for e in events]
     return list(reversed(views))
 
 
@@ -230,10 +217,8 @@ class HardwareChoices:
         return any(r.vendor == vendor and r.name == region for r in self.regions)
 
     def has_instance_type(self, vendor: str, region: str, instance_type: str) -> bool:
-        return any(
-            c.vendor == vendor and c.region == region and c.instance_type == instance_type
-            for c in self.instance_types
-        )
+        return any(c.vendor == vendor and c.region == region and c.instance_type == instance_type
+                   for c in self.instance_types)
 
     def accelerator_for(self, vendor: str, region: str, instance_type: str, instance_size: str) -> str:
         """The accelerator of the chosen compute. For a compute missing from the catalog any value

@@ -128,9 +128,8 @@ async def check_csrf(request: Request) -> None:
         raise CsrfError("the form's security token is missing or stale: reload the page and try again")
 
 
-def render(
-    request: Request, name: str, context: dict[str, Any], status_code: int = 200, caller: Caller | None = None
-) -> HTMLResponse:
+def render(request: Request, name: str, context: dict[str, Any], status_code: int = 200,
+           caller: Caller | None = None) -> HTMLResponse:
     """Renders a page with the signed-in user (for the header and its sign-out form)."""
     base: dict[str, Any] = {"user": None, "csrf": "", "notice": None, "page_error": None}
     if caller is not None:
@@ -156,16 +155,7 @@ def refuse(request: Request, error: DashboardError) -> Response:
         return JSONResponse(error.to_json(), status_code=error.status_code)
     title = "Sign in required" if isinstance(error, SignInRequired) else "Request refused"
     response = templates.TemplateResponse(
-        request,
-        "error.html",
-        {
-            "user": None,
-            "csrf": "",
-            "notice": None,
-            "page_error": None,
-            "title": title,
-            "message": error.message,
-        },
-        status_code=error.status_code,
-    )
+        request, "error.html",
+        {"user": None, "csrf": "", "notice": None, "page_error": None, "title": title,
+         "message": error.message}, status_code=error.status_code)
     return response

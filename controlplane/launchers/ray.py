@@ -74,18 +74,10 @@ class RayLauncher:
 
     name = "ray"
 
-    def __init__(
-        self,
-        *,
-        address: str = "auto",
-        ray_namespace: str = DEFAULT_RAY_NAMESPACE,
-        catalog_path: Path | None = None,
-        command: list[str] | None = None,
-        runtime_env: dict[str, Any] | None = None,
-        placement_timeout_s: float = 120.0,
-        call_timeout_s: float = 30.0,
-        stop_grace_s: float = 10.0,
-    ) -> None:
+    def __init__(self, *, address: str = "auto", ray_namespace: str = DEFAULT_RAY_NAMESPACE,
+                 catalog_path: Path | None = None, command: list[str] | None = None,
+                 runtime_env: dict[str, Any] | None = None, placement_timeout_s: float = 120.0,
+                 call_timeout_s: float = 30.0, stop_grace_s: float = 10.0) -> None:
         self._address = address
         self._ray_namespace = ray_namespace
         self._catalog_data = read_catalog_file(catalog_path)
@@ -104,13 +96,9 @@ class RayLauncher:
     def from_settings(cls, settings: Any) -> RayLauncher:
         """Builds the launcher from `Settings` (`LORAFLEET_RAY_ADDRESS`, `LORAFLEET_CATALOG`, ...)."""
         command = shlex.split(settings.runtime_command) if settings.runtime_command else None
-        return cls(
-            address=settings.ray_address,
-            catalog_path=settings.catalog,
-            command=command,
-            ray_namespace=getattr(settings, "ray_namespace", DEFAULT_RAY_NAMESPACE),
-            runtime_env=getattr(settings, "ray_runtime_env", None),
-        )
+        return cls(address=settings.ray_address, catalog_path=settings.catalog, command=command,
+                   ray_namespace=getattr(settings, "ray_namespace", DEFAULT_RAY_NAMESPACE),
+                   runtime_env=getattr(settings, "ray_runtime_env", None))
 
     # -- connection -------------------------------------------------------------------------
 
@@ -123,17 +111,12 @@ class RayLauncher:
                 return
             if not ray.is_initialized():
                 try:
-                    ray.init(
-                        address=self._address,
-                        namespace=self._ray_namespace,
-                        log_to_driver=False,
-                        logging_level="WARNING",
-                        include_dashboard=False,
-                    )
+                    ray.init(address=self._address, namespace=self._ray_namespace,
+                             log_to_driver=False, logging_level="WARNING", include_dashboard=False)
                 except (ConnectionError, RuntimeError, ValueError) as e:
                     raise RayUnavailableError(
-                        f"cannot connect to the Ray cluster at {self._address!r} (LORAFLEET_RAY_ADDRESS): {e}"
-                    ) from e
+                        f"cannot connect to the Ray cluster at {self._address!r} "
+                        f"(LORAFLEET_RAY_ADDRESS): {e}") from e
             # Ship the actor's module by value: worker nodes need ray and lorafleet[runtime],
             # not the control plane's packages.
             ray.cloudpickle.register_pickle_by_value(ray_replica)
@@ -189,22 +172,13 @@ class RayLauncher:
 
     def _handle(self, name: str, actor: Any, info: dict[str, Any] | None) -> ReplicaHandle:
         handle: ReplicaHandle = {
-            "replica_key": name.rsplit("/", 1)[-1],
-            "launcher": self.name,
-            "actor_name": name,
-            "ray_namespace": self._ray_namespace,
-            "actor_id": actor._actor_id.hex(),
+            "replica_key": name.rsplit("/", 1)[-1], "launcher": self.name, "actor_name": name,
+            "ray_namespace": self._ray_namespace, "actor_id": actor._actor_id.hex(),
         }
         if info:
-            handle.update(
-                node_id=info["node_id"],
-                host=info["host"],
-                port=info["port"],
-                pid=info["pid"],
-                gpu_ids=info["gpu_ids"],
-                spec_digest=info["spec_digest"],
-                url=f"http://{info['host']}:{info['port']}",
-            )
+            handle.update(node_id=info["node_id"], host=info["host"], port=info["port"],
+                          pid=info["pid"], gpu_ids=info["gpu_ids"], spec_digest=info["spec_digest"],
+                          url=f"http://{info['host']}:{info['port']}")
         return handle
 
     def start(self, spec: ReplicaSpec) -> ReplicaHandle:
@@ -252,9 +226,7 @@ class RayLauncher:
     def _create_actor(self, name: str, spec: ReplicaSpec, request: ResourceRequest) -> Any:
         env = {**spec.env, "HOSTNAME": "0.0.0.0"}
         options: dict[str, Any] = {
-            "name": name,
-            "namespace": self._ray_namespace,
-            "lifetime": "detached",
+            "name": name, "namespace": self._ray_namespace, "lifetime": "detached",
             "max_restarts": 0,  # the reconciler restarts replicas, with backoff and a limit
             **request.actor_options(),
         }
@@ -262,8 +234,7 @@ class RayLauncher:
             options["runtime_env"] = self._runtime_env
         try:
             return self._actor_class.options(**options).remote(
-                self._command, list(spec.args), env, spec.digest
-            )
+                self._command, list(spec.args), env, spec.digest)
         except (RayError, ValueError) as e:
             raise LauncherError(f"Ray refused the replica actor {name!r}: {e}") from e
 
@@ -274,9 +245,8 @@ class RayLauncher:
             self._kill(name, actor)
             reason = capacity_reason(request, self._view.nodes(fresh=True))
             raise NoCapacityError(
-                reason
-                or f"Ray did not place {request.describe()} within {self._placement_timeout_s:g} s; retrying"
-            ) from None
+                reason or f"Ray did not place {request.describe()} within "
+                f"{self._placement_timeout_s:g} s; retrying") from None
         except RayActorError as e:
             self._kill(name, actor)
             raise LauncherError(f"the replica actor {name!r} failed to start: {_first_line(e)}") from e
@@ -287,9 +257,8 @@ class RayLauncher:
         actor = self._find_actor(name)
         if actor is None or actor._actor_id.hex() != handle.get("actor_id", actor._actor_id.hex()):
             self._view.release(name)
-            return ReplicaStatus(
-                "exited", message=f"the Ray actor {name!r} is gone (killed, or its node died)"
-            )
+            return ReplicaStatus("exited",
+                                 message=f"the Ray actor {name!r} is gone (killed, or its node died)")
         try:
             info = self._describe(actor, self._call_timeout_s)
         except RayActorError as e:
@@ -299,12 +268,9 @@ class RayLauncher:
             return ReplicaStatus("starting", message=f"the Ray actor {name!r} does not answer yet")
         url = f"http://{info['host']}:{info['port']}"
         if info["exit_code"] is not None:
-            return ReplicaStatus(
-                "exited",
-                url=url,
-                exit_code=info["exit_code"],
-                message=f"the runtime exited with code {info['exit_code']} on Ray node {info['node_id']}",
-            )
+            return ReplicaStatus("exited", url=url, exit_code=info["exit_code"],
+                                 message=f"the runtime exited with code {info['exit_code']} "
+                                         f"on Ray node {info['node_id']}")
         return ReplicaStatus("running", url=url)
 
     def stop(self, handle: ReplicaHandle) -> None:
@@ -313,10 +279,8 @@ class RayLauncher:
         actor = self._find_actor(name)
         if actor is not None and actor._actor_id.hex() == handle.get("actor_id", actor._actor_id.hex()):
             try:
-                ray.get(
-                    actor.stop.remote(self._stop_grace_s),
-                    timeout=self._stop_grace_s * 2 + self._call_timeout_s,
-                )
+                ray.get(actor.stop.remote(self._stop_grace_s),
+                        timeout=self._stop_grace_s * 2 + self._call_timeout_s)
             except (RayActorError, GetTimeoutError):
                 pass  # dead or stuck: ray.kill below ends the actor, and its server with it
             self._kill(name, actor)
@@ -372,3 +336,4 @@ class RayLauncher:
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+

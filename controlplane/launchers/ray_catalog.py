@@ -49,48 +49,23 @@ def derived_computes(vendor: str, region: str, nodes: list[NodeResources]) -> li
         largest = max(hosts, key=lambda n: n.num_gpus)
         for size in power_of_two_sizes(largest.num_gpus):
             share = size / largest.num_gpus
-            computes.append(
-                InstanceType(
-                    vendor,
-                    region,
-                    model,
-                    f"x{size}",
-                    "gpu",
-                    size,
-                    model,
-                    memory_gb=round(largest.total.get("memory", 0) / _GIB * share, 1),
-                    num_cpus=max(1, int(largest.num_cpus * share)),
-                    architecture=f"NVIDIA {ray_type}" if model.startswith("nvidia-") else ray_type,
-                )
-            )
+            computes.append(InstanceType(
+                vendor, region, model, f"x{size}", "gpu", size, model,
+                memory_gb=round(largest.total.get("memory", 0) / _GIB * share, 1),
+                num_cpus=max(1, int(largest.num_cpus * share)), architecture=f"NVIDIA {ray_type}"
+                if model.startswith("nvidia-") else ray_type))
     most_cpus = max((n.num_cpus for n in nodes), default=0)
     memory = max((n.total.get("memory", 0) for n in nodes), default=0) / _GIB
     for size in power_of_two_sizes(most_cpus):
-        computes.append(
-            InstanceType(
-                vendor,
-                region,
-                "cpu",
-                f"x{size}",
-                "cpu",
-                0,
-                None,
-                memory_gb=round(memory, 1),
-                num_cpus=size,
-                architecture="CPU",
-            )
-        )
+        computes.append(InstanceType(vendor, region, "cpu", f"x{size}", "cpu", 0, None,
+                                     memory_gb=round(memory, 1), num_cpus=size, architecture="CPU"))
     return computes
 
 
 def runnable(instance: InstanceType, nodes: list[NodeResources]) -> bool:
     """Whether some node could ever hold one replica of `instance`."""
-    request = request_for(
-        instance.gpu_model,
-        instance.num_accelerators if instance.gpu_model else 0,
-        instance.num_cpus or 1,
-        nodes,
-    )
+    request = request_for(instance.gpu_model, instance.num_accelerators if instance.gpu_model else 0,
+                          instance.num_cpus or 1, nodes)
     return impossible_reason(request, nodes) is None
 
 

@@ -59,7 +59,7 @@ class NodeResources:
     @property
     def accelerator_types(self) -> tuple[str, ...]:
         """Ray accelerator types of this node's GPUs (normally one)."""
-        return tuple(k[len(ACCELERATOR_PREFIX) :] for k in self.total if k.startswith(ACCELERATOR_PREFIX))
+        return tuple(k[len(ACCELERATOR_PREFIX):] for k in self.total if k.startswith(ACCELERATOR_PREFIX))
 
     @property
     def gpu_models(self) -> tuple[str, ...]:
@@ -107,9 +107,9 @@ class ResourceRequest:
         return all(resources.get(name, 0.0) + 1e-9 >= amount for name, amount in wanted.items() if amount)
 
 
-def request_for(
-    gpu_model: str | None, num_gpus: int, num_cpus: float, nodes: list[NodeResources]
-) -> ResourceRequest:
+def request_for(gpu_model: str | None, num_gpus: int, num_cpus: float, nodes: list[NodeResources]) -> (
+    ResourceRequest
+):
     """Builds the Ray request for an instance, naming the cluster's accelerator type.
 
     Args:
@@ -127,7 +127,7 @@ def request_for(
             if gpu_model_name(ray_type) == gpu_model.lower():
                 return ResourceRequest(num_gpus, 0.0, ray_type, gpu_model)
     # No node has it: keep the usual spelling so the message (and Ray, if asked) are clear.
-    ray_type = gpu_model[len("nvidia-") :].upper() if gpu_model.startswith("nvidia-") else gpu_model
+    ray_type = gpu_model[len("nvidia-"):].upper() if gpu_model.startswith("nvidia-") else gpu_model
     return ResourceRequest(num_gpus, 0.0, ray_type, gpu_model)
 
 

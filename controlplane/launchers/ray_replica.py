@@ -57,9 +57,8 @@ class ReplicaServer:
             by name can tell whether it still runs the spec it wants.
     """
 
-    def __init__(
-        self, command: list[str] | None, args: list[str], env: dict[str, str], spec_digest: str
-    ) -> None:
+    def __init__(self, command: list[str] | None, args: list[str], env: dict[str, str],
+                 spec_digest: str) -> None:
         self._spec_digest = spec_digest
         self._port = int(env.get("PORT") or 0) or _free_port()
         self._gpu_ids = [str(gpu) for gpu in ray.get_gpu_ids()]

@@ -25,7 +25,6 @@ def _available_per_node() -> dict[str, dict[str, float]] | None:
     API, so this uses the driver's GCS accessor (present since Ray 1.x) and degrades to None."""
     try:
         from ray._private import state
-
         return state.available_resources_per_node()
     except (ImportError, AttributeError):  # pragma: no cover - a future Ray moved it
         return None

@@ -14,41 +14,24 @@ from lorafleet.controlplane.endpoints.schemas import EndpointCreate
 
 
 def _form(**overrides: str) -> EndpointForm:
-    values = {
-        "name": "multi-lora",
-        "repository": "mistralai/Mistral-7B-v0.1",
-        "vendor": "aws",
-        "region": "us-east-1",
-        "instance_type": "nvidia-l4",
-        "instance_size": "x1",
-        "min_replica": "1",
-        "max_replica": "1",
-    }
+    values = {"name": "multi-lora", "repository": "mistralai/Mistral-7B-v0.1", "vendor": "aws",
+              "region": "us-east-1", "instance_type": "nvidia-l4", "instance_size": "x1",
+              "min_replica": "1", "max_replica": "1"}
     return EndpointForm(**{**values, **overrides})
 
 
 def test_seed_article_form_becomes_the_body_huggingface_hub_sends() -> None:
-    form = _form(
-        adapters="predibase/customer_support\nmagicoder=predibase/magicoder\n",
-        env="MAX_INPUT_LENGTH=1024\nMAX_TOTAL_TOKENS=1512",
-        secrets="HF_TOKEN=hf_abc",
-    )
+    form = _form(adapters="predibase/customer_support\nmagicoder=predibase/magicoder\n",
+                 env="MAX_INPUT_LENGTH=1024\nMAX_TOTAL_TOKENS=1512", secrets="HF_TOKEN=hf_abc")
     payload = build_create_payload(form, accelerator="gpu")
     assert payload["name"] == "multi-lora"
     assert payload["provider"] == {"vendor": "aws", "region": "us-east-1"}
-    assert payload["compute"] == {
-        "accelerator": "gpu",
-        "instanceType": "nvidia-l4",
-        "instanceSize": "x1",
-        "scaling": {"minReplica": 1, "maxReplica": 1},
-    }
+    assert payload["compute"] == {"accelerator": "gpu", "instanceType": "nvidia-l4", "instanceSize": "x1",
+                                  "scaling": {"minReplica": 1, "maxReplica": 1}}
     assert payload["model"]["repository"] == "mistralai/Mistral-7B-v0.1"
     adapters = "predibase/customer_support,magicoder=predibase/magicoder"
-    assert payload["model"]["env"] == {
-        "MAX_INPUT_LENGTH": "1024",
-        "MAX_TOTAL_TOKENS": "1512",
-        "LORA_ADAPTERS": adapters,
-    }
+    assert payload["model"]["env"] == {"MAX_INPUT_LENGTH": "1024", "MAX_TOTAL_TOKENS": "1512",
+                                       "LORA_ADAPTERS": adapters}
     assert payload["model"]["secrets"] == {"HF_TOKEN": "hf_abc"}
     EndpointCreate.model_validate(payload)  # the REST API's own schema accepts it
 
@@ -63,9 +46,8 @@ def test_key_value_lines_skip_blanks_and_comments_and_keep_equals_in_values() ->
     assert parse_key_values("# comment\n\n A = 1 \nB=x=y\n", label="Env") == {"A": "1", "B": "x=y"}
 
 
-@pytest.mark.parametrize(
-    "text, fragment", [("JUSTAKEY", "line 1"), ("A=1\n=2", "line 2"), ("A=1\nA=2", "set twice")]
-)
+@pytest.mark.parametrize("text, fragment",
+                         [("JUSTAKEY", "line 1"), ("A=1\n=2", "line 2"), ("A=1\nA=2", "set twice")])
 def test_bad_key_value_line_is_named_in_the_error(text: str, fragment: str) -> None:
     with pytest.raises(ValueError, match=fragment):
         parse_key_values(text, label="Environment variables")
@@ -96,13 +78,8 @@ def test_lora_adapters_given_twice_is_refused_on_the_adapters_field() -> None:
 
 
 def test_form_keeps_every_value_verbatim_for_redisplay() -> None:
-    posted = {
-        "name": " My Name ",
-        "adapters": "a=/x\n",
-        "env": "K=V",
-        "min_replica": "abc",
-        "csrf_token": "t",
-    }
+    posted = {"name": " My Name ", "adapters": "a=/x\n", "env": "K=V", "min_replica": "abc",
+              "csrf_token": "t"}
     form = EndpointForm.from_form(posted)
     assert form.name == " My Name "
     assert form.adapters == "a=/x\n"

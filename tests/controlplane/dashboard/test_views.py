@@ -17,75 +17,30 @@ from lorafleet.controlplane.errors import BadRequestError, ConflictError
 from pydantic import ValidationError
 
 RAW = {
-    "name": "multi",
-    "type": "protected",
-    "healthRoute": "/health",
+    "name": "multi", "type": "protected", "healthRoute": "/health",
     "provider": {"vendor": "aws", "region": "us-east-1"},
-    "compute": {
-        "accelerator": "gpu",
-        "instanceType": "nvidia-l4",
-        "instanceSize": "x1",
-        "scaling": {"minReplica": 1, "maxReplica": 2},
-    },
-    "model": {
-        "repository": "mistralai/Mistral-7B-v0.1",
-        "framework": "pytorch",
-        "revision": None,
-        "task": None,
-        "env": {"LORA_ADAPTERS": "predibase/magicoder,support=/data/support", "MAX_INPUT_LENGTH": "1024"},
-    },
-    "status": {
-        "state": "running",
-        "message": "Endpoint is ready",
-        "url": "http://127.0.0.1:9000",
-        "readyReplica": 1,
-        "targetReplica": 1,
-        "createdAt": "2024-07-18T10:00:00.000000Z",
-        "updatedAt": "2024-07-18T10:00:00.000000Z",
-    },
+    "compute": {"accelerator": "gpu", "instanceType": "nvidia-l4", "instanceSize": "x1",
+                "scaling": {"minReplica": 1, "maxReplica": 2}},
+    "model": {"repository": "mistralai/Mistral-7B-v0.1", "framework": "pytorch", "revision": None,
+              "task": None, "env": {"LORA_ADAPTERS": "predibase/magicoder,support=/data/support",
+                                    "MAX_INPUT_LENGTH": "1024"}},
+    "status": {"state": "running", "message": "Endpoint is ready", "url": "http://127.0.0.1:9000",
+               "readyReplica": 1, "targetReplica": 1, "createdAt": "2024-07-18T10:00:00.000000Z",
+               "updatedAt": "2024-07-18T10:00:00.000000Z"},
 }
 
 L4 = {"accelerator": "gpu", "architecture": "Nvidia L4", "instanceType": "nvidia-l4"}
-PROVIDER = {
-    "vendors": [
-        {
-            "name": "aws",
-            "regions": [
-                {
-                    "name": "us-east-1",
-                    "label": "N. Virginia",
-                    "computes": [
-                        {**L4, "instanceSize": "x1"},
-                        {**L4, "instanceSize": "x4"},
-                        {
-                            "instanceType": "intel-icl",
-                            "instanceSize": "x2",
-                            "accelerator": "cpu",
-                            "architecture": "Intel",
-                        },
-                    ],
-                }
-            ],
-        },
-        {
-            "name": "local",
-            "regions": [
-                {
-                    "name": "local",
-                    "label": "This host",
-                    "computes": [
-                        {
-                            "instanceType": "cpu",
-                            "instanceSize": "x1",
-                            "accelerator": "cpu",
-                            "architecture": "CPU",
-                        }
-                    ],
-                }
-            ],
-        },
-    ]
-}
+PROVIDER = {"vendors": [
+    {"name": "aws", "regions": [
+        {"name": "us-east-1", "label": "N. Virginia", "computes": [
+            {**L4, "instanceSize": "x1"}, {**L4, "instanceSize": "x4"},
+            {"instanceType": "intel-icl", "instanceSize": "x2", "accelerator": "cpu",
+             "architecture": "Intel"},
+        ]}]},
+    {"name": "local", "regions": [
+        {"name": "local", "label": "This host", "computes": [
+            {"instanceType": "cpu", "instanceSize": "x1", "accelerator": "cpu", "architecture": "CPU"}]}]},
+]}
 
 
 def test_endpoint_view_reads_adapters_replicas_and_url_from_the_api_json() -> None:
@@ -106,18 +61,9 @@ def test_endpoint_view_without_url_or_env() -> None:
     assert view.url is None and view.adapters == [] and view.state_class == "busy"
 
 
-@pytest.mark.parametrize(
-    "state, family",
-    [
-        ("running", "ok"),
-        ("initializing", "busy"),
-        ("paused", "idle"),
-        ("scaledToZero", "idle"),
-        ("failed", "bad"),
-        ("updateFailed", "bad"),
-        ("somethingNew", "idle"),
-    ],
-)
+@pytest.mark.parametrize("state, family", [
+    ("running", "ok"), ("initializing", "busy"), ("paused", "idle"), ("scaledToZero", "idle"),
+    ("failed", "bad"), ("updateFailed", "bad"), ("somethingNew", "idle")])
 def test_every_state_has_a_colour_family(state: str, family: str) -> None:
     assert state_class(state) == family
 
@@ -127,10 +73,8 @@ def test_lora_adapters_parse_ignores_empty_items() -> None:
 
 
 def test_timeline_is_newest_first() -> None:
-    events = [
-        {"createdAt": "2024-01-01T00:00:00.000000Z", "kind": "created", "message": "m1"},
-        {"createdAt": "2024-01-01T00:01:00.000000Z", "kind": "ready", "message": "m2"},
-    ]
+    events = [{"createdAt": "2024-01-01T00:00:00.000000Z", "kind": "created", "message": "m1"},
+              {"createdAt": "2024-01-01T00:01:00.000000Z", "kind": "ready", "message": "m2"}]
     views = event_views(events)
     assert [v.kind for v in views] == ["ready", "created"]
     assert views[0].at_text == "2024-01-01 00:01:00 UTC"
@@ -168,17 +112,10 @@ def test_service_errors_land_on_the_field_they_name() -> None:
 
 
 def test_schema_errors_land_on_their_fields_with_the_api_message() -> None:
-    body = {
-        "name": "Bad Name!",
-        "provider": {"vendor": "aws", "region": "r"},
-        "compute": {
-            "accelerator": "gpu",
-            "instanceType": "t",
-            "instanceSize": "x1",
-            "scaling": {"minReplica": 1, "maxReplica": 0},
-        },
-        "model": {"repository": "m"},
-    }
+    body = {"name": "Bad Name!", "provider": {"vendor": "aws", "region": "r"},
+            "compute": {"accelerator": "gpu", "instanceType": "t", "instanceSize": "x1",
+                        "scaling": {"minReplica": 1, "maxReplica": 0}},
+            "model": {"repository": "m"}}
     with pytest.raises(ValidationError) as caught:
         EndpointCreate.model_validate(body)
     errors = validation_errors(caught.value)
