@@ -96,8 +96,10 @@ class RayLauncher:
     def from_settings(cls, settings: Any) -> RayLauncher:
         """Builds the launcher from `Settings` (`LORAFLEET_RAY_ADDRESS`, `LORAFLEET_CATALOG`, ...)."""
         command = shlex.split(settings.runtime_command) if settings.runtime_command else None
+        # Optional Settings fields (LORAFLEET_RAY_NAMESPACE, LORAFLEET_RAY_RUNTIME_ENV as JSON):
+        # without them, the defaults apply.
         return cls(address=settings.ray_address, catalog_path=settings.catalog, command=command,
-                   ray_namespace=getattr(settings, "ray_namespace", DEFAULT_RAY_NAMESPACE),
+                   ray_namespace=getattr(settings, "ray_namespace", None) or DEFAULT_RAY_NAMESPACE,
                    runtime_env=getattr(settings, "ray_runtime_env", None))
 
     # -- connection -------------------------------------------------------------------------
@@ -337,3 +339,7 @@ def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
 
+
+def create_launcher(settings: Any) -> RayLauncher:
+    """Entry point `launchers.create_launcher` calls for `LORAFLEET_LAUNCHER=ray`."""
+    return RayLauncher.from_settings(settings)
