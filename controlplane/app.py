@@ -99,6 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(endpoints_router)
     app.include_router(catalog_router)
     app.include_router(auth_router)
+    __import__("lorafleet.controlplane.dashboard", fromlist=["mount"]).mount(app)  # dashboard: /dashboard
 
     @app.get("/health", tags=["health"], summary="Liveness (no auth)")
     def health() -> dict[str, str]:
