@@ -30,10 +30,17 @@ def add_lora_sliced(
         rows = meta.sorted_tokens[start : start + count].long()  # [n]
         a = lora_a[slot].reshape(num_slices * rank, hidden_in).float()  # [S*R, K]
         shrunk = x[rows].float() @ a.T  # [n, S*R]
-        delta = torch.empty(count, out.shape[1], dtype=torch.float32, device=out.device)  # [n, N]
         for s in range(num_slices):
             begin, end = slice_offsets[s], slice_offsets[s + 1]
-            b = lora_b[slot, begin:end].float()  # [N_s, R]
-            delta[:, begin:end] = (shrunk[:, s * rank : (s + 1) * rank] @ b.T) * scales[s, slot]
-        out[rows] = (out[rows].float() + delta).to(out.dtype)
+            scaled = shrunk[:, s * rank : (s + 1) * rank] * scales[s, slot]  # [n, R]: scale the small side
+            delta = scaled @ lora_b[slot, begin:end].float().T  # [n, N_s]
+            _add_rows(out[:, begin:end], rows, delta)
     return out
+
+
+def _add_rows(out: torch.Tensor, rows: torch.Tensor, delta: torch.Tensor) -> None:
+    """out[rows] += delta with one rounding; few temporaries (large CPU allocations page-fault)."""
+    if out.dtype == torch.float32:
+        out.index_add_(0, rows, delta)
+    else:
+        out.index_copy_(0, rows, delta.add_(out.index_select(0, rows)).to(out.dtype))

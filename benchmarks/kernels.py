@@ -1,0 +1,254 @@
+"""Benchmark of `lorafleet.kernels.add_lora` against the usual ways to batch multi-LoRA.
+
+For decode (T = 1..256 tokens over 1..64 adapters, Zipf-distributed, in random order) and prefill
+shapes of Mistral-7B's q/o (K = N = 4096) and MLP (4096 -> 14336) projections, ranks 16 and 64:
+
+    ours        lorafleet.kernels.add_lora with this step's `prepare_lora_batch` metadata
+    ours_graph  the same, replayed from a CUDA graph (no launch gaps; CUDA only)
+    loop        a loop over the adapters present: gather rows, two matmuls, index_add_
+    bmm         gathered per-token weights and torch.bmm (moves T copies of A and B)
+    reference   lorafleet.kernels.reference.add_lora, one token at a time (small T only)
+
+and the bandwidth ours achieves, bytes of x, A, B (adapters present) and out (read + write) over
+its time, as a fraction of the device's peak. On a CPU the `ours` rows are the grouped torch path
+(the JSON says so): the Triton figures need a GPU (`benchmarks/gpu_check.sh`).
+
+    python benchmarks/kernels.py [--quick] [--out benchmarks/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from lorafleet import kernels
+from lorafleet.kernels import reference
+
+LAYERS = {"qo": (4096, 4096), "mlp": (4096, 14336)}
+NOMINAL_PEAK_GBPS = {"H200": 4800, "H100 NVL": 3900, "H100 PCIe": 2000, "H100": 3350, "A100-SXM4-80GB": 2039,
+                     "A100": 1555, "L40S": 864, "A10": 600, "L4": 300}
+MAX_GATHER_BYTES = 2 << 30  # bmm materialises T copies of A and B; skip it above this
+
+
+@dataclass(frozen=True)
+class Case:
+    phase: str  # decode | prefill
+    layer: str
+    rank: int
+    num_tokens: int
+    num_adapters: int
+
+
+@dataclass
+class Result:
+    case: Case
+    dtype: str
+    bytes_moved: int
+    adapters_present: int
+    times_us: dict[str, float] = field(default_factory=dict)
+    max_abs_err_vs_loop: float = 0.0
+
+    def summary(self) -> dict:
+        ours = self.times_us.get("ours_graph", self.times_us["ours"])
+        row = asdict(self.case) | {k: v for k, v in asdict(self).items() if k != "case"}
+        row["achieved_GBps"] = self.bytes_moved / ours / 1e3
+        if "loop" in self.times_us:
+            row["speedup_vs_loop"] = self.times_us["loop"] / ours
+        return row
+
+
+def cases(quick: bool, on_cuda: bool) -> list[Case]:
+    if quick:
+        decode = [(1, 1), (16, 8), (64, 32)]
+        prefill = [(512, 4)] if not on_cuda else [(512, 4), (2048, 8)]
+    else:
+        decode = [(t, a) for t in (1, 8, 32, 64, 128, 256) for a in (1, 8, 32, 64) if a <= max(t, 1)]
+        prefill = [(t, a) for t in (512, 2048) for a in (1, 8)]
+    out = []
+    for layer in LAYERS:
+        for rank in (16, 64):
+            out += [Case("decode", layer, rank, t, a) for t, a in decode]
+            out += [Case("prefill", layer, rank, t, a) for t, a in prefill]
+    return out
+
+
+def zipf_slots(num_tokens: int, num_adapters: int, gen: torch.Generator) -> torch.Tensor:
+    """Adapter slot of each token, P(slot i) ~ 1 / (i + 1), in random order."""
+    weights = 1.0 / torch.arange(1, num_adapters + 1, dtype=torch.float64)
+    return torch.multinomial(weights, num_tokens, replacement=True, generator=gen)
+
+
+def loop_over_adapters(out, x, lora_a, lora_b, token_lora, scales) -> torch.Tensor:
+    for slot in torch.unique(token_lora).tolist():
+        if slot < 0:
+            continue
+        rows = (token_lora == slot).nonzero(as_tuple=True)[0]
+        delta = (x[rows] @ lora_a[slot].T) @ lora_b[slot].T * scales[slot]
+        out.index_add_(0, rows, delta.to(out.dtype))
+    return out
+
+
+def gathered_bmm(out, x, lora_a, lora_b, token_lora, scales) -> torch.Tensor:
+    slots = token_lora.clamp(min=0)
+    shrunk = torch.bmm(lora_a[slots], x.unsqueeze(2))  # [T, R, 1]
+    delta = torch.bmm(lora_b[slots], shrunk).squeeze(2) * scales[slots, None]  # [T, N]
+    return out.add_((delta * (token_lora >= 0)[:, None]).to(out.dtype))
+
+
+def time_us(fn: Callable[[], object], device: torch.device, reps: int) -> float:
+    """Time of one call: on CUDA the median of 3 rounds of `reps` back-to-back calls timed with
+    events; on a CPU the best of 5 rounds (CPU machines here are shared, noise only adds)."""
+    fn()
+    samples = []
+    for _ in range(3 if device.type == "cuda" else 5):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize()
+            start.record()
+            for _ in range(reps):
+                fn()
+            end.record()
+            torch.cuda.synchronize()
+            samples.append(start.elapsed_time(end) * 1e3 / reps)
+        else:
+            began = time.perf_counter()
+            for _ in range(reps):
+                fn()
+            samples.append((time.perf_counter() - began) * 1e6 / reps)
+    return statistics.median(samples) if device.type == "cuda" else min(samples)
+
+
+def graph_time_us(fn: Callable[[], object], reps: int) -> float:
+    """GPU time per call with launch gaps removed: `reps` calls captured in one CUDA graph."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn()  # warm caches (slice offsets, compiled kernels) outside capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(reps):
+            fn()
+    return time_us(graph.replay, torch.device("cuda"), 3) / reps
+
+
+def run_case(case: Case, device: torch.device, dtype: torch.dtype, quick: bool) -> Result:
+    gen = torch.Generator().manual_seed(case.num_tokens * 131 + case.num_adapters)
+    hidden_in, hidden_out = LAYERS[case.layer]
+    T, L, R = case.num_tokens, case.num_adapters, case.rank
+    x = (torch.randn(T, hidden_in, generator=gen)).to(device, dtype)
+    base = torch.randn(T, hidden_out, generator=gen).to(device, dtype)
+    lora_a = (torch.randn(L, R, hidden_in, generator=gen) / hidden_in**0.5).to(device, dtype)
+    lora_b = (torch.randn(L, hidden_out, R, generator=gen) / R**0.5).to(device, dtype)
+    token_lora = zipf_slots(T, L, gen).to(device)
+    scales = torch.full((L,), 2.0, device=device)
+    meta = kernels.prepare_lora_batch(token_lora, num_slots=L)
+    present = int((meta.slot_counts > 0).sum())
+    size = x.element_size()
+    moved = size * (T * hidden_in + present * R * (hidden_in + hidden_out) + 2 * T * hidden_out)
+    result = Result(case, str(dtype).removeprefix("torch."), moved, present)
+
+    out = base.clone()
+    args = (x, lora_a, lora_b, token_lora, scales)
+    reps = 3 if device.type == "cpu" else 20
+    ours = lambda: kernels.add_lora(out, *args, meta=meta)  # noqa: E731
+    result.times_us["ours"] = time_us(ours, device, reps)
+    result.times_us["ours_with_prepare"] = time_us(lambda: kernels.add_lora(out, *args), device, reps)
+    if device.type == "cuda":
+        result.times_us["ours_graph"] = graph_time_us(ours, reps)
+    result.times_us["loop"] = time_us(lambda: loop_over_adapters(out, *args), device, reps)
+    if T * R * (hidden_in + hidden_out) * size <= (MAX_GATHER_BYTES if device.type == "cuda" else 256 << 20):
+        result.times_us["bmm"] = time_us(lambda: gathered_bmm(out, *args), device, reps)
+    if T <= (16 if quick or device.type == "cpu" else 64):
+        result.times_us["reference"] = time_us(lambda: reference.add_lora(out, *args), device, 1)
+
+    ours_out = kernels.add_lora(base.clone(), *args, meta=meta).float()
+    loop_out = loop_over_adapters(base.clone(), *args).float()
+    result.max_abs_err_vs_loop = float((ours_out - loop_out).abs().max())
+    return result
+
+
+def peak_bandwidth(device: torch.device) -> tuple[float, str]:
+    """(GB/s, where it came from): the nominal HBM figure for a known GPU, else a measured copy."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, gbps in NOMINAL_PEAK_GBPS.items():
+            if key in name:
+                return float(gbps), f"nominal for {name}"
+    src = torch.empty(64 << 20 if device.type == "cuda" else 16 << 20, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    seconds = time_us(lambda: dst.copy_(src), device, 5) / 1e6
+    return 2 * src.numel() * 4 / seconds / 1e9, f"measured copy on {device}"
+
+
+def plot(results: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5))
+    decode = [r for r in results if r["phase"] == "decode" and r["layer"] == "qo" and r["rank"] == 16]
+    labels = [f"{r['num_tokens']}/{r['num_adapters']}" for r in decode]
+    for method in ("ours_graph", "ours", "loop", "bmm", "reference"):
+        points = [(i, r["times_us"][method]) for i, r in enumerate(decode) if method in r["times_us"]]
+        if points:
+            left.plot(*zip(*points, strict=True), marker="o", label=method)
+    left.set_xticks(range(len(labels)), labels, rotation=45)
+    left.set(yscale="log", xlabel="tokens / adapters (decode, K=N=4096, rank 16)", ylabel="µs per call")
+    left.legend()
+    names = [
+        f"{r['phase'][0]}{r['layer']} r{r['rank']} {r['num_tokens']}/{r['num_adapters']}" for r in results
+    ]
+    right.bar(range(len(results)), [r["bandwidth_fraction"] for r in results])
+    right.set_xticks(range(len(results)), names, rotation=90, fontsize=6)
+    right.set(ylabel="fraction of peak bandwidth (ours)")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a few shapes per phase (CI, CPU)")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    backend = kernels.select_backend(device)
+    peak_gbps, peak_source = peak_bandwidth(device)
+    results = []
+    for case in cases(args.quick, device.type == "cuda"):
+        row = run_case(case, device, dtype, args.quick).summary()
+        row["bandwidth_fraction"] = row["achieved_GBps"] / peak_gbps
+        results.append(row)
+        print(json.dumps({k: row[k] for k in ("phase", "layer", "rank", "num_tokens", "num_adapters")}
+                         | {"times_us": {k: round(v, 1) for k, v in row["times_us"].items()},
+                            "bw": round(row["bandwidth_fraction"], 3)}), flush=True)
+    report = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "backend": backend,
+        "note": ("Triton kernels on the GPU" if backend == "triton" else
+                 "CPU: `ours` is the grouped torch path, not Triton; run benchmarks/gpu_check.sh on a GPU"),
+        "dtype": str(dtype).removeprefix("torch."),
+        "quick": args.quick,
+        "peak_GBps": peak_gbps,
+        "peak_source": peak_source,
+        "results": results,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = f"kernels-{device.type}{'-quick' if args.quick else ''}"
+    (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2))
+    plot(results, args.out / f"{stem}.png", f"add_lora on {report['device']} ({backend}, {report['dtype']})")
+    print(f"wrote {args.out / stem}.json and .png")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
