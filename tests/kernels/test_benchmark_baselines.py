@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,8 +19,10 @@ BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "kernels.py"
 def bench():
     spec = importlib.util.spec_from_file_location("kernels_benchmark", BENCHMARK)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
-    return module
+    yield module
+    del sys.modules[spec.name]
 
 
 @pytest.mark.parametrize("baseline", ["loop_over_adapters", "gathered_bmm"])
