@@ -24,6 +24,7 @@ STATE_CLASSES = {
     "updateFailed": "bad",
 }
 EVENT_CLASSES = {"created": "busy", "ready": "ok", "running": "ok", "failed": "bad", "paused": "idle",
+                 "replica-started": "busy", "replica-ready": "ok", "replica-failed": "bad",
                  "scaled-to-zero": "idle", "resumed": "busy", "updated": "busy"}
 
 
