@@ -116,9 +116,10 @@ def test_post_without_session_cookie_or_with_wrong_csrf_token_is_refused(api_onl
         assert wrong.status_code == 403
         missing = client.post("/dashboard/endpoints/guarded/pause", data={})
         assert missing.status_code == 403
-        no_cookie = httpx.post(f"{api_only_cp.url}/dashboard/endpoints/guarded/pause", data={"csrf_token": csrf})
+        pause_url = f"{api_only_cp.url}/dashboard/endpoints/guarded/pause"
+        no_cookie = httpx.post(pause_url, data={"csrf_token": csrf})
         assert no_cookie.status_code == 403
-        forged = httpx.post(f"{api_only_cp.url}/dashboard/endpoints/guarded/pause", data={"csrf_token": csrf},
+        forged = httpx.post(pause_url, data={"csrf_token": csrf},
                             cookies={"lorafleet_session": "gAAAAAforged"})
         assert forged.status_code == 403
         page_without_cookie = httpx.get(f"{api_only_cp.url}/dashboard/endpoints/guarded")
@@ -189,6 +190,7 @@ def test_delete_without_javascript_asks_on_a_confirmation_page(browser, api_only
         expect(page.get_by_role("heading", name="Delete endpoint no-js?")).to_be_visible()
         page.get_by_role("button", name="Delete").click()
         expect(page.get_by_text("Endpoint deleted.")).to_be_visible()
-        assert httpx.get(f"{api_only_cp.url}/v2/endpoint/alice/no-js", headers=api_only_cp.headers).status_code == 404
+        gone = httpx.get(f"{api_only_cp.url}/v2/endpoint/alice/no-js", headers=api_only_cp.headers)
+        assert gone.status_code == 404
     finally:
         context.close()
