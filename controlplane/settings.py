@@ -6,6 +6,7 @@ import shlex
 import sys
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -35,6 +36,9 @@ class Settings(BaseSettings):
     secret_key: SecretStr | None = Field(None, description="encrypts endpoint secrets at rest")
     runtime_command: str = Field("", description="replica command; default `python -m lorafleet.runtime`")
     public_host: str = Field("127.0.0.1", description="host name replicas' URLs use")
+    ray_address: str = Field("auto", description="`ray.init(address=...)` for the ray launcher")
+    ray_namespace: str = Field("lorafleet", description="Ray namespace of the replica actors")
+    ray_runtime_env: dict[str, Any] | None = Field(None, description="Ray runtime_env for replica actors (JSON)")
     reconcile_interval_s: float = Field(2.0, gt=0)
     health_timeout_s: float = Field(2.0, gt=0)
     startup_timeout_s: float = Field(900.0, gt=0, description="a replica not healthy by then failed")

@@ -210,12 +210,11 @@ class EndpointService:
 
     @staticmethod
     def _flush(session: Session, endpoint: Endpoint) -> None:
+        name = endpoint.name  # read before the flush: a failed flush expires the row
         try:
             session.flush()
         except StaleDataError as e:
-            raise ConflictError(
-                f"Endpoint {endpoint.name!r} was changed concurrently: fetch it and retry"
-            ) from e
+            raise ConflictError(f"Endpoint {name!r} was changed concurrently: fetch it and retry") from e
 
     def _commit_action(
         self, session: Session, principal: Principal, endpoint: Endpoint, kind: str
