@@ -1,0 +1,204 @@
+"""Errors as TGI returns them, 50 concurrent mixed-adapter requests, disconnects, `/metrics`."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+
+import httpx
+import pytest
+from huggingface_hub import InferenceClient
+from huggingface_hub.errors import ValidationError as HubValidationError
+from lorafleet.runtime.engine.types import GenerationRequest, SamplingParams
+
+ADAPTER_IDS = [None, "r8-qv", "r16-all", "r64-rslora", "r8-mlp-patterns"]
+
+
+def post(server, path: str, body: object) -> httpx.Response:  # type: ignore[no-untyped-def]
+    return httpx.post(f"{server.url}{path}", json=body, timeout=60)
+
+
+@pytest.mark.parametrize(
+    ("parameters", "fragment"),
+    [
+        ({"adapter_id": "no-such-adapter"}, "no-such-adapter"),
+        ({"max_new_tokens": 100_000}, "must be <="),
+        ({"temperature": 0}, "`temperature`"),
+        ({"top_p": 1.5}, "`top_p`"),
+        ({"top_k": -1}, "`top_k`"),
+        ({"repetition_penalty": 0}, "`repetition_penalty`"),
+        ({"frequency_penalty": 3}, "`frequency_penalty`"),
+        ({"top_n_tokens": 9}, "`top_n_tokens`"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "`stop`"),
+        ({"truncate": 100_000}, "`truncate`"),
+        ({"max_new_tokens": "many"}, "max_new_tokens"),
+    ],
+)
+def test_bad_requests_are_422_validation_errors(server, parameters, fragment):
+    for path in ("/generate", "/generate_stream", "/"):
+        response = post(server, path, {"inputs": "hello", "parameters": parameters})
+        assert response.status_code == 422, (path, response.text)
+        body = response.json()
+        assert body["error_type"] == "validation"
+        assert fragment in body["error"]
+
+
+def test_input_longer_than_max_input_tokens_is_refused(server):
+    info = httpx.get(f"{server.url}/info", timeout=30).json()
+    response = post(server, "/generate", {"inputs": "a b " * info["max_total_tokens"]})
+    assert response.status_code == 422
+    assert "`inputs` tokens must be at most" in response.json()["error"]
+
+
+def test_malformed_bodies_are_422(server):
+    response = httpx.post(
+        f"{server.url}/generate",
+        content=b"{not json",
+        timeout=30,
+        headers={"content-type": "application/json"},
+    )
+    assert response.status_code == 422 and response.json()["error_type"] == "validation"
+    assert post(server, "/generate", {"parameters": {}}).status_code == 422  # no inputs
+    assert (
+        post(
+            server, "/generate_stream", {"inputs": "x", "parameters": {"decoder_input_details": True}}
+        ).status_code
+        == 422
+    )
+
+
+def test_huggingface_hub_raises_its_typed_validation_error(server):
+    with pytest.raises(HubValidationError, match="no-such-adapter"):
+        InferenceClient(server.url).text_generation("hi", max_new_tokens=2, adapter_id="no-such-adapter")
+
+
+def test_a_broken_adapter_fails_alone_while_good_requests_succeed(server, adapters, tmp_path):
+    broken = tmp_path / "broken-adapter"
+    shutil.copytree(adapters["r8-qv"], broken)
+    weights = broken / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+
+    async def run() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+            bodies = [
+                {"inputs": f"story {i}", "parameters": {"max_new_tokens": 4, "adapter_id": a}}
+                for i, a in enumerate([str(broken), "r8-qv", None, str(broken), "r16-all"])
+            ]
+            return await asyncio.gather(*(client.post("/generate", json=b) for b in bodies))
+
+    statuses = [r.status_code for r in asyncio.run(run())]
+    assert statuses == [422, 200, 200, 422, 200]
+
+
+def test_an_adapter_directory_not_preloaded_is_loaded_on_first_use(server, model_dir, tmp_path):
+    from tests.fixtures import AdapterSpec, tiny_adapter
+
+    fresh = tiny_adapter(model_dir, AdapterSpec(r=4, target_modules=("q_proj", "o_proj"), seed=77))
+    loads_before = server.metric("lorafleet_adapter_loads_total")
+    response = post(
+        server, "/generate", {"inputs": "hi", "parameters": {"max_new_tokens": 2, "adapter_id": str(fresh)}}
+    )
+    assert response.status_code == 200, response.text
+    assert server.metric("lorafleet_adapter_loads_total") >= loads_before + 1
+    models = httpx.get(f"{server.url}/v1/models", timeout=30).json()["data"]
+    assert str(fresh) in {m["id"] for m in models}
+
+
+def test_fifty_concurrent_mixed_adapter_requests_all_match_the_engine(server, engine):
+    requests = [
+        GenerationRequest(
+            f"Request number {i} says", SamplingParams(max_new_tokens=6), adapter_id=ADAPTER_IDS[i % 5]
+        )
+        for i in range(50)
+    ]
+
+    async def run() -> list[httpx.Response]:
+        limits = httpx.Limits(max_connections=60)
+        async with httpx.AsyncClient(base_url=server.url, timeout=120, limits=limits) as client:
+            return await asyncio.gather(
+                *(
+                    client.post(
+                        "/generate",
+                        json={
+                            "inputs": r.prompt,
+                            "parameters": {"max_new_tokens": 6, "adapter_id": r.adapter_id, "details": True},
+                        },
+                    )
+                    for r in requests
+                )
+            )
+
+    responses = asyncio.run(run())
+    assert [r.status_code for r in responses] == [200] * 50
+    expected = engine.generate(requests)
+    got = [[t["id"] for t in r.json()["details"]["tokens"]] for r in responses]
+    assert got == [[t.id for t in e.tokens] for e in expected]
+
+
+def _wait_for(condition, what: str, timeout_s: float = 60.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def test_a_client_disconnect_mid_stream_cancels_the_request_and_frees_its_blocks(server):
+    total = server.metric("lorafleet_kv_total_blocks")
+    _wait_for(lambda: server.metric("lorafleet_kv_free_blocks") == total, "an idle engine")
+    cancelled_before = server.metric("lorafleet_requests_total", 'adapter="r16-all",outcome="cancelled"')
+    body = {
+        "inputs": "Tell me a long story",
+        "parameters": {"max_new_tokens": 400, "ignore_eos": True, "adapter_id": "r16-all"},
+    }
+    with httpx.stream("POST", f"{server.url}/generate_stream", json=body, timeout=60) as response:
+        lines = response.iter_lines()
+        first = [next(lines) for _ in range(3)]
+        assert any(line.startswith("data: ") for line in first)
+        assert server.metric("lorafleet_kv_free_blocks") < total  # the request holds blocks
+    _wait_for(lambda: server.metric("lorafleet_kv_free_blocks") == total, "the blocks to be freed")
+    after = server.metric("lorafleet_requests_total", 'adapter="r16-all",outcome="cancelled"')
+    assert after == cancelled_before + 1
+    assert server.metric("lorafleet_requests_in_flight") == 0
+
+
+def test_a_client_disconnect_during_a_non_streaming_request_cancels_it(server):
+    total = server.metric("lorafleet_kv_total_blocks")
+    cancelled_before = server.metric("lorafleet_requests_total", 'adapter="__base__",outcome="cancelled"')
+    body = {"inputs": "Tell me another story", "parameters": {"max_new_tokens": 450, "ignore_eos": True}}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{server.url}/generate", json=body, timeout=0.5)
+    _wait_for(
+        lambda: (
+            server.metric("lorafleet_requests_total", 'adapter="__base__",outcome="cancelled"')
+            == cancelled_before + 1
+        ),
+        "the request to be cancelled",
+    )
+    _wait_for(lambda: server.metric("lorafleet_kv_free_blocks") == total, "the blocks to be freed")
+
+
+def test_metrics_expose_queue_batch_throughput_adapters_and_latencies(server):
+    post(
+        server, "/generate", {"inputs": "metrics", "parameters": {"max_new_tokens": 3, "adapter_id": "r8-qv"}}
+    )
+    text = httpx.get(f"{server.url}/metrics", timeout=30).text
+    for name in (
+        "lorafleet_queue_size",
+        "tgi_queue_size",
+        "lorafleet_batch_size",
+        "lorafleet_kv_free_blocks",
+        "lorafleet_generated_tokens_per_second",
+        "lorafleet_adapter_loads_total",
+        "lorafleet_adapter_evictions_total",
+        "lorafleet_time_to_first_token_seconds_bucket",
+        "lorafleet_time_per_output_token_seconds_bucket",
+        "lorafleet_request_duration_seconds_count",
+        "lorafleet_loaded_adapters",
+        "lorafleet_ready 1.0",
+    ):
+        assert name in text, name
+    assert server.metric("lorafleet_requests_total", 'adapter="r8-qv",outcome="ok"') >= 1
+    assert server.metric("lorafleet_generated_tokens_total", 'adapter="r8-qv"') >= 3
+    assert server.metric("lorafleet_request_failures_total", 'error_type="validation"') >= 1
