@@ -16,14 +16,14 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
-
 from lorafleet.controlplane.app import create_app
 from lorafleet.controlplane.auth.service import create_token
 from lorafleet.controlplane.db import Database, migrate
 from lorafleet.controlplane.models import Base
 from lorafleet.controlplane.settings import Settings
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
 from tests.controlplane.live import free_port
 
 HERE = Path(__file__).parent

@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 import threading
 
+from lorafleet.controlplane.models import Endpoint
 from sqlalchemy import select
 
-from lorafleet.controlplane.models import Endpoint
 from tests.controlplane.conftest import Server, endpoint_body
 
 WIRE_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
