@@ -94,10 +94,12 @@ def create_endpoint(request: Request, caller: CallerDep, hardware: HardwareDep, 
 
 
 def _status_context(db: Session, caller: Caller, service: EndpointService, name: str) -> dict[str, Any]:
-    endpoint = service.get(db, caller.principal, name)
+    return {"ep": EndpointView.from_raw(service.render(service.get(db, caller.principal, name)))}
+
+
+def _activity_context(db: Session, caller: Caller, service: EndpointService, name: str) -> dict[str, Any]:
     logs = service.logs(db, caller.principal, name, tail=LOG_TAIL_LINES)
     return {
-        "ep": EndpointView.from_raw(service.render(endpoint)),
         "events": event_views(service.events(db, caller.principal, name, limit=50)),
         "replicas": replica_views(logs),
         "logs": logs_text(logs, tail=LOG_TAIL_LINES),
@@ -110,6 +112,7 @@ def endpoint_page(request: Request, db: Session, caller: Caller, service: Endpoi
     """An endpoint's page; also re-rendered by actions that fail and by a no-JS "Try it"."""
     try:
         context = _status_context(db, caller, service, name)
+        context.update(_activity_context(db, caller, service, name))
     except NotFoundError as e:
         return render(request, "error.html", {"title": "Endpoint not found", "message": e.message},
                       status_code=404, caller=caller)
@@ -131,3 +134,13 @@ def endpoint_status(request: Request, name: str, db: SessionDep, caller: CallerD
     except NotFoundError as e:
         return Response(e.message, status_code=404, media_type="text/plain")
     return render(request, "_endpoint_status.html", context, caller=caller)
+
+
+@router.get("/partials/endpoints/{name}/activity")
+def endpoint_activity(request: Request, name: str, db: SessionDep, caller: CallerDep,
+                      service: EndpointServiceDep) -> Response:
+    try:
+        context = _activity_context(db, caller, service, name)
+    except NotFoundError as e:
+        return Response(e.message, status_code=404, media_type="text/plain")
+    return render(request, "_endpoint_activity.html", context, caller=caller)

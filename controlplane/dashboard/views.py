@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 STATE_CLASSES = {
     "running": "ok",
+    "ready": "ok",
     "pending": "busy",
     "initializing": "busy",
     "updating": "busy",

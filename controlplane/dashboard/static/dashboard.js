@@ -16,7 +16,7 @@ function startRefresh(el) {
     try {
       const response = await fetch(url, { headers: { Accept: "text/html" }, cache: "no-store" });
       if (response.status === 401) { window.location.reload(); return; }
-      if (response.status === 404 && el.id === "endpoint-status") {
+      if (response.status === 404 && el.id.startsWith("endpoint-")) {
         window.location.assign(el.closest("body").querySelector(".brand").href);
         return;
       }
@@ -25,6 +25,7 @@ function startRefresh(el) {
       if (html.trim() !== (el.dataset.lastHtml || el.innerHTML.trim())) {
         el.innerHTML = html;
         el.dataset.lastHtml = html.trim();
+        scrollLogsToEnd(el);
       }
     } catch (_) {
       // The control plane is restarting or the network blinked: try again next tick.
@@ -34,6 +35,11 @@ function startRefresh(el) {
   }
   el.dataset.lastHtml = "";
   window.setInterval(tick, REFRESH_MS);
+}
+
+// Logs read bottom-up: keep the newest lines in view.
+function scrollLogsToEnd(root) {
+  root.querySelectorAll("pre.logs").forEach((pre) => { pre.scrollTop = pre.scrollHeight; });
 }
 
 // Vendor -> Region -> Instance type: options carry data-vendor / data-region; only those
@@ -113,6 +119,7 @@ function paragraph(className, text) {
 
 document.addEventListener("DOMContentLoaded", () => {
   document.querySelectorAll("[data-refresh]").forEach(startRefresh);
+  scrollLogsToEnd(document);
   document.querySelectorAll("form.create-form").forEach(narrowHardware);
   document.querySelectorAll("form[data-confirm]").forEach(confirmBeforeSubmit);
   document.querySelectorAll("form[data-async]").forEach(asyncForm);

@@ -1,0 +1,102 @@
+"""The whole user flow in Chromium with real runtime replicas on the tiny Mistral fixture:
+create an endpoint with two adapters through the form, watch it reach running without a reload,
+Try it with each adapter, pause, resume, delete. Saves the README screenshots on the way."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import expect
+
+from tests.controlplane.dashboard.conftest import create_via_api, sign_in
+from tests.controlplane.live import live_controlplane
+from tests.fixtures import REPO_ROOT, standard_adapters, tiny_model
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+IMAGES = REPO_ROOT / "docs" / "images"
+READY_TIMEOUT_MS = 180_000  # a replica loads the tiny model in seconds; leave room for a busy CI host
+ADAPTERS = {"customer-support": "r8-qv", "magicoder": "r16-all"}
+
+
+def _direct_generation(url: str, token: str, adapter_id: str) -> str:
+    """What the endpoint itself answers, as `InferenceClient.text_generation` would ask it."""
+    response = httpx.post(f"{url}/generate", headers={"Authorization": f"Bearer {token}"}, timeout=60,
+                          json={"inputs": "The fleet", "parameters": {"adapter_id": adapter_id,
+                                                                      "max_new_tokens": 12}})
+    assert response.status_code == 200, response.text
+    return response.json()["generated_text"]
+
+
+def _try_it(page, adapter_id: str) -> str:  # type: ignore[no-untyped-def]
+    page.get_by_label("Prompt", exact=True).fill("The fleet")
+    page.get_by_label("Adapter", exact=True).select_option(adapter_id)
+    page.get_by_label("Max new tokens", exact=True).fill("12")
+    page.get_by_role("button", name="Generate").click()
+    expect(page.locator("#try-output")).to_contain_text(f"Generated with adapter {adapter_id}", timeout=60_000)
+    return page.locator("#try-output pre.generated").inner_text()
+
+
+def _expect_state(page, state: str) -> None:  # type: ignore[no-untyped-def]
+    expect(page.locator("#endpoint-status .status-line .state")).to_have_text(state, timeout=READY_TIMEOUT_MS)
+
+
+def test_create_watch_try_pause_resume_delete_in_the_browser(page, tmp_path: Path) -> None:
+    model_dir = tiny_model("mistral")
+    adapter_dirs = standard_adapters(model_dir)
+    adapters_text = "\n".join(f"{name}={adapter_dirs[kind]}" for name, kind in ADAPTERS.items())
+    with live_controlplane(env={"HF_HUB_OFFLINE": "1"}) as cp:
+        sign_in(page, cp)
+        # A second, paused endpoint, so the list shows more than one state.
+        create_via_api(cp, "support-bot-v2", repository=str(model_dir), adapters="v2=/models/support-v2")
+        assert httpx.post(f"{cp.url}/v2/endpoint/alice/support-bot-v2/pause", headers=cp.headers).status_code == 200
+
+        page.get_by_role("link", name="Create endpoint").first.click()
+        page.get_by_label("Endpoint name", exact=True).fill("mistral-multi-lora")
+        page.get_by_label("Base model", exact=True).fill(str(model_dir))
+        page.get_by_label("Adapters", exact=True).fill(adapters_text)
+        page.get_by_label("Vendor", exact=True).select_option("local")
+        page.get_by_label("Region", exact=True).select_option("local")
+        page.get_by_label("Instance type", exact=True).select_option("cpu")
+        page.get_by_text("Advanced configuration").click()
+        page.get_by_label("Environment variables", exact=True).fill("MAX_INPUT_LENGTH=256\nMAX_TOTAL_TOKENS=384")
+        page.get_by_role("button", name="Create endpoint").click()
+        expect(page.get_by_role("heading", name="mistral-multi-lora")).to_be_visible()
+
+        # The list refreshes in place: a marker set on the page survives the state change.
+        page.get_by_role("navigation", name="Main").get_by_role("link", name="Endpoints").click()
+        page.evaluate("window.__noReload = true")
+        row = page.locator('tr[data-name="mistral-multi-lora"]')
+        expect(row.locator(".state")).to_have_text("running", timeout=READY_TIMEOUT_MS)
+        expect(row.locator(".replicas")).to_have_text("1/1")
+        assert page.evaluate("window.__noReload === true")
+        url = row.locator('td[data-label="URL"] code').inner_text()
+        assert url.startswith("http://")
+        IMAGES.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(IMAGES / "dashboard-list.png"), full_page=True)
+
+        row.get_by_role("link", name="mistral-multi-lora").click()
+        _expect_state(page, "running")
+        outputs = {name: _try_it(page, name) for name in ADAPTERS}
+        for name, text in outputs.items():
+            assert text == _direct_generation(url, cp.token, name)
+        assert outputs["customer-support"] != outputs["magicoder"]  # each adapter changes the output
+        expect(page.locator(".timeline")).to_contain_text("created")
+        expect(page.locator(".logs")).to_be_visible()
+        page.screenshot(path=str(IMAGES / "dashboard-endpoint.png"), full_page=True)
+
+        page.get_by_role("button", name="Pause").click()
+        expect(page.get_by_text("Endpoint paused.")).to_be_visible()
+        _expect_state(page, "paused")
+        page.get_by_role("button", name="Resume").click()
+        _expect_state(page, "running")
+        assert _try_it(page, "magicoder") == outputs["magicoder"]
+
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.get_by_role("button", name="Delete").click()
+        expect(page.get_by_text("Endpoint deleted.")).to_be_visible()
+        expect(page.locator('tr[data-name="mistral-multi-lora"]')).to_have_count(0)
+        gone = httpx.get(f"{cp.url}/v2/endpoint/alice/mistral-multi-lora", headers=cp.headers)
+        assert gone.status_code == 404
