@@ -114,7 +114,7 @@ class RayLauncher:
             if not ray.is_initialized():
                 try:
                     ray.init(address=self._address, namespace=self._ray_namespace,
-                             log_to_driver=False, logging_level="WARNING", include_dashboard=False)
+                             log_to_driver=False, logging_level="WARNING")
                 except (ConnectionError, RuntimeError, ValueError) as e:
                     raise RayUnavailableError(
                         f"cannot connect to the Ray cluster at {self._address!r} "

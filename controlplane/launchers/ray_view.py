@@ -23,6 +23,8 @@ _TRACKED = ("CPU", "GPU")
 def _available_per_node() -> dict[str, dict[str, float]] | None:
     """Free resources per node id. Ray has no public per-node call without the dashboard's state
     API, so this uses the driver's GCS accessor (present since Ray 1.x) and degrades to None."""
+    if ray.util.client.ray.is_connected():
+        return None  # Ray Client drivers have no GCS accessor: the ledger alone bounds free resources
     try:
         from ray._private import state
         return state.available_resources_per_node()
