@@ -1,0 +1,49 @@
+"""The KubeRay manifests in deploy/kuberay/ stay consistent with what the `ray` launcher expects."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+from lorafleet.controlplane.launchers.ray_catalog import cluster_catalog
+from lorafleet.controlplane.launchers.ray_nodes import NodeResources
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "kuberay"
+DETECT = {"vendors": [{"name": "local", "regions": [{"name": "local", "computes": "detect"}]}]}
+
+
+def worker_node(group: dict) -> NodeResources:
+    """The Ray node one pod of a worker group becomes (GPUs from the pod limits, as KubeRay does)."""
+    limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
+    custom = json.loads(json.loads(group["rayStartParams"]["resources"]))  # KubeRay's quoted JSON
+    total = {"CPU": float(limits["cpu"]), "GPU": float(limits["nvidia.com/gpu"]), **custom}
+    return NodeResources(group["groupName"], "10.0.0.1", total, total)
+
+
+def test_gpu_worker_groups_become_the_instance_types_users_order() -> None:
+    cluster = yaml.safe_load((DEPLOY / "raycluster.yaml").read_text())
+    assert cluster["kind"] == "RayCluster" and cluster["apiVersion"] == "ray.io/v1"
+    nodes = [worker_node(group) for group in cluster["spec"]["workerGroupSpecs"]]
+    offered = {(c.instance_type, c.instance_size) for c in cluster_catalog(DETECT, nodes).instances()
+               if c.accelerator == "gpu"}
+    assert offered == {("nvidia-l4", "x1"), ("nvidia-h100", "x1"), ("nvidia-h100", "x2"),
+                       ("nvidia-h100", "x4"), ("nvidia-h100", "x8")}
+
+
+def test_head_takes_no_replicas() -> None:
+    head = yaml.safe_load((DEPLOY / "raycluster.yaml").read_text())["spec"]["headGroupSpec"]
+    assert head["rayStartParams"]["num-cpus"] == "0" and head["rayStartParams"]["num-gpus"] == "0"
+
+
+def test_controlplane_runs_the_ray_launcher_against_the_clusters_head_service() -> None:
+    cluster = yaml.safe_load((DEPLOY / "raycluster.yaml").read_text())
+    deployment, _service = yaml.safe_load_all((DEPLOY / "controlplane.yaml").read_text())
+    pod = deployment["spec"]["template"]["spec"]
+    env = {item["name"]: item.get("value") for item in pod["containers"][0]["env"]}
+    assert env["LORAFLEET_LAUNCHER"] == "ray"
+    assert env["LORAFLEET_RAY_ADDRESS"] == f"{cluster['metadata']['name']}-head-svc:6379"
+    assert pod["initContainers"][0]["command"][-1] == "migrate"
+    images = {c["image"] for c in pod["containers"] + pod["initContainers"]}
+    images |= {g["template"]["spec"]["containers"][0]["image"] for g in cluster["spec"]["workerGroupSpecs"]}
+    assert len(images) == 1, "driver and workers must run one image (same Ray and Python)"
