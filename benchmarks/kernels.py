@@ -235,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "backend": backend,
         "note": ("Triton kernels on the GPU" if backend == "triton" else
-                 "CPU: `ours` is the grouped torch path, not Triton; run benchmarks/gpu_check.sh on a GPU"),
+                 "CPU: `ours` is the grouped torch path, not Triton; run benchmarks/gpu_check.sh on a GPU. "
+                 "bandwidth_fraction is relative to a measured DRAM copy: cache-resident shapes exceed 1"),
         "dtype": str(dtype).removeprefix("torch."),
         "quick": args.quick,
         "peak_GBps": peak_gbps,
