@@ -19,6 +19,7 @@ The async variant lives in `lorafleet.aio`. The SDK imports only httpx, pydantic
 """
 
 from ._http import RetryPolicy, __version__
+from .async_endpoint import AsyncInferenceEndpoint
 from .client import AsyncClient, Client
 from .endpoints import (
     create_inference_endpoint,
@@ -41,7 +42,6 @@ from .errors import (
     ValidationError,
 )
 from .inference_endpoint import (
-    AsyncInferenceEndpoint,
     InferenceEndpoint,
     InferenceEndpointStatus,
     InferenceEndpointType,

@@ -19,9 +19,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from . import _payloads as calls
+from .async_endpoint import AsyncInferenceEndpoint
 from .client import AsyncClient, Token, default_async_client
 from .errors import AuthenticationError, LorafleetError
-from .inference_endpoint import AsyncInferenceEndpoint, InferenceEndpointType
+from .inference_endpoint import InferenceEndpointType
 
 __all__ = [
     "create_inference_endpoint",

@@ -2,12 +2,12 @@
 
 Mirrors `huggingface_hub.InferenceEndpoint`: the object keeps the server's `raw` dict and
 derives its attributes from it; `fetch/update/pause/resume/scale_to_zero/wait` call the API,
-update the object in place and return it. `AsyncInferenceEndpoint` is the same with coroutines.
+update the object in place and return it. `AsyncInferenceEndpoint` (in `async_endpoint.py`) is the
+same with coroutines.
 """
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 from collections.abc import Callable
@@ -25,7 +25,7 @@ from .errors import EndpointFailed, LorafleetError, Timeout
 if TYPE_CHECKING:
     from huggingface_hub import AsyncInferenceClient, InferenceClient
 
-    from .client import AsyncClient, Client
+    from .client import Client
 
 HEALTH_PROBE_TIMEOUT = 10.0
 _TIMESTAMP = re.compile(r"^(?P<base>[^.Z+]+)(?:\.(?P<frac>\d+))?(?P<tz>Z|[+-]\d\d:?\d\d)?$")
@@ -304,112 +304,4 @@ class InferenceEndpoint(_EndpointState):
     def _action(self, action: str) -> InferenceEndpoint:
         call = calls.action_call(self.namespace, self.name, action)
         self._replace_raw(self._api.request(call, token=self._token_arg()))
-        return self
-
-
-@dataclass
-class AsyncInferenceEndpoint(_EndpointState):
-    """[`InferenceEndpoint`] for asyncio code: the same attributes, and coroutine methods.
-
-    Example:
-        ```python
-        >>> from lorafleet.aio import create_inference_endpoint
-        >>> endpoint = await create_inference_endpoint("my-ep", repository="/models/mistral", ...)
-        >>> await endpoint.wait(timeout=300)
-        >>> await endpoint.async_client.text_generation("Hello", max_new_tokens=8)
-        ```
-    """
-
-    _client: AsyncClient | None = field(repr=False, compare=False, default=None)
-
-    @classmethod
-    def from_raw(
-        cls, raw: dict[str, Any], namespace: str, token: str | None = None, client: AsyncClient | None = None
-    ) -> AsyncInferenceEndpoint:
-        """Builds the object from the server's JSON description of the endpoint."""
-        return cls(namespace=namespace, raw=raw, _token=token, _client=client)
-
-    @property
-    def _api(self) -> AsyncClient:
-        if self._client is None:
-            from .client import default_async_client
-
-            self._client = default_async_client()
-        return self._client
-
-    def _token_arg(self) -> str | bool:
-        return self._token if self._token is not None else False
-
-    async def fetch(self) -> AsyncInferenceEndpoint:
-        """Reloads the endpoint from the server; returns `self`, updated in place."""
-        call = calls.get_call(self.namespace, self.name)
-        self._replace_raw(await self._api.request(call, token=self._token_arg()))
-        return self
-
-    async def wait(
-        self,
-        timeout: float | None = None,
-        refresh_every: float = 5,
-        *,
-        on_update: Callable[[AsyncInferenceEndpoint], None] | None = None,
-    ) -> AsyncInferenceEndpoint:
-        """Waits until the endpoint is `running` and healthy (see [`InferenceEndpoint.wait`])."""
-        _check_wait_args(timeout, refresh_every)
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        while True:
-            if on_update is not None:
-                on_update(self)
-            if self._ready_to_probe() and await self._probe_health():
-                return self
-            remaining = None if deadline is None else deadline - loop.time()
-            if remaining is not None and remaining <= 0:
-                raise self._timeout_error(timeout)
-            await asyncio.sleep(refresh_every if remaining is None else min(refresh_every, remaining))
-            await self.fetch()
-
-    async def _probe_health(self) -> bool:
-        try:
-            response = await self._api.http.get(
-                self.health_url or "", headers=auth_headers(self._token), timeout=HEALTH_PROBE_TIMEOUT
-            )
-        except httpx.TransportError:
-            return False
-        return response.status_code == 200
-
-    async def update(self, **fields: Any) -> AsyncInferenceEndpoint:
-        """Changes the endpoint (keyword arguments of `update_inference_endpoint`); returns `self`."""
-        call = calls.update_call(self.namespace, self.name, **fields)
-        self._replace_raw(await self._api.request(call, token=self._token_arg()))
-        return self
-
-    async def pause(self) -> AsyncInferenceEndpoint:
-        """Stops every replica until [`resume`]."""
-        return await self._action("pause")
-
-    async def resume(self, running_ok: bool = True) -> AsyncInferenceEndpoint:
-        """Restarts a paused or scaled-to-zero endpoint; with `running_ok`, a running one is fine."""
-        try:
-            return await self._action("resume")
-        except LorafleetError as error:
-            if running_ok and calls.is_already_running(error):
-                return await self.fetch()
-            raise
-
-    async def scale_to_zero(self) -> AsyncInferenceEndpoint:
-        """Stops every replica; the endpoint restarts on its next request."""
-        return await self._action("scale-to-zero")
-
-    async def delete(self) -> None:
-        """Deletes the endpoint and stops its replicas. Not reversible."""
-        await self._api.request(calls.delete_call(self.namespace, self.name), token=self._token_arg())
-
-    async def logs(self, tail: int | None = None) -> str:
-        """The replicas' recent log lines (the last `tail` lines if given)."""
-        call = calls.logs_call(self.namespace, self.name, tail)
-        return calls.logs_text(await self._api.request(call, token=self._token_arg()))
-
-    async def _action(self, action: str) -> AsyncInferenceEndpoint:
-        call = calls.action_call(self.namespace, self.name, action)
-        self._replace_raw(await self._api.request(call, token=self._token_arg()))
         return self
