@@ -35,8 +35,11 @@ class RayTestCluster:
 
 
 @contextlib.contextmanager
-def ray_cluster(num_gpu_nodes: int = 1, accelerator_type: str = "L4") -> Iterator[RayTestCluster]:
-    """Starts a head node (1 CPU) and `num_gpu_nodes` nodes (1 CPU, 1 GPU of `accelerator_type`).
+def ray_cluster(
+    num_gpu_nodes: int = 1, gpus_per_node: int = 1, accelerator_type: str = "L4"
+) -> Iterator[RayTestCluster]:
+    """Starts a head node (1 CPU) and `num_gpu_nodes` nodes (1 CPU, `gpus_per_node` GPUs of
+    `accelerator_type`, which the runtime serves on the CPU when CUDA is absent).
 
     Yields:
         The cluster's address and node ids; on exit every node this call started is shut down.
@@ -47,7 +50,7 @@ def ray_cluster(num_gpu_nodes: int = 1, accelerator_type: str = "L4") -> Iterato
         workers = [
             cluster.add_node(
                 num_cpus=1,
-                num_gpus=1,
+                num_gpus=gpus_per_node,
                 resources={f"accelerator_type:{accelerator_type}": 1},
                 object_store_memory=NODE_MEMORY,
             )
