@@ -13,8 +13,14 @@ from fastapi import Form, Request
 from fastapi.responses import Response
 from lorafleet.controlplane.auth.service import authenticate
 from lorafleet.controlplane.dashboard.routing import CsrfChecked, router
-from lorafleet.controlplane.dashboard.session import COOKIE_NAME
-from lorafleet.controlplane.dashboard.web import browser_session, redirect, render, sealer
+from lorafleet.controlplane.dashboard.web import (
+    browser_session,
+    clear_session_cookie,
+    redirect,
+    render,
+    sealer,
+    set_session_cookie,
+)
 from lorafleet.controlplane.deps import SessionDep
 from lorafleet.controlplane.errors import UnauthorizedError
 
@@ -27,12 +33,17 @@ def _signin_page(request: Request, *, error: str | None = None, status_code: int
     response = render(request, "signin.html", {"csrf": box.csrf_token(session),
                                                "errors": {"token": error} if error else {}},
                       status_code=status_code)
-    response.set_cookie(COOKIE_NAME, box.seal(session), **box.cookie_options())  # type: ignore[arg-type]
+    set_session_cookie(request, response, session)
     return response
 
 
 @router.get("/signin")
 def signin_form(request: Request) -> Response:
+    session = browser_session(request)
+    if session is not None and session.token:
+        # Already signed in; if the token was revoked meanwhile, the list clears the cookie and
+        # sends the browser back here.
+        return redirect("")
     return _signin_page(request)
 
 
@@ -45,17 +56,15 @@ def signin(request: Request, db: SessionDep, token: Annotated[str, Form()] = "")
         principal = authenticate(db, f"Bearer {token}")
     except UnauthorizedError as e:
         return _signin_page(request, error=f"Sign-in refused: {e.message}.", status_code=401)
-    box = sealer(request)
     # A fresh session id on sign-in, so a CSRF token seen before sign-in is worthless after it.
-    session = box.new_session(token=token, namespace=principal.namespace)
+    session = sealer(request).new_session(token=token, namespace=principal.namespace)
     response = redirect("")
-    response.set_cookie(COOKIE_NAME, box.seal(session), **box.cookie_options())  # type: ignore[arg-type]
+    set_session_cookie(request, response, session)
     return response
 
 
 @router.post("/signout", dependencies=[CsrfChecked])
 def signout(request: Request) -> Response:
     response = redirect("/signin")
-    options = sealer(request).cookie_options()
-    response.delete_cookie(COOKIE_NAME, path=str(options["path"]), httponly=True, samesite="strict")
+    clear_session_cookie(response)
     return response

@@ -101,12 +101,16 @@ class SessionSealer:
             return False
         return hmac.compare_digest(self.csrf_token(session), candidate)
 
-    def cookie_options(self) -> dict[str, object]:
-        """Keyword arguments for `Response.set_cookie` (HttpOnly, SameSite=Strict, path-scoped)."""
+    def cookie_options(self, *, https: bool = False) -> dict[str, object]:
+        """Keyword arguments for `Response.set_cookie` (HttpOnly, SameSite=Strict, path-scoped).
+
+        Args:
+            https: the request came over HTTPS (then the cookie is `Secure` too).
+        """
         return {
             "max_age": self.config.max_age_s,
             "httponly": True,
             "samesite": "strict",
-            "secure": self.config.secure_cookie,
+            "secure": self.config.secure_cookie or https,
             "path": "/dashboard",
         }

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from lorafleet.controlplane.auth.service import Principal, authenticate
 from lorafleet.controlplane.dashboard.session import (
@@ -128,6 +128,28 @@ async def check_csrf(request: Request) -> None:
         raise CsrfError("the form's security token is missing or stale: reload the page and try again")
 
 
+SECURITY_HEADERS = {
+    # Our own assets only, no framing (clickjacking), forms post only to us.
+    "Content-Security-Policy": ("default-src 'self'; img-src 'self' data:; style-src 'self'; "
+                                "script-src 'self'; frame-ancestors 'none'; form-action 'self'; "
+                                "base-uri 'none'; object-src 'none'"),
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+
+
+def set_session_cookie(request: Request, response: Response, session: DashboardSession) -> None:
+    box = sealer(request)
+    options = box.cookie_options(https=request.url.scheme == "https")
+    response.set_cookie(COOKIE_NAME, box.seal(session), **options)  # type: ignore[arg-type]
+
+
+def clear_session_cookie(response: Response) -> None:
+    response.delete_cookie(COOKIE_NAME, path=PREFIX, httponly=True, samesite="strict")
+
+
 def render(request: Request, name: str, context: dict[str, Any], status_code: int = 200,
            caller: Caller | None = None) -> HTMLResponse:
     """Renders a page with the signed-in user (for the header and its sign-out form)."""
@@ -135,7 +157,7 @@ def render(request: Request, name: str, context: dict[str, Any], status_code: in
     if caller is not None:
         base.update(user=caller.principal, csrf=caller.csrf)
     response = templates.TemplateResponse(request, name, {**base, **context}, status_code=status_code)
-    response.headers["Cache-Control"] = "no-store"
+    response.headers.update(SECURITY_HEADERS)
     return response
 
 
@@ -147,15 +169,15 @@ def redirect(path: str) -> RedirectResponse:
 def refuse(request: Request, error: DashboardError) -> Response:
     """How dashboard errors reach the browser: a sign-in redirect for pages, plain codes otherwise."""
     wants_page = request.method == "GET" and "/partials/" not in request.url.path
+    response: Response
     if isinstance(error, SignInRequired) and wants_page:
-        return redirect("/signin")
-    if request.headers.get("accept", "").startswith("application/json"):
-        from fastapi.responses import JSONResponse
-
-        return JSONResponse(error.to_json(), status_code=error.status_code)
-    title = "Sign in required" if isinstance(error, SignInRequired) else "Request refused"
-    response = templates.TemplateResponse(
-        request, "error.html",
-        {"user": None, "csrf": "", "notice": None, "page_error": None, "title": title,
-         "message": error.message}, status_code=error.status_code)
+        response = redirect("/signin")
+    elif request.headers.get("accept", "").startswith("application/json"):
+        response = JSONResponse(error.to_json(), status_code=error.status_code)
+    else:
+        title = "Sign in required" if isinstance(error, SignInRequired) else "Request refused"
+        response = render(request, "error.html", {"title": title, "message": error.message},
+                          status_code=error.status_code)
+    if isinstance(error, SignInRequired):
+        clear_session_cookie(response)  # an expired or revoked session is of no further use
     return response

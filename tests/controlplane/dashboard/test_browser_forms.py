@@ -194,3 +194,49 @@ def test_delete_without_javascript_asks_on_a_confirmation_page(browser, api_only
         assert gone.status_code == 404
     finally:
         context.close()
+
+
+def test_scale_to_zero_resume_and_try_it_without_a_replica(page, api_only_cp) -> None:
+    create_via_api(api_only_cp, "idle", adapters="a=/x")
+    sign_in(page, api_only_cp)
+    page.get_by_role("link", name="idle").click()
+    page.get_by_role("button", name="Scale to zero").click()
+    expect(page.get_by_text("Endpoint scaled to zero.")).to_be_visible()
+    expect(page.locator("#endpoint-status .status-line .state")).to_have_text("scaledToZero")
+    expect(page.locator(".timeline")).to_contain_text("scaled-to-zero")
+    page.get_by_role("button", name="Resume").click()
+    expect(page.locator("#endpoint-status .status-line .state")).to_have_text("pending")
+    page.get_by_label("Prompt", exact=True).fill("Hello")
+    page.get_by_label("Adapter", exact=True).select_option("a")
+    page.get_by_role("button", name="Generate").click()
+    expect(page.locator("#try-output [role=alert]")).to_contain_text("has no URL yet")
+
+
+def test_another_namespace_endpoint_is_not_found(page, api_only_cp) -> None:
+    create_via_api(api_only_cp, "alices-secret")
+    token = api_only_cp.create_token("carol")
+    page.goto(f"{api_only_cp.url}/dashboard/signin")
+    page.get_by_label("API token", exact=True).fill(token)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.locator(".namespace")).to_have_text("carol")
+    expect(page.get_by_text("No endpoints yet.")).to_be_visible()
+    response = page.goto(f"{api_only_cp.url}/dashboard/endpoints/alices-secret")
+    assert response is not None and response.status == 404
+    expect(page.get_by_role("heading", name="Endpoint not found")).to_be_visible()
+
+
+def test_pages_forbid_framing_and_foreign_scripts_and_are_not_cached(api_only_cp) -> None:
+    client, _ = signed_in_client(api_only_cp)
+    try:
+        for path in ("/dashboard", "/dashboard/new", "/dashboard/signin"):
+            response = client.get(path, follow_redirects=True)
+            assert response.status_code == 200
+            policy = response.headers["content-security-policy"]
+            assert "frame-ancestors 'none'" in policy and "script-src 'self'" in policy
+            assert response.headers["x-frame-options"] == "DENY"
+            assert response.headers["cache-control"] == "no-store"
+        # Signed in already: the sign-in page sends the browser on to the list.
+        assert client.get("/dashboard/signin").headers["location"] == "/dashboard"
+        assert client.get("/dashboard/static/dashboard.css").status_code == 200
+    finally:
+        client.close()
