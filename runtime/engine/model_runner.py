@@ -10,13 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from lorafleet import kernels
 from lorafleet.runtime.adapters.loader import AdapterWeights
 from lorafleet.runtime.engine.config import EngineConfig
 from lorafleet.runtime.engine.scheduler import ScheduledBatch
 from lorafleet.runtime.engine.sequence import Sequence
 from lorafleet.runtime.layers.attention import AttentionMetadata, DecodeGroup, PrefillSpan
-from lorafleet.runtime.layers.lora_linear import LoraBatch
-from lorafleet.runtime.models.decoder import LORA_MODULES, DecoderModel, ModelArgs
+from lorafleet.runtime.layers.lora_linear import LoraGroupStep, LoraStep
+from lorafleet.runtime.models.decoder import LORA_GROUP_OF, LORA_MODULES, DecoderModel, ModelArgs
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,12 @@ class ModelRunner:
             dtype=config.dtype,
             device=config.device,
         )
+        num_slots = max(config.max_loaded_adapters, 1)
+        # [groups, L]: does the adapter in slot l target projection group g (in any layer)?
+        self._group_names = tuple(dict.fromkeys(LORA_GROUP_OF.values()))
+        self._slot_targets = torch.zeros(
+            len(self._group_names), num_slots, dtype=torch.bool, device=config.device
+        )
 
     def set_adapter(self, slot: int, weights: AdapterWeights) -> None:
         """Writes `weights` into `slot` of every layer's stacked buffers (clearing untargeted ones)."""
@@ -61,6 +68,9 @@ class ModelRunner:
             self.model.lora_linear(layer, module).set_lora(
                 slot, module, w.lora_a.to(self.device), w.lora_b.to(self.device), w.scale
             )
+        targeted = {LORA_GROUP_OF[module] for _, module in weights.modules}
+        for g, group in enumerate(self._group_names):
+            self._slot_targets[g, slot] = group in targeted
 
     @torch.inference_mode()
     def execute(self, batch: ScheduledBatch, wants_prompt_logits: set[int]) -> StepOutput:
@@ -115,15 +125,27 @@ class ModelRunner:
                 block_tables=self._tensor(tables),
                 context_lens=self._tensor([s.num_computed + 1 for s in decode_seqs]),
             )
-        lora = None
-        if any(slot >= 0 for slot in token_lora):
-            lora = LoraBatch(self._tensor(token_lora), has_lora=True)
+        lora = self._lora_step(token_lora) if any(slot >= 0 for slot in token_lora) else None
         return _Inputs(
             input_ids=self._tensor(ids),
             positions=self._tensor(positions),
             attention=AttentionMetadata(self._tensor(slots), tuple(prefills), decode),
             lora=lora,
         )
+
+    def _lora_step(self, token_lora: list[int]) -> LoraStep:
+        """Per projection group: rows whose adapter does not target the group are set to -1."""
+        slots = self._tensor(token_lora)  # [T]
+        has_slot = slots >= 0
+        targets = self._slot_targets[:, slots.clamp(min=0)] & has_slot  # [G, T]
+        groups = {}
+        for g, group in enumerate(self._group_names):
+            if bool(targets[g].any()):
+                group_slots = torch.where(targets[g], slots, -1)
+                groups[group] = LoraGroupStep(
+                    group_slots, kernels.prepare_lora_batch(group_slots, self._slot_targets.shape[1])
+                )
+        return LoraStep(groups)
 
     def _tensor(self, values: list[int] | list[list[int]]) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.long, device=self.device)
@@ -134,4 +156,4 @@ class _Inputs:
     input_ids: torch.Tensor  # [T]
     positions: torch.Tensor  # [T]
     attention: AttentionMetadata
-    lora: LoraBatch | None
+    lora: LoraStep | None

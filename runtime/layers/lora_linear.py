@@ -1,13 +1,14 @@
-"""A base linear layer (possibly several fused projections) with stacked LoRA buffers per slice.
+"""A base linear layer (possibly several fused projections) with stacked LoRA buffers.
 
 As in vLLM's LoRA layers, the layer owns its adapter buffers; the adapter manager only decides
-which slot an adapter lives in and calls `set_lora` / `reset_lora`. Per output slice (q, k, v of
-a fused qkv projection, say) the buffers are:
+which slot an adapter lives in and calls `set_lora` / `reset_lora`. The buffers use the layout
+of `lorafleet.kernels.add_lora_sliced`, so a fused projection (q|k|v, gate|up) runs its LoRA in
+one shrink and one expand for every adapter of the batch:
 
-    lora_a [L, R, K]   lora_b [L, N_slice, R]   scales [L] float32
+    lora_a [L, S, R, K]   lora_b [L, N, R]   scales [S, L] float32
 
-with L = max loaded adapters and R = max rank (smaller ranks are zero-padded). The math goes
-through `lorafleet.kernels.add_lora`, so every token of a batch may use a different slot.
+with L = adapter slots, S = fused projections (slices), R = max rank (smaller ranks zero-padded),
+N = sum of the slices' widths (B's rows line up with the output's columns).
 """
 
 from __future__ import annotations
@@ -20,11 +21,20 @@ from torch import nn
 
 
 @dataclass(frozen=True)
-class LoraBatch:
-    """Which adapter slot each row of this step's flat batch uses."""
+class LoraGroupStep:
+    token_lora: torch.Tensor  # [T] int64 slot per row, -1 = base model or adapter not targeting the group
+    meta: kernels.LoraBatch  # kernels.prepare_lora_batch(token_lora, L), built once for all layers
 
-    token_lora: torch.Tensor  # [T] int64, -1 = base model
-    has_lora: bool  # False when every row is -1: the LoRA path is skipped entirely
+
+@dataclass(frozen=True)
+class LoraStep:
+    """Which adapter slot each row of this step's flat batch uses, per projection group.
+
+    A group (`qkv`, `o`, `gate_up`, `down`) that no row's adapter targets is absent, and its
+    layers skip LoRA entirely: q/v-only adapters cost nothing in the MLP.
+    """
+
+    groups: dict[str, LoraGroupStep]
 
 
 class LoRALinear(nn.Module):
@@ -35,6 +45,7 @@ class LoRALinear(nn.Module):
         in_features: int,
         slices: tuple[tuple[str, int], ...],  # (module name, out features) in output order
         *,
+        group: str,
         bias: bool,
         max_loras: int,
         max_rank: int,
@@ -43,52 +54,54 @@ class LoRALinear(nn.Module):
     ) -> None:
         super().__init__()
         self.in_features = in_features
-        self.slice_names = tuple(name for name, _ in slices)
+        self.group = group
+        self.slice_index = {name: s for s, (name, _) in enumerate(slices)}
+        self.slice_widths = tuple(width for _, width in slices)
         self.slice_bounds: dict[str, tuple[int, int]] = {}
         offset = 0
-        for name, size in slices:
-            self.slice_bounds[name] = (offset, offset + size)
-            offset += size
+        for name, width in slices:
+            self.slice_bounds[name] = (offset, offset + width)
+            offset += width
         self.out_features = offset
         factory = {"dtype": dtype, "device": device}
         self.weight = nn.Parameter(torch.empty(offset, in_features, **factory), requires_grad=False)
         self.bias = nn.Parameter(torch.empty(offset, **factory), requires_grad=False) if bias else None
-        self.lora_a = nn.ParameterDict()
-        self.lora_b = nn.ParameterDict()
-        self.lora_scales = nn.ParameterDict()
-        if max_loras > 0:
-            for name, size in slices:
-                self.lora_a[name] = _buffer(max_loras, max_rank, in_features, **factory)
-                self.lora_b[name] = _buffer(max_loras, size, max_rank, **factory)
-                self.lora_scales[name] = _buffer(max_loras, dtype=torch.float32, device=device)
+        self.has_lora = max_loras > 0
+        num_slots = max(max_loras, 1)
+        self.lora_a = _buffer(num_slots, len(slices), max_rank, in_features, **factory)
+        self.lora_b = _buffer(num_slots, offset, max_rank, **factory)
+        self.lora_scales = _buffer(len(slices), num_slots, dtype=torch.float32, device=device)
 
     def set_lora(
         self, slot: int, name: str, lora_a: torch.Tensor, lora_b: torch.Tensor, scale: float
     ) -> None:
-        """Writes one adapter's A [r, K] and B [N, r] for slice `name` into `slot` (zero-padding r)."""
-        rank = lora_a.shape[0]
-        self.lora_a[name].data[slot].zero_()[:rank].copy_(lora_a)
-        self.lora_b[name].data[slot].zero_()[:, :rank].copy_(lora_b)
-        self.lora_scales[name].data[slot] = scale
+        """Writes one adapter's A [r, K] and B [N_s, r] for slice `name` into `slot`."""
+        s, (lo, hi), rank = self.slice_index[name], self.slice_bounds[name], lora_a.shape[0]
+        self.lora_a.data[slot, s].zero_()[:rank].copy_(lora_a)
+        self.lora_b.data[slot, lo:hi].zero_()[:, :rank].copy_(lora_b)
+        self.lora_scales.data[s, slot] = scale
 
     def reset_lora(self, slot: int) -> None:
-        """Clears `slot` in every slice, so an adapter that does not target a slice adds nothing."""
-        for name in self.lora_a:
-            self.lora_a[name].data[slot].zero_()
-            self.lora_b[name].data[slot].zero_()
-            self.lora_scales[name].data[slot] = 0.0
+        """Clears `slot`, so an adapter that does not target a slice adds nothing there."""
+        self.lora_a.data[slot].zero_()
+        self.lora_b.data[slot].zero_()
+        self.lora_scales.data[:, slot] = 0.0
 
-    def forward(self, x: torch.Tensor, lora: LoraBatch | None) -> torch.Tensor:  # x [T, K] -> [T, N]
+    def forward(self, x: torch.Tensor, lora: LoraStep | None) -> torch.Tensor:  # x [T, K] -> [T, N]
         out = torch.nn.functional.linear(x, self.weight, self.bias)
-        if lora is None or not lora.has_lora or not len(self.lora_a):
+        step = lora.groups.get(self.group) if lora is not None and self.has_lora else None
+        if step is None:
             return out
-        for name in self.slice_names:
-            lo, hi = self.slice_bounds[name]
-            view = out[:, lo:hi] if len(self.slice_names) > 1 else out
-            kernels.add_lora(
-                view, x, self.lora_a[name], self.lora_b[name], lora.token_lora, self.lora_scales[name]
-            )
-        return out
+        return kernels.add_lora_sliced(
+            out,
+            x,
+            self.lora_a,
+            self.lora_b,
+            step.token_lora,
+            self.lora_scales,
+            slice_widths=self.slice_widths,
+            meta=step.meta,
+        )
 
 
 def _buffer(*shape: int, dtype: torch.dtype, device: torch.device) -> nn.Parameter:

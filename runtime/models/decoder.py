@@ -12,11 +12,20 @@ from typing import Any
 
 import torch
 from lorafleet.runtime.layers.attention import AttentionMetadata, paged_attention
-from lorafleet.runtime.layers.lora_linear import LoraBatch, LoRALinear
+from lorafleet.runtime.layers.lora_linear import LoRALinear, LoraStep
 from lorafleet.runtime.layers.rotary import RotaryEmbedding
 from torch import nn
 
 LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+LORA_GROUP_OF = {  # the fused LoRALinear each projection lives in
+    "q_proj": "qkv",
+    "k_proj": "qkv",
+    "v_proj": "qkv",
+    "o_proj": "o",
+    "gate_proj": "gate_up",
+    "up_proj": "gate_up",
+    "down_proj": "down",
+}
 
 
 @dataclass(frozen=True)
@@ -84,10 +93,11 @@ class Attention(nn.Module):
         self.qkv_proj = LoRALinear(
             args.hidden_size,
             (("q_proj", q), ("k_proj", kv), ("v_proj", kv)),
+            group="qkv",
             bias=args.attention_bias,
             **common,
         )
-        self.o_proj = LoRALinear(q, (("o_proj", args.hidden_size),), bias=False, **common)
+        self.o_proj = LoRALinear(q, (("o_proj", args.hidden_size),), group="o", bias=False, **common)
         self.rotary = RotaryEmbedding(args.head_dim, args.rope_theta, args.rope_scaling).to(device)
         self.scale = args.head_dim**-0.5
 
@@ -97,7 +107,7 @@ class Attention(nn.Module):
         positions: torch.Tensor,  # [T]
         kv_cache: torch.Tensor,  # [2, num_blocks, block_size, KVH, D]
         meta: AttentionMetadata,
-        lora: LoraBatch | None,
+        lora: LoraStep | None,
     ) -> torch.Tensor:
         a = self.args
         qkv = self.qkv_proj(x, lora)
@@ -116,12 +126,12 @@ class MLP(nn.Module):
         common = {"max_loras": lora.max_loras, "max_rank": lora.max_rank, "dtype": dtype, "device": device}
         i = args.intermediate_size
         self.gate_up_proj = LoRALinear(
-            args.hidden_size, (("gate_proj", i), ("up_proj", i)), bias=False, **common
+            args.hidden_size, (("gate_proj", i), ("up_proj", i)), group="gate_up", bias=False, **common
         )
-        self.down_proj = LoRALinear(i, (("down_proj", args.hidden_size),), bias=False, **common)
+        self.down_proj = LoRALinear(i, (("down_proj", args.hidden_size),), group="down", bias=False, **common)
         self.intermediate_size = i
 
-    def forward(self, x: torch.Tensor, lora: LoraBatch | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, lora: LoraStep | None) -> torch.Tensor:
         gate_up = self.gate_up_proj(x, lora)
         gate, up = gate_up[:, : self.intermediate_size], gate_up[:, self.intermediate_size :]
         return self.down_proj(torch.nn.functional.silu(gate) * up, lora)
@@ -141,7 +151,7 @@ class DecoderLayer(nn.Module):
         positions: torch.Tensor,
         kv_cache: torch.Tensor,
         meta: AttentionMetadata,
-        lora: LoraBatch | None,
+        lora: LoraStep | None,
     ) -> torch.Tensor:
         x = x + self.self_attn(self.input_layernorm(x), positions, kv_cache, meta, lora)
         return x + self.mlp(self.post_attention_layernorm(x), lora)
@@ -186,7 +196,7 @@ class DecoderModel(nn.Module):
         positions: torch.Tensor,  # [T]
         kv_caches: torch.Tensor,  # [num_layers, 2, num_blocks, block_size, KVH, D]
         meta: AttentionMetadata,
-        lora: LoraBatch | None,
+        lora: LoraStep | None,
     ) -> torch.Tensor:  # [T, hidden], after the final norm
         x = self.embed_tokens(input_ids)
         for i, layer in enumerate(self.layers):
