@@ -27,6 +27,7 @@ import platform
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -116,6 +117,28 @@ def placed_actors() -> dict[str, str]:
     return placed
 
 
+class PlacementWatch:
+    """Records, from a thread, when each endpoint's actor is first placed and when it first runs."""
+
+    def __init__(self, client: lorafleet.Client, start: float) -> None:
+        self.client, self.start = client, start
+        self.placed_at: dict[str, float] = {}
+        self.running_at: dict[str, float] = {}
+        self.nodes: dict[str, str] = {}
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            now = time.perf_counter() - self.start
+            for name, node in placed_actors().items():
+                self.placed_at.setdefault(name, now)
+                self.nodes[name] = node
+            for endpoint in lorafleet.list_inference_endpoints(client=self.client):
+                if endpoint.status == "running":
+                    self.running_at.setdefault(endpoint.name, now)
+            self.done.wait(0.1)
+
+
 def bench_placement(num_endpoints: int, real_runtime: bool) -> dict:
     """Seconds from the first create until each of `num_endpoints` replicas is placed / running."""
     gpus_per_node = (num_endpoints + 1) // 2
@@ -129,32 +152,30 @@ def bench_placement(num_endpoints: int, real_runtime: bool) -> dict:
             ray.init(address=cluster.address, namespace=DEFAULT_RAY_NAMESPACE, log_to_driver=False,
                      logging_level="WARNING")
             names = [f"ep-{i:02d}" for i in range(num_endpoints)]
-            placed_at: dict[str, float] = {}
-            running_at: dict[str, float] = {}
+            created_at: dict[str, float] = {}
             start = time.perf_counter()
+            watch = PlacementWatch(client, start)
+            watcher = threading.Thread(target=watch.run, daemon=True)
+            watcher.start()
             for name in names:
                 lorafleet.create_inference_endpoint(name, client=client, **endpoint_args("nvidia-l4", "gpu"))
-            created = time.perf_counter() - start
-            nodes: dict[str, str] = {}
-            while len(running_at) < num_endpoints and time.perf_counter() - start < 900:
-                now = time.perf_counter() - start
-                for name, node in placed_actors().items():
-                    placed_at.setdefault(name, now)
-                    nodes[name] = node
-                for endpoint in lorafleet.list_inference_endpoints(client=client):
-                    if endpoint.status == "running":
-                        running_at.setdefault(endpoint.name, now)
-                time.sleep(0.25)
+                created_at[name] = time.perf_counter() - start
+            wait_for(lambda: len(watch.running_at) == num_endpoints, timeout_s=900, interval_s=0.5,
+                     what="every endpoint to run")
+            watch.done.set()
+            watcher.join()
             for name in names:
                 lorafleet.delete_inference_endpoint(name, client=client)
             wait_for(lambda: not placed_actors(), timeout_s=300, what="every replica actor to be gone")
-    per_node = {node: list(nodes.values()).count(node) for node in set(nodes.values())}
+    per_node = {node: list(watch.nodes.values()).count(node) for node in set(watch.nodes.values())}
+    create_to_placed = [watch.placed_at[n] - created_at[n] for n in names]
     return {"endpoints": num_endpoints, "nodes": 3, "gpus_per_worker_node": gpus_per_node,
             "replica": "lorafleet.runtime" if real_runtime else "minimal HTTP health server",
-            "create_calls_s": created, "all_placed_s": max(placed_at.values(), default=None),
-            "all_running_s": max(running_at.values(), default=None),
-            "placed_s": [placed_at.get(n) for n in names], "running_s": [running_at.get(n) for n in names],
-            "replicas_per_node": sorted(per_node.values())}
+            "create_calls_s": max(created_at.values()), "all_placed_s": max(watch.placed_at.values()),
+            "all_running_s": max(watch.running_at.values()),
+            "create_to_placed_s": {"p50": statistics.median(create_to_placed), "max": max(create_to_placed)},
+            "created_s": [created_at[n] for n in names], "placed_s": [watch.placed_at[n] for n in names],
+            "running_s": [watch.running_at[n] for n in names], "replicas_per_node": sorted(per_node.values())}
 
 
 def plot(result: dict, path: Path) -> None:
@@ -169,7 +190,8 @@ def plot(result: dict, path: Path) -> None:
     left.set_ylabel("create → running (s, median)")
     left.set_title("one endpoint, tiny model")
     placement = result["placement"]
-    for key, label in (("placed_s", "actor placed"), ("running_s", "endpoint running")):
+    for key, label in (("created_s", "create call returned"), ("placed_s", "actor placed"),
+                       ("running_s", "endpoint running")):
         times = sorted(t for t in placement[key] if t is not None)
         right.step(times, range(1, len(times) + 1), where="post", label=label)
     right.set_xlabel("seconds since the first create")

@@ -16,6 +16,7 @@ never imports Ray unless this launcher is chosen (`pip install 'lorafleet[ray]'`
 
 from __future__ import annotations
 
+import logging
 import shlex
 import threading
 import time
@@ -41,7 +42,7 @@ from lorafleet.controlplane.launchers.ray_nodes import (
     impossible_reason,
     request_for,
 )
-from lorafleet.controlplane.launchers.ray_view import ClusterView
+from lorafleet.controlplane.launchers.ray_view import ClusterView, is_placed
 from ray.exceptions import GetTimeoutError, RayActorError, RayError
 
 DEFAULT_RAY_NAMESPACE = "lorafleet"
@@ -68,7 +69,9 @@ class RayLauncher:
             when worker nodes do not have lorafleet preinstalled.
         placement_timeout_s: how long `start` waits for Ray to place an actor before giving the
             capacity back and reporting the replica as pending.
-        call_timeout_s: how long one call to an actor may take before it counts as unresponsive.
+        call_timeout_s: how long a call that does work on the actor (logs, stop) may take.
+        status_timeout_s: how long `status`/`adopt` wait for an actor's answer before reporting
+            it as still starting (an actor answers in milliseconds once its `__init__` is done).
         stop_grace_s: time the server gets to exit on SIGTERM before SIGKILL.
     """
 
@@ -77,7 +80,8 @@ class RayLauncher:
     def __init__(self, *, address: str = "auto", ray_namespace: str = DEFAULT_RAY_NAMESPACE,
                  catalog_path: Path | None = None, command: list[str] | None = None,
                  runtime_env: dict[str, Any] | None = None, placement_timeout_s: float = 120.0,
-                 call_timeout_s: float = 30.0, stop_grace_s: float = 10.0) -> None:
+                 call_timeout_s: float = 30.0, status_timeout_s: float = 5.0,
+                 stop_grace_s: float = 10.0) -> None:
         self._address = address
         self._ray_namespace = ray_namespace
         self._catalog_data = read_catalog_file(catalog_path)
@@ -85,6 +89,7 @@ class RayLauncher:
         self._runtime_env = runtime_env
         self._placement_timeout_s = placement_timeout_s
         self._call_timeout_s = call_timeout_s
+        self._status_timeout_s = status_timeout_s
         self._stop_grace_s = stop_grace_s
         self._connect_lock = threading.Lock()
         self._start_lock = threading.Lock()  # one placement decision at a time
@@ -114,7 +119,7 @@ class RayLauncher:
             if not ray.is_initialized():
                 try:
                     ray.init(address=self._address, namespace=self._ray_namespace,
-                             log_to_driver=False, logging_level="WARNING")
+                             log_to_driver=False, logging_level=logging.WARNING)
                 except (ConnectionError, RuntimeError, ValueError) as e:
                     raise RayUnavailableError(
                         f"cannot connect to the Ray cluster at {self._address!r} "
@@ -210,14 +215,19 @@ class RayLauncher:
                 raise NoCapacityError(reason)
             actor = self._create_actor(name, spec, request)
             info = self._await_placement(name, actor, request)
-            self._view.reserve(name, info["node_id"], info["assigned"])
+            if info is not None:
+                self._view.reserve(name, info["node_id"], info["assigned"])
             return self._handle(name, actor, info)
 
     def _reuse(self, name: str, actor: Any, spec: ReplicaSpec) -> ReplicaHandle | None:
         """The handle of a live actor already running `spec`; anything else there is killed."""
         try:
-            info = self._describe(actor, self._call_timeout_s)
-        except (RayActorError, GetTimeoutError):
+            info = self._describe(actor, self._status_timeout_s)
+        except RayActorError:
+            info = None
+        except GetTimeoutError:
+            if is_placed(actor._actor_id.hex()):
+                return self._handle(name, actor, None)  # still starting on its node: same replica
             info = None
         if info and info["spec_digest"] == spec.digest and info["exit_code"] is None:
             return self._handle(name, actor, info)
@@ -240,18 +250,32 @@ class RayLauncher:
         except (RayError, ValueError) as e:
             raise LauncherError(f"Ray refused the replica actor {name!r}: {e}") from e
 
-    def _await_placement(self, name: str, actor: Any, request: ResourceRequest) -> dict[str, Any]:
-        try:
-            return self._describe(actor, self._placement_timeout_s)
-        except GetTimeoutError:
-            self._kill(name, actor)
-            reason = capacity_reason(request, self._view.nodes(fresh=True))
-            raise NoCapacityError(
-                reason or f"Ray did not place {request.describe()} within "
-                f"{self._placement_timeout_s:g} s; retrying") from None
-        except RayActorError as e:
-            self._kill(name, actor)
-            raise LauncherError(f"the replica actor {name!r} failed to start: {_first_line(e)}") from e
+    def _await_placement(self, name: str, actor: Any, request: ResourceRequest) -> dict[str, Any] | None:
+        """The actor's `describe()` once it runs; None if it is placed but still starting.
+
+        Raises:
+            NoCapacityError: Ray did not place it within `placement_timeout_s` (it is killed).
+            LauncherError: the actor failed to start (e.g. its `runtime_env` could not be built).
+        """
+        ref = actor.describe.remote()
+        deadline = time.monotonic() + self._placement_timeout_s
+        while True:
+            ready, _ = ray.wait([ref], timeout=max(0.0, min(1.0, deadline - time.monotonic())))
+            if ready:
+                try:
+                    return ray.get(ref)
+                except RayActorError as e:
+                    self._kill(name, actor)
+                    raise LauncherError(
+                        f"the replica actor {name!r} failed to start: {_first_line(e)}") from e
+            if time.monotonic() >= deadline:
+                break
+        if is_placed(actor._actor_id.hex()):
+            return None  # on a node, still in __init__ (building its runtime_env): status follows it
+        self._kill(name, actor)
+        reason = capacity_reason(request, self._view.nodes(fresh=True))
+        raise NoCapacityError(reason or f"Ray did not place {request.describe()} within "
+                              f"{self._placement_timeout_s:g} s; retrying")
 
     def status(self, handle: ReplicaHandle) -> ReplicaStatus:
         """`running` with the URL while the actor and its server live, `exited` once either is gone."""
@@ -262,12 +286,14 @@ class RayLauncher:
             return ReplicaStatus("exited",
                                  message=f"the Ray actor {name!r} is gone (killed, or its node died)")
         try:
-            info = self._describe(actor, self._call_timeout_s)
+            info = self._describe(actor, self._status_timeout_s)
         except RayActorError as e:
             self._view.release(name)
             return ReplicaStatus("exited", message=f"the Ray actor {name!r} died: {_first_line(e)}")
         except GetTimeoutError:
-            return ReplicaStatus("starting", message=f"the Ray actor {name!r} does not answer yet")
+            placed = is_placed(actor._actor_id.hex())
+            where = "starting on its node" if placed else "waiting for Ray to place it"
+            return ReplicaStatus("starting", message=f"the Ray actor {name!r} is {where}")
         url = f"http://{info['host']}:{info['port']}"
         if info["exit_code"] is not None:
             return ReplicaStatus("exited", url=url, exit_code=info["exit_code"],
@@ -323,7 +349,7 @@ class RayLauncher:
             if actor is None:
                 continue
             try:
-                info = self._describe(actor, self._call_timeout_s)
+                info = self._describe(actor, self._status_timeout_s)
             except RayActorError:
                 continue  # died meanwhile
             except GetTimeoutError:

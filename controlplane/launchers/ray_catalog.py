@@ -77,7 +77,7 @@ def cluster_catalog(data: dict[str, Any], nodes: list[NodeResources]) -> Catalog
         nodes: the cluster's alive nodes.
     """
     detect: set[tuple[str, str]] = set()
-    listed = {"vendors": []}
+    listed: dict[str, list[dict[str, Any]]] = {"vendors": []}
     for vendor in data.get("vendors", []):
         regions = []
         for region in vendor.get("regions", []):

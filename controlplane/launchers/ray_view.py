@@ -32,6 +32,19 @@ def _available_per_node() -> dict[str, dict[str, float]] | None:
         return None
 
 
+def is_placed(actor_id: str) -> bool:
+    """Whether Ray has leased a worker on some node for the actor (its `__init__` may still run,
+    e.g. while Ray builds its `runtime_env`). False when unknown (Ray Client, a future Ray)."""
+    if ray.util.client.ray.is_connected():
+        return False
+    try:
+        from ray._private import state
+        address = state.actors(actor_id).get("Address") or {}
+    except (ImportError, AttributeError):  # pragma: no cover - a future Ray moved it
+        return False
+    return bool(address.get("Port"))
+
+
 class ClusterView:
     """Caches node snapshots briefly and owns the ledger of resources our actors hold.
 
