@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 def run_loop(engine: Engine) -> None:
     while not engine._stopping.is_set():
         _drain_inbox(engine, block=not engine.scheduler.has_work())
+        _snapshot(engine)
         if engine._stopping.is_set() or not engine.scheduler.has_work():
             continue
         batch = engine.scheduler.schedule()

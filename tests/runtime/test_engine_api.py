@@ -1,0 +1,183 @@
+"""The engine's public API as the server uses it: validation, streaming, cancellation, adapters."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+import torch
+from lorafleet.runtime.engine import (
+    AdapterLoadError,
+    Engine,
+    EngineValidationError,
+    FinishReason,
+    GenerationRequest,
+    SamplingParams,
+)
+
+from tests.fixtures import standard_adapters, tiny_model
+from tests.runtime.oracle import oracle_logits
+
+PROMPT = "The adapter answers the question"
+
+
+@pytest.fixture(scope="module")
+def engine():  # type: ignore[no-untyped-def]
+    model_dir = tiny_model("mistral")
+    adapters = standard_adapters(model_dir)
+    engine = Engine.from_pretrained(
+        model_dir,
+        adapters={"qv": str(adapters["r8-qv"])},
+        max_loaded_adapters=2,
+        max_total_tokens=96,
+        max_input_tokens=64,
+        progress=lambda _: None,
+    )
+    with engine:
+        yield engine
+
+
+@pytest.fixture(scope="module")
+def adapter_dirs():  # type: ignore[no-untyped-def]
+    return {name: str(path) for name, path in standard_adapters(tiny_model("mistral")).items()}
+
+
+@pytest.mark.parametrize(
+    ("params", "name"),
+    [
+        (SamplingParams(temperature=0.0), "temperature"),
+        (SamplingParams(top_p=1.0), "top_p"),
+        (SamplingParams(typical_p=0.0), "typical_p"),
+        (SamplingParams(top_k=0), "top_k"),
+        (SamplingParams(repetition_penalty=0.0), "repetition_penalty"),
+        (SamplingParams(frequency_penalty=2.5), "frequency_penalty"),
+        (SamplingParams(top_n_tokens=6), "top_n_tokens"),
+        (SamplingParams(stop=("a", "b", "c", "d", "e")), "stop"),
+        (SamplingParams(max_new_tokens=0), "max_new_tokens"),
+        (SamplingParams(max_new_tokens=90), "max_new_tokens"),
+    ],
+)
+def test_bad_parameters_are_refused_naming_the_parameter(engine, params, name) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(EngineValidationError, match=f"`{name}`"):
+        engine.validate(GenerationRequest(PROMPT, params))
+
+
+def test_input_length_limits_and_truncate(engine) -> None:  # type: ignore[no-untyped-def]
+    long_ids = list(range(10, 80))  # 70 > max_input_tokens=64
+    with pytest.raises(EngineValidationError, match="`inputs`"):
+        engine.validate(GenerationRequest(long_ids, SamplingParams(max_new_tokens=4)))
+    [result] = engine.generate([GenerationRequest(long_ids, SamplingParams(max_new_tokens=4), truncate=20)])
+    assert result.num_prompt_tokens == 20
+    [result] = engine.generate([GenerationRequest(list(range(10, 40)), SamplingParams(ignore_eos=True))])
+    assert (
+        len(result.tokens) == 96 - 30 and result.finish_reason is FinishReason.LENGTH
+    )  # max_new_tokens=None
+
+
+def test_unknown_adapter_is_an_adapter_load_error(engine) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(AdapterLoadError, match="no-such"):
+        engine.validate(GenerationRequest(PROMPT, adapter_id="/nonexistent/no-such-adapter"))
+    with pytest.raises(AdapterLoadError):
+        engine.generate([GenerationRequest(PROMPT, adapter_id="/nonexistent/no-such-adapter")])
+
+
+def test_stop_sequence_ends_generation_and_is_kept_in_the_text(engine) -> None:  # type: ignore[no-untyped-def]
+    params = SamplingParams(max_new_tokens=24, ignore_eos=True)
+    [full] = engine.generate([GenerationRequest(PROMPT, params)])
+    stop = full.generated_text[6:9]
+    assert len(stop) == 3
+    [stopped] = engine.generate(
+        [GenerationRequest(PROMPT, SamplingParams(max_new_tokens=24, ignore_eos=True, stop=(stop,)))]
+    )
+    assert stopped.finish_reason is FinishReason.STOP_SEQUENCE
+    assert stopped.generated_text.endswith(stop) and full.generated_text.startswith(stopped.generated_text)
+    assert len(stopped.tokens) < len(full.tokens)
+
+
+def test_log_probs_and_top_alternatives_are_consistent(engine) -> None:  # type: ignore[no-untyped-def]
+    [result] = engine.generate([GenerationRequest(PROMPT, SamplingParams(max_new_tokens=6, top_n_tokens=3))])
+    assert result.seed is None  # greedy
+    for token, top in zip(result.tokens, result.top_tokens, strict=True):
+        assert len(top) == 3 and top[0].id == token.id and top[0].logprob == pytest.approx(token.logprob)
+        assert top[0].logprob >= top[1].logprob >= top[2].logprob
+        assert token.logprob <= 0
+
+
+def test_prompt_log_probs_match_the_oracle(engine) -> None:  # type: ignore[no-untyped-def]
+    request = GenerationRequest(PROMPT, SamplingParams(max_new_tokens=1), decoder_input_details=True)
+    [result] = engine.generate([request])
+    ids = [t.id for t in result.prompt_tokens]
+    reference = torch.log_softmax(oracle_logits("mistral", ids, None), dim=-1)
+    assert result.prompt_tokens[0].logprob is None
+    for i in range(1, len(ids)):
+        assert result.prompt_tokens[i].logprob == pytest.approx(float(reference[i - 1, ids[i]]), abs=1e-4)
+
+
+async def test_closing_a_stream_early_cancels_the_request_and_frees_its_blocks(engine) -> None:  # type: ignore[no-untyped-def]
+    free = engine.info.num_kv_blocks
+    stream = engine.stream(GenerationRequest(PROMPT, SamplingParams(max_new_tokens=60, ignore_eos=True)))
+    seen = [await stream.__anext__() for _ in range(3)]
+    assert [e.index for e in seen] == [1, 2, 3] and engine.stats().num_free_blocks < free
+    await stream.aclose()
+    for _ in range(200):
+        if engine.stats().num_free_blocks == free and engine.stats().batch_size == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert engine.stats().num_free_blocks == free and engine.stats().batch_size == 0
+
+
+async def test_stream_ends_with_the_result_and_matches_generate(engine) -> None:  # type: ignore[no-untyped-def]
+    request = GenerationRequest(PROMPT, SamplingParams(max_new_tokens=8, ignore_eos=True), adapter_id="qv")
+    events = [event async for event in engine.stream(request)]
+    [result] = engine.generate([request])
+    assert events[-1].finish_reason is FinishReason.LENGTH and events[-1].result == result
+    assert all(e.result is None for e in events[:-1])
+    assert "".join(e.text for e in events) == result.generated_text
+
+
+def test_adapters_load_on_first_use_and_idle_ones_are_evicted_lru_but_not_pinned(
+    engine, adapter_dirs
+) -> None:  # type: ignore[no-untyped-def]
+    before = engine.stats()
+    params = SamplingParams(max_new_tokens=2)
+    for name in ("r16-all", "r64-rslora", "r16-all"):
+        engine.generate([GenerationRequest(PROMPT, params, adapter_id=adapter_dirs[name])])
+    after = engine.stats()
+    assert (
+        after.adapter_loads - before.adapter_loads == 3
+        and after.adapter_evictions - before.adapter_evictions == 2
+    )
+    assert engine.loaded_adapters() == ["qv", adapter_dirs["r16-all"]]  # the pinned one stays
+
+
+def test_more_concurrent_adapters_than_slots_all_complete(engine, adapter_dirs) -> None:  # type: ignore[no-untyped-def]
+    params = SamplingParams(max_new_tokens=4, ignore_eos=True)
+    requests = [GenerationRequest(PROMPT, params, adapter_id=adapter_dirs[n]) for n in adapter_dirs]
+    results = engine.generate(requests)  # 4 adapters, 1 free slot: they take turns
+    assert [len(r.tokens) for r in results] == [4] * 4
+    assert [r.adapter_id for r in results] == [adapter_dirs[n] for n in adapter_dirs]
+
+
+def test_info_and_stats_describe_the_engine(engine) -> None:  # type: ignore[no-untyped-def]
+    info = engine.info
+    assert (info.max_input_tokens, info.max_total_tokens, info.dtype, info.device) == (
+        64,
+        96,
+        "float32",
+        "cpu",
+    )
+    assert info.max_batch_total_tokens == info.num_kv_blocks * info.block_size and info.eos_token_id == 2
+    stats = engine.stats()
+    assert stats.queue_size == 0 and stats.generated_tokens > 0
+
+
+def test_generate_needs_a_started_engine() -> None:
+    engine = Engine.from_pretrained(tiny_model("mistral"), progress=lambda _: None)
+    with pytest.raises(Exception, match="not running"):
+        engine.generate([GenerationRequest(PROMPT)])
+    with engine:
+        assert engine.generate([GenerationRequest(PROMPT, SamplingParams(max_new_tokens=1))])[0].tokens
+    started = time.monotonic()
+    engine.shutdown()  # idempotent
+    assert time.monotonic() - started < 5
