@@ -120,6 +120,31 @@ def test_l4_endpoint_lands_on_the_gpu_node_and_serves_every_adapter(deployment: 
     assert free_gpus(deployment.cluster.gpu_node_ids[0]) == 0.0
 
 
+def test_second_l4_endpoint_stays_pending_with_the_reason_while_the_gpu_is_taken(
+        deployment: Deployment) -> None:
+    args = {"repository": str(tiny_model("mistral")), "framework": "pytorch", "accelerator": "gpu",
+            "instance_size": "x1", "instance_type": "nvidia-l4", "region": "local", "vendor": "local"}
+    second = lorafleet.create_inference_endpoint("second", client=deployment.client, **args)
+    try:
+        message = wait_for(lambda: "capacity" in (m := second.fetch().raw["status"].get("message") or "")
+                           and m, timeout_s=120, what="the pending reason")
+        assert second.status == "pending"
+        assert message == (
+            "waiting for capacity: 1 x nvidia-l4 fits 1 node(s) of the Ray cluster, but none has it free now")
+        assert len(replica_actors()) == 1
+    finally:
+        second.delete()
+    wait_for(lambda: _gone(deployment.client, "second"), timeout_s=60, what="the second endpoint to go")
+
+
+def _gone(client: lorafleet.Client, name: str) -> bool:
+    try:
+        lorafleet.get_inference_endpoint(name, client=client)
+    except lorafleet.EndpointNotFound:
+        return True
+    return False
+
+
 def test_killed_actor_is_replaced_by_the_reconciler(deployment: Deployment) -> None:
     (name, before), = replica_actors().items()
     ray.kill(ray.get_actor(name, namespace=DEFAULT_RAY_NAMESPACE), no_restart=True)

@@ -29,7 +29,7 @@ SERVER = textwrap.dedent("""
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
             body = json.dumps({k: os.environ.get(k) for k in
-                               ("PORT", "HOSTNAME", "CUDA_VISIBLE_DEVICES", "MODEL_ID")}).encode()
+                               ("PORT", "HOSTNAME", "CUDA_VISIBLE_DEVICES", "MODEL_ID", "NOTE")}).encode()
             self.send_response(200); self.end_headers(); self.wfile.write(body)
         def log_message(self, *args):
             pass
@@ -117,6 +117,7 @@ def test_gpu_replica_runs_on_the_l4_node_with_the_gpu_ray_assigned(
         "HOSTNAME": "0.0.0.0",
         "CUDA_VISIBLE_DEVICES": "0",
         "MODEL_ID": "/models/tiny",
+        "NOTE": None,
     }
     assert any("args ['--flag']" in line for line in launcher.logs(handle))
     wait_for(lambda: free_gpus(cluster.gpu_node_ids[0]) == 0.0, what="Ray to count the GPU as used")
@@ -126,6 +127,16 @@ def test_gpu_replica_runs_on_the_l4_node_with_the_gpu_ray_assigned(
 def test_cpu_replica_gets_no_gpu(launcher: RayLauncher) -> None:
     handle = launcher.start(spec("rep-cpu", CPU_X1))
     assert served_env(launcher.status(handle).url)["CUDA_VISIBLE_DEVICES"] == ""
+
+
+def test_runtime_env_reaches_the_replica(cluster: RayTestCluster) -> None:
+    launcher = RayLauncher(address=cluster.address, command=[sys.executable, "-c", SERVER],
+                           runtime_env={"env_vars": {"NOTE": "set by the runtime_env"}})
+    handle = launcher.start(spec("rep-env", CPU_X1))
+    try:
+        assert served_env(handle["url"])["NOTE"] == "set by the runtime_env"
+    finally:
+        launcher.stop(handle)
 
 
 def test_second_l4_replica_waits_for_capacity_until_the_first_stops(
