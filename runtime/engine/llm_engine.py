@@ -23,6 +23,7 @@ from lorafleet.runtime.adapters.loader import AdapterWeights
 from lorafleet.runtime.engine import setup
 from lorafleet.runtime.engine.block_manager import BlockManager
 from lorafleet.runtime.engine.config import EngineConfig
+from lorafleet.runtime.engine.loop import run_loop
 from lorafleet.runtime.engine.model_runner import ModelRunner, kv_bytes_per_block
 from lorafleet.runtime.engine.output import RequestOutput
 from lorafleet.runtime.engine.scheduler import Scheduler, SchedulerConfig
@@ -183,6 +184,13 @@ class Engine:
         self._inbox.put(("wake", None))
         self._thread.join()
         self._thread = None
+        while True:  # a request that raced the shutdown never reached the loop: fail it too
+            try:
+                kind, seq = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if kind == "add":
+                seq.output.sink(GenerationError("the engine shut down before the request started"))
 
     def __enter__(self) -> Engine:
         self.start()
@@ -318,8 +326,6 @@ class Engine:
     # --- the loop ----------------------------------------------------------------------------
 
     def _loop(self) -> None:
-        from lorafleet.runtime.engine.loop import run_loop
-
         run_loop(self)
 
 

@@ -57,20 +57,14 @@ def _drain_inbox(engine: Engine, block: bool) -> None:
 
 
 def _drain_waiting(engine: Engine) -> list[Sequence]:
-    waiting: list[Sequence] = []
-    while True:
+    while True:  # requests submitted while shutting down fail too
         try:
             kind, seq = engine._inbox.get_nowait()
         except queue.Empty:
             break
         if kind == "add":
             engine.scheduler.add(seq)
-    while True:
-        batch_probe = engine.scheduler._next_waiting(set())
-        if batch_probe is None:
-            return waiting
-        engine.scheduler.remove(batch_probe)
-        waiting.append(batch_probe)
+    return engine.scheduler.drain_waiting()
 
 
 def _step(engine: Engine, batch: ScheduledBatch) -> None:
@@ -137,7 +131,7 @@ def _fail_unschedulable(engine: Engine) -> None:
     # that pinned adapters hold for good. Fail it rather than spin.
     if engine.scheduler.running:
         return
-    head = engine.scheduler._next_waiting(set())
+    head = engine.scheduler.next_waiting()
     if head is not None:
         _fail(
             engine,

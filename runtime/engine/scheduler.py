@@ -80,6 +80,21 @@ class Scheduler:
             self._waiting[seq.adapter_id].remove(seq)
         seq.status = SequenceStatus.FINISHED
 
+    def drain_waiting(self) -> list[Sequence]:
+        """Takes every waiting sequence out (shutdown), preempted ones first."""
+        drained = list(self._preempted)
+        for queue in self._waiting.values():
+            drained.extend(queue)
+        self._preempted.clear()
+        self._waiting.clear()
+        for seq in drained:
+            seq.status = SequenceStatus.FINISHED
+        return drained
+
+    def next_waiting(self) -> Sequence | None:
+        """The sequence admission would consider first (preempted ones, then round-robin)."""
+        return self._next_waiting(set())
+
     def schedule(self) -> ScheduledBatch:
         batch = ScheduledBatch()
         budget = self._schedule_running(batch)
