@@ -49,7 +49,7 @@ def parse_metrics(text: str) -> tuple[float, float | None]:
 
 
 def probe_replica(
-    launcher: Launcher, handle: ReplicaHandle, health_route: str, timeout_s: float, want_metrics: bool
+    launcher: Launcher, handle: ReplicaHandle, health_route: str, client: httpx.Client, want_metrics: bool
 ) -> Probe:
     """Asks the launcher, then (if alive) the health route and, if wanted, `/metrics`."""
     try:
@@ -59,15 +59,14 @@ def probe_replica(
     if status.phase != "running" or not status.url:
         return Probe(status)
     try:
-        with httpx.Client(timeout=timeout_s) as client:
-            healthy = client.get(status.url.rstrip("/") + health_route).status_code == 200
-            if not (healthy and want_metrics):
-                return Probe(status, healthy)
-            response = client.get(status.url.rstrip("/") + "/metrics")
-            if response.status_code != 200:
-                return Probe(status, healthy)
-            queue, requests = parse_metrics(response.text)
-            return Probe(status, healthy, queue, requests)
+        healthy = client.get(status.url.rstrip("/") + health_route).status_code == 200
+        if not (healthy and want_metrics):
+            return Probe(status, healthy)
+        response = client.get(status.url.rstrip("/") + "/metrics")
+        if response.status_code != 200:
+            return Probe(status, healthy)
+        queue, requests = parse_metrics(response.text)
+        return Probe(status, healthy, queue, requests)
     except httpx.HTTPError:
         return Probe(status, False)
 
@@ -81,9 +80,16 @@ def probe_all(
     """Probes replicas in parallel: `jobs` maps replica_key → (handle, health route, want metrics)."""
     if not jobs:
         return {}
-    with ThreadPoolExecutor(max_workers=min(max_workers, len(jobs)), thread_name_prefix="probe") as pool:
+    workers = min(max_workers, len(jobs))
+    limits = httpx.Limits(max_connections=workers, max_keepalive_connections=workers)
+    # One client per pass, shared by the probe threads: creating one per probe costs more
+    # (TLS context set-up) than the probe itself.
+    with (
+        httpx.Client(timeout=timeout_s, limits=limits) as client,
+        ThreadPoolExecutor(max_workers=workers, thread_name_prefix="probe") as pool,
+    ):
         futures = {
-            key: pool.submit(probe_replica, launcher, handle, route, timeout_s, metrics)
+            key: pool.submit(probe_replica, launcher, handle, route, client, metrics)
             for key, (handle, route, metrics) in jobs.items()
         }
         return {key: future.result() for key, future in futures.items()}

@@ -148,17 +148,23 @@ class Reconciler:
                 if r.handle and r.endpoint_id in specs
             }
             probes = probe_all(self.launcher, jobs, self.settings.health_timeout_s)
+            session.commit()  # orphans are gone for good
             for endpoint, namespace in endpoints:
+                # One transaction per endpoint (not a savepoint: pysqlite turns an outer SAVEPOINT
+                # into BEGIN/COMMIT anyway), so one bad endpoint rolls back only its own changes
+                # and an endpoint with nothing to do costs no write at all.
+                name = endpoint.name
                 try:
-                    with session.begin_nested():
-                        actions = self.planner.reconcile(
-                            session, endpoint, namespace, by_endpoint.get(endpoint.id, []), probes
-                        )
+                    actions = self.planner.reconcile(
+                        session, endpoint, namespace, by_endpoint.get(endpoint.id, []), probes
+                    )
+                    session.commit()
                     report.started += actions.started
                     report.stopped += actions.stopped
                 except Exception as e:  # one bad endpoint must not stall the others
-                    log.exception("reconciling %s/%s failed", namespace, endpoint.name)
-                    report.errors.append(f"{namespace}/{endpoint.name}: {e}")
+                    session.rollback()
+                    log.exception("reconciling %s/%s failed", namespace, name)
+                    report.errors.append(f"{namespace}/{name}: {e}")
         report.seconds = time.monotonic() - started_at
         return report
 

@@ -38,7 +38,9 @@ class Settings(BaseSettings):
     public_host: str = Field("127.0.0.1", description="host name replicas' URLs use")
     ray_address: str = Field("auto", description="`ray.init(address=...)` for the ray launcher")
     ray_namespace: str = Field("lorafleet", description="Ray namespace of the replica actors")
-    ray_runtime_env: dict[str, Any] | None = Field(None, description="Ray runtime_env for replica actors (JSON)")
+    ray_runtime_env: dict[str, Any] | None = Field(
+        None, description="Ray runtime_env for replica actors (JSON)"
+    )
     reconcile_interval_s: float = Field(2.0, gt=0)
     health_timeout_s: float = Field(2.0, gt=0)
     startup_timeout_s: float = Field(900.0, gt=0, description="a replica not healthy by then failed")

@@ -6,6 +6,7 @@ from datetime import datetime
 
 from lorafleet.controlplane.models import ApiToken, Namespace
 from sqlalchemy import select, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 
@@ -41,7 +42,14 @@ def find_active_token(session: Session, *, token_hash: str) -> tuple[ApiToken, N
 
 
 def touch_token(session: Session, *, token_id: int, moment: datetime) -> None:
-    session.execute(update(ApiToken).where(ApiToken.id == token_id).values(last_used_at=moment))
+    """Best effort, on its own connection and transaction: bookkeeping must never fail (or
+    lock-conflict) the request that carries the token."""
+    try:
+        with session.get_bind().connect() as connection:  # type: ignore[union-attr]
+            connection.execute(update(ApiToken).where(ApiToken.id == token_id).values(last_used_at=moment))
+            connection.commit()
+    except OperationalError:
+        pass
 
 
 def list_tokens(session: Session) -> list[tuple[ApiToken, str]]:

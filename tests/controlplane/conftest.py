@@ -123,9 +123,15 @@ def serve_app(settings: Settings) -> Iterator[tuple[str, object]]:
 
 def make_settings(tmp_path: Path, database_url: str, **overrides: object) -> Settings:
     values: dict[str, object] = {
-        "home": tmp_path / "home", "database_url": database_url, "secret_key": "test-secret-key",
-        "catalog": SEED_CATALOG, "runtime_command": FAKE_RUNTIME, "reconcile_interval_s": 0.2,
-        "backoff_base_s": 0.1, "backoff_max_s": 0.5, "health_timeout_s": 1.0,
+        "home": tmp_path / "home",
+        "database_url": database_url,
+        "secret_key": "test-secret-key",
+        "catalog": SEED_CATALOG,
+        "runtime_command": FAKE_RUNTIME,
+        "reconcile_interval_s": 0.2,
+        "backoff_base_s": 0.1,
+        "backoff_max_s": 0.5,
+        "health_timeout_s": 1.0,
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
@@ -144,10 +150,20 @@ def api(tmp_path: Path, database_url: str) -> Iterator[Server]:
 def endpoint_body(name: str = "ep-one", **model: object) -> dict[str, object]:
     """A create body as huggingface_hub 2.x sends it, on the catalog's CPU instance."""
     return {
-        "name": name, "type": "protected",
-        "compute": {"accelerator": "cpu", "instanceType": "intel-icl", "instanceSize": "x2",
-                    "scaling": {"minReplica": 1, "maxReplica": 1, "scaleToZeroTimeout": None}},
-        "model": {"framework": "pytorch", "repository": "org/base-model", "revision": None,
-                  "image": {"huggingface": {}}, **model},
+        "name": name,
+        "type": "protected",
+        "compute": {
+            "accelerator": "cpu",
+            "instanceType": "intel-icl",
+            "instanceSize": "x2",
+            "scaling": {"minReplica": 1, "maxReplica": 1, "scaleToZeroTimeout": None},
+        },
+        "model": {
+            "framework": "pytorch",
+            "repository": "org/base-model",
+            "revision": None,
+            "image": {"huggingface": {}},
+            **model,
+        },
         "provider": {"vendor": "aws", "region": "us-east-1"},
     }

@@ -53,8 +53,10 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def main() -> None:
-    print(f"fake-runtime: loading {os.environ.get('MODEL_ID')} adapters={os.environ.get('LORA_ADAPTERS')}",
-          flush=True)
+    print(
+        f"fake-runtime: loading {os.environ.get('MODEL_ID')} adapters={os.environ.get('LORA_ADAPTERS')}",
+        flush=True,
+    )
     if os.environ.get("FAKE_ENV_DUMP"):
         with open(os.environ["FAKE_ENV_DUMP"], "w") as handle:
             json.dump(dict(os.environ), handle)
@@ -63,6 +65,7 @@ def main() -> None:
         sys.exit(3)
     crash_after = os.environ.get("FAKE_CRASH_AFTER_S")
     if crash_after:
+
         def crash() -> None:
             time.sleep(float(crash_after))
             print("fake-runtime: CUDA error: out of memory (simulated)", flush=True)

@@ -54,10 +54,23 @@ endpoint.wait(timeout=180, refresh_every=1)
 ready_url = endpoint.url
 answers = {}
 for adapter_id in [pair.split("=", 1)[0] for pair in adapters.split(",")]:
-    answers[adapter_id] = endpoint.client.text_generation("Hello there", max_new_tokens=5, adapter_id=adapter_id)
+    answers[adapter_id] = endpoint.client.text_generation(
+        "Hello there", max_new_tokens=5, adapter_id=adapter_id
+    )
 base = endpoint.client.text_generation("Hello there", max_new_tokens=5)
 endpoint.pause()
 paused = endpoint.status
 endpoint.resume()
-print(json.dumps({"status": "ready", "url": ready_url, "namespace": endpoint.namespace, "answers": answers,
-                  "base": base, "paused": paused, "resumed": endpoint.status}))
+print(
+    json.dumps(
+        {
+            "status": "ready",
+            "url": ready_url,
+            "namespace": endpoint.namespace,
+            "answers": answers,
+            "base": base,
+            "paused": paused,
+            "resumed": endpoint.status,
+        }
+    )
+)

@@ -56,7 +56,9 @@ def test_validation_errors_name_the_field(api: Server) -> None:
     with api.client() as client:
         missing = client.post("/v2/endpoint/alice", json=body)
         invalid = client.post("/v2/endpoint/alice", json=bad_name)
-        not_json = client.post("/v2/endpoint/alice", content=b"{nope", headers={"content-type": "application/json"})
+        not_json = client.post(
+            "/v2/endpoint/alice", content=b"{nope", headers={"content-type": "application/json"}
+        )
     assert missing.status_code == 422 and "compute.instanceType" in missing.json()["error"]
     assert invalid.status_code == 422 and "name" in invalid.json()["error"]
     assert not_json.status_code == 422 and "error" in not_json.json()
@@ -75,10 +77,16 @@ def test_unknown_hardware_is_400_listing_what_exists(api: Server) -> None:
     cases = [
         ({"provider": {"vendor": "gcp", "region": "x"}}, "vendor", "aws"),
         ({"provider": {"vendor": "aws", "region": "eu-west-9"}}, "region", "us-east-1"),
-        ({"compute": {"accelerator": "gpu", "instanceType": "nvidia-b300", "instanceSize": "x1"}},
-         "instance type", "nvidia-l4"),
-        ({"compute": {"accelerator": "gpu", "instanceType": "nvidia-l4", "instanceSize": "x8"}},
-         "instance size", "x1"),
+        (
+            {"compute": {"accelerator": "gpu", "instanceType": "nvidia-b300", "instanceSize": "x1"}},
+            "instance type",
+            "nvidia-l4",
+        ),
+        (
+            {"compute": {"accelerator": "gpu", "instanceType": "nvidia-l4", "instanceSize": "x8"}},
+            "instance size",
+            "x1",
+        ),
     ]
     with api.client() as client:
         for override, word, listed in cases:
@@ -114,16 +122,36 @@ def test_one_namespace_cannot_read_update_or_delete_anothers_endpoints(api: Serv
 
 
 def test_update_is_a_deep_partial_merge_and_null_means_unchanged(api: Server) -> None:
-    body = endpoint_body(image={"custom": {"url": "ghcr.io/tgi:2", "health_route": "/ready",
-                                           "env": {"LORA_ADAPTERS": "a,b", "MODEL_ID": "/repository"}}})
+    body = endpoint_body(
+        image={
+            "custom": {
+                "url": "ghcr.io/tgi:2",
+                "health_route": "/ready",
+                "env": {"LORA_ADAPTERS": "a,b", "MODEL_ID": "/repository"},
+            }
+        }
+    )
     with api.client() as client:
         client.post("/v2/endpoint/alice", json=body).raise_for_status()
         # huggingface_hub 0.24 sends whole sub-objects with nulls and an implicit default image
-        response = client.put("/v2/endpoint/alice/ep-one", json={
-            "compute": {"accelerator": None, "instanceSize": None, "instanceType": None,
-                        "scaling": {"maxReplica": 3, "minReplica": None}},
-            "model": {"framework": None, "repository": "org/other", "revision": None, "task": None,
-                      "image": {"huggingface": {}}}})
+        response = client.put(
+            "/v2/endpoint/alice/ep-one",
+            json={
+                "compute": {
+                    "accelerator": None,
+                    "instanceSize": None,
+                    "instanceType": None,
+                    "scaling": {"maxReplica": 3, "minReplica": None},
+                },
+                "model": {
+                    "framework": None,
+                    "repository": "org/other",
+                    "revision": None,
+                    "task": None,
+                    "image": {"huggingface": {}},
+                },
+            },
+        )
     assert response.status_code == 200, response.text
     raw = response.json()
     assert raw["compute"]["scaling"] == {"minReplica": 1, "maxReplica": 3, "scaleToZeroTimeout": None}
@@ -138,8 +166,12 @@ def test_update_is_a_deep_partial_merge_and_null_means_unchanged(api: Server) ->
 def test_update_with_a_stale_if_match_is_409(api: Server) -> None:
     with api.client() as client:
         client.post("/v2/endpoint/alice", json=endpoint_body()).raise_for_status()
-        assert client.put("/v2/endpoint/alice/ep-one", json={"tags": ["a"]},
-                          headers={"if-match": "1"}).status_code == 200
+        assert (
+            client.put(
+                "/v2/endpoint/alice/ep-one", json={"tags": ["a"]}, headers={"if-match": "1"}
+            ).status_code
+            == 200
+        )
         stale = client.put("/v2/endpoint/alice/ep-one", json={"tags": ["b"]}, headers={"if-match": "1"})
     assert stale.status_code == 409 and stale.json()["revision"] == 2
 
@@ -151,8 +183,9 @@ def test_concurrent_updates_are_never_lost_silently(api: Server) -> None:
 
     def update(key: str, value: str) -> None:
         with api.client() as client:
-            response = client.put("/v2/endpoint/alice/ep-one", json={"model": {"env": {key: value}},
-                                                                      "tags": [key]})
+            response = client.put(
+                "/v2/endpoint/alice/ep-one", json={"model": {"env": {key: value}}, "tags": [key]}
+            )
             results[key] = response.status_code
 
     threads = [threading.Thread(target=update, args=(f"K{i}", str(i))) for i in range(6)]
@@ -173,9 +206,13 @@ def test_secrets_are_encrypted_at_rest_and_never_returned(api: Server) -> None:
     with api.client() as client:
         created = client.post("/v2/endpoint/alice", json=endpoint_body(secrets={"HF_TOKEN": "hf_sekrit"}))
         listed = client.get("/v2/endpoint/alice")
-        updated = client.put("/v2/endpoint/alice/ep-one", json={"model": {"secrets": {"HF_TOKEN": "hf_other"}}})
+        updated = client.put(
+            "/v2/endpoint/alice/ep-one", json={"model": {"secrets": {"HF_TOKEN": "hf_other"}}}
+        )
     for response in (created, listed, updated):
-        assert response.status_code == 200 and "sekrit" not in response.text and "hf_other" not in response.text
+        assert (
+            response.status_code == 200 and "sekrit" not in response.text and "hf_other" not in response.text
+        )
     with api.database.session() as session:
         row = session.scalar(select(Endpoint))
         assert row is not None and row.secrets_encrypted and "hf_other" not in row.secrets_encrypted

@@ -48,8 +48,13 @@ def test_cli_tokens_create_list_and_revoke() -> None:
 def test_serve_refuses_an_unmigrated_database(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LORAFLEET_")}
     env.update(LORAFLEET_HOME=str(tmp_path), LORAFLEET_DATABASE_URL=f"sqlite:///{tmp_path / 'new.db'}")
-    result = subprocess.run([sys.executable, "-m", "lorafleet.controlplane", "serve", "--port", "1"], env=env,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "lorafleet.controlplane", "serve", "--port", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     assert "lorafleet controlplane migrate" in result.stderr
 
@@ -72,11 +77,25 @@ def test_restart_replaces_replicas_that_died_and_stops_orphans() -> None:
         cp.stop()
         (dead,) = _replica_pids(cp)
         os.killpg(dead, signal.SIGKILL)
-        orphan = subprocess.Popen([*FAKE_RUNTIME.split(), ], env={**os.environ, "PORT": "0"},
-                                  start_new_session=True, stdout=subprocess.DEVNULL)
-        handle = {"replica_key": "rep-orphan", "launcher": "process", "pid": orphan.pid,
-                  "started": psutil.Process(orphan.pid).create_time(), "port": 1, "host": "127.0.0.1",
-                  "gpus": [], "log": "", "digest": ""}
+        orphan = subprocess.Popen(
+            [
+                *FAKE_RUNTIME.split(),
+            ],
+            env={**os.environ, "PORT": "0"},
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+        )
+        handle = {
+            "replica_key": "rep-orphan",
+            "launcher": "process",
+            "pid": orphan.pid,
+            "started": psutil.Process(orphan.pid).create_time(),
+            "port": 1,
+            "host": "127.0.0.1",
+            "gpus": [],
+            "log": "",
+            "digest": "",
+        }
         (cp.home / "replicas" / "rep-orphan.json").write_text(json.dumps(handle))
         cp.start()
         new = wait_for(lambda: (r := _running(cp)) and r["status"]["url"] != url and r, what="replacement")
@@ -92,8 +111,20 @@ def test_seed_code_with_real_huggingface_hub_reaches_a_replica_answering_with_ad
     with live_controlplane(catalog=SEED_CATALOG, env={"HF_HUB_OFFLINE": "0"}) as cp:
         env = {k: v for k, v in cp.env.items() if k not in ("HF_HUB_OFFLINE", "HF_TOKEN")}
         env.update(HF_ENDPOINT=cp.url, HF_TOKEN=cp.token, HF_HUB_DISABLE_TELEMETRY="1")
-        result = subprocess.run([sys.executable, str(HERE / "seed_client.py"), cp.url, str(model_dir), spec,
-                                 "mistral-7b-multi-lora"], env=env, capture_output=True, text=True, timeout=300)
+        result = subprocess.run(
+            [
+                sys.executable,
+                str(HERE / "seed_client.py"),
+                cp.url,
+                str(model_dir),
+                spec,
+                "mistral-7b-multi-lora",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert result.returncode == 0, result.stderr[-3000:] + cp.output()
         out = json.loads(result.stdout.strip().splitlines()[-1])
         assert out["namespace"] == "alice" and out["url"].startswith("http://127.0.0.1:")

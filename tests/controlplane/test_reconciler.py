@@ -51,12 +51,21 @@ def running(client: httpx.Client, name: str = "ep-one") -> dict[str, Any] | None
 
 def test_endpoint_goes_pending_initializing_running_with_the_replica_url(cp: Server, tmp_path: Path) -> None:
     dump = tmp_path / "env.json"
-    body = endpoint_body(env={"FAKE_LOAD_S": "1.5", "FAKE_ENV_DUMP": str(dump), "MODEL_ID": "/repository",
-                              "LORA_ADAPTERS": "a=/x,b=/y"}, secrets={"HF_TOKEN": "hf_secret"})
+    body = endpoint_body(
+        env={
+            "FAKE_LOAD_S": "1.5",
+            "FAKE_ENV_DUMP": str(dump),
+            "MODEL_ID": "/repository",
+            "LORA_ADAPTERS": "a=/x,b=/y",
+        },
+        secrets={"HF_TOKEN": "hf_secret"},
+    )
     with cp.client() as client:
         client.post("/v2/endpoint/alice", json=body).raise_for_status()
         seen = set()
-        raw = wait_for(lambda: seen.add(state_of(client)["status"]["state"]) or running(client), what="running")
+        raw = wait_for(
+            lambda: seen.add(state_of(client)["status"]["state"]) or running(client), what="running"
+        )
     assert "initializing" in seen
     url = raw["status"]["url"]
     assert httpx.get(url + raw["healthRoute"]).status_code == 200
@@ -105,7 +114,9 @@ def test_update_replaces_replicas_and_delete_stops_them(cp: Server) -> None:
     with cp.client() as client:
         client.post("/v2/endpoint/alice", json=endpoint_body()).raise_for_status()
         url = wait_for(lambda: running(client), what="running")["status"]["url"]
-        client.put("/v2/endpoint/alice/ep-one", json={"model": {"env": {"LORA_ADAPTERS": "c=/z"}}}).raise_for_status()
+        client.put(
+            "/v2/endpoint/alice/ep-one", json={"model": {"env": {"LORA_ADAPTERS": "c=/z"}}}
+        ).raise_for_status()
         new = wait_for(lambda: (r := running(client)) and r["status"]["url"] != url and r, what="new replica")
         wait_for(lambda: not _listening(int(url.rsplit(":", 1)[1])), what="old replica stopped")
         client.delete("/v2/endpoint/alice/ep-one").raise_for_status()
@@ -114,7 +125,9 @@ def test_update_replaces_replicas_and_delete_stops_them(cp: Server) -> None:
 
 def test_logs_return_the_replicas_recent_lines(cp: Server) -> None:
     with cp.client() as client:
-        client.post("/v2/endpoint/alice", json=endpoint_body(env={"LORA_ADAPTERS": "x=/y"})).raise_for_status()
+        client.post(
+            "/v2/endpoint/alice", json=endpoint_body(env={"LORA_ADAPTERS": "x=/y"})
+        ).raise_for_status()
         wait_for(lambda: running(client), what="running")
         logs = client.get("/v2/endpoint/alice/ep-one/logs?tail=50").json()
     assert len(logs["replicas"]) == 1
