@@ -151,7 +151,9 @@ def test_killed_actor_is_replaced_by_the_reconciler(deployment: Deployment) -> N
     replaced = wait_for(lambda: [a for a in replica_actors().values() if a["actor_id"] != before["actor_id"]],
                         timeout_s=SERVE_TIMEOUT_S, what="a replacement actor")
     assert replaced[0]["node_id"] == deployment.cluster.gpu_node_ids[0]
-    endpoint = wait_for(lambda: (e := running(deployment.client)).url != _url(before) and e,
+    # The new server may get the old port back, so wait for it to answer before reading the status.
+    wait_for(lambda: _healthy(_url(replaced[0])), timeout_s=SERVE_TIMEOUT_S, what="the new replica")
+    endpoint = wait_for(lambda: (e := running(deployment.client)).url == _url(replaced[0]) and e,
                         timeout_s=SERVE_TIMEOUT_S, what="the endpoint to serve from the new replica")
     assert first_token_logprobs(endpoint)
     assert len(replica_actors()) == 1
@@ -178,6 +180,13 @@ def test_delete_frees_the_gpu_and_leaves_no_actor(deployment: Deployment) -> Non
              what="the L4 to be free")
     with pytest.raises(httpx.TransportError):
         httpx.get(_url(actor) + "/health", timeout=5)
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(url + "/health", timeout=5).status_code == 200
+    except httpx.TransportError:
+        return False
 
 
 def _url(actor: dict) -> str:
