@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from playwright.sync_api import expect
 
 from tests.controlplane.live import LiveControlPlane, live_controlplane
 
@@ -15,6 +16,8 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 CSRF_PATTERN = re.compile(r'name="csrf_token" value="([^"]+)"')
+# Two shared CPU cores under several test suites: give page loads more than Playwright's 5 s.
+expect.set_options(timeout=30_000)
 
 
 @pytest.fixture(scope="session")

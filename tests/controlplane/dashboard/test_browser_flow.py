@@ -1,9 +1,12 @@
 """The whole user flow in Chromium with real runtime replicas on the tiny Mistral fixture:
 create an endpoint with two adapters through the form, watch it reach running without a reload,
-Try it with each adapter, pause, resume, delete. Saves the README screenshots on the way."""
+Try it with each adapter, pause, resume, delete. Takes the README screenshots on the way: into
+`docs/images/` with `LORAFLEET_UPDATE_SCREENSHOTS=1`, else into the test's temporary folder (so a
+plain test run leaves the checkout clean)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import httpx
@@ -11,12 +14,12 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.controlplane.dashboard.conftest import create_via_api, sign_in
-from tests.controlplane.live import live_controlplane
+from tests.controlplane.live import LiveControlPlane, live_controlplane
 from tests.fixtures import REPO_ROOT, standard_adapters, tiny_model
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-IMAGES = REPO_ROOT / "docs" / "images"
+DOCS_IMAGES = REPO_ROOT / "docs" / "images"
 READY_TIMEOUT_MS = 180_000  # a replica loads the tiny model in seconds; leave room for a busy CI host
 GENERATE_TIMEOUT_MS = 120_000  # adapters on the CPU runtime take seconds per request
 ADAPTERS = {"customer-support": "r8-qv", "magicoder": "r16-all"}
@@ -41,14 +44,24 @@ def _try_it(page, adapter_id: str) -> str:  # type: ignore[no-untyped-def]
     return page.locator("#try-output pre.generated").inner_text()
 
 
-def _expect_state(page, state: str) -> None:  # type: ignore[no-untyped-def]
-    expect(page.locator("#endpoint-status .status-line .state")).to_have_text(state, timeout=READY_TIMEOUT_MS)
+def _diagnosis(cp: LiveControlPlane, name: str) -> str:
+    raw = httpx.get(f"{cp.url}/v2/endpoint/{cp.namespace}/{name}", headers=cp.headers).json()
+    return f"endpoint: {raw.get('status')}\ncontrol plane log:\n{cp.output()[-3000:]}"
+
+
+def _expect_state(page, cp: LiveControlPlane, state: str) -> None:  # type: ignore[no-untyped-def]
+    try:
+        expect(page.locator("#endpoint-status .status-line .state")).to_have_text(state,
+                                                                                  timeout=READY_TIMEOUT_MS)
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{_diagnosis(cp, 'mistral-multi-lora')}") from None
 
 
 def test_create_watch_try_pause_resume_delete_in_the_browser(page, tmp_path: Path) -> None:
     model_dir = tiny_model("mistral")
     adapter_dirs = standard_adapters(model_dir)
     adapters_text = "\n".join(f"{name}={adapter_dirs[kind]}" for name, kind in ADAPTERS.items())
+    images = DOCS_IMAGES if os.environ.get("LORAFLEET_UPDATE_SCREENSHOTS") == "1" else tmp_path
     with live_controlplane(env={"HF_HUB_OFFLINE": "1"}) as cp:
         sign_in(page, cp)
         # A second, paused endpoint, so the list shows more than one state.
@@ -73,29 +86,36 @@ def test_create_watch_try_pause_resume_delete_in_the_browser(page, tmp_path: Pat
         page.get_by_role("navigation", name="Main").get_by_role("link", name="Endpoints").click()
         page.evaluate("window.__noReload = true")
         row = page.locator('tr[data-name="mistral-multi-lora"]')
-        expect(row.locator(".state")).to_have_text("running", timeout=READY_TIMEOUT_MS)
+        try:
+            expect(row.locator(".state")).to_have_text("running", timeout=READY_TIMEOUT_MS)
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{_diagnosis(cp, 'mistral-multi-lora')}") from None
         expect(row.locator(".replicas")).to_have_text("1/1")
         assert page.evaluate("window.__noReload === true")
         url = row.locator('td[data-label="URL"] code').inner_text()
         assert url.startswith("http://")
-        IMAGES.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(IMAGES / "dashboard-list.png"), full_page=True)
+        images.mkdir(parents=True, exist_ok=True)
+        page.set_viewport_size({"width": 1280, "height": 400})  # full_page grows it to the content
+        page.screenshot(path=str(images / "dashboard-list.png"), full_page=True)
+        page.set_viewport_size({"width": 1280, "height": 860})
 
         row.get_by_role("link", name="mistral-multi-lora").click()
-        _expect_state(page, "running")
+        _expect_state(page, cp, "running")
         outputs = {name: _try_it(page, name) for name in ADAPTERS}
         for name, text in outputs.items():
             assert text == _direct_generation(url, cp.token, name)
         assert outputs["customer-support"] != outputs["magicoder"]  # each adapter changes the output
         expect(page.locator(".timeline")).to_contain_text("created")
         expect(page.locator(".logs")).to_be_visible()
-        page.screenshot(path=str(IMAGES / "dashboard-endpoint.png"), full_page=True)
+        page.screenshot(path=str(images / "dashboard-endpoint.png"), full_page=True)
+
+        assert (images / "dashboard-list.png").stat().st_size > 10_000
 
         page.get_by_role("button", name="Pause").click()
         expect(page.get_by_text("Endpoint paused.")).to_be_visible()
-        _expect_state(page, "paused")
+        _expect_state(page, cp, "paused")
         page.get_by_role("button", name="Resume").click()
-        _expect_state(page, "running")
+        _expect_state(page, cp, "running")
         assert _try_it(page, "magicoder") == outputs["magicoder"]
 
         page.once("dialog", lambda dialog: dialog.accept())
