@@ -39,28 +39,47 @@ class SampleOutput:
 
 def sample(logits: torch.Tensor, rows: list[SampleRequest]) -> list[SampleOutput]:  # logits [B, V] float32
     """Chooses one token per row."""
-    outputs = []
+    plain = [i for i, row in enumerate(rows) if row.generator is None and not _has_penalty(row.params)]
+    outputs: dict[int, SampleOutput] = {}
+    if plain:  # greedy rows without penalties: one batched argmax / log_softmax
+        index = torch.tensor(plain, device=logits.device)
+        logprobs = torch.log_softmax(logits[index], dim=-1)  # [P, V]
+        chosen = logprobs.argmax(dim=-1)
+        chosen_logprobs = logprobs.gather(1, chosen[:, None])[:, 0].tolist()
+        for j, (i, token) in enumerate(zip(plain, chosen.tolist(), strict=True)):
+            outputs[i] = _with_top(logprobs[j], token, chosen_logprobs[j], rows[i].params.top_n_tokens)
     for i, row in enumerate(rows):
-        scores = _penalize(logits[i], row)
-        if row.generator is not None:
-            scores = _warp(scores, row.params)
-        logprobs = torch.log_softmax(scores, dim=-1)
-        if row.generator is None:
-            token = int(torch.argmax(scores))
-        else:
-            token = int(torch.multinomial(logprobs.exp(), 1, generator=row.generator))
-        top_ids: tuple[int, ...] = ()
-        top_values: tuple[float, ...] = ()
-        if row.params.top_n_tokens > 0:
-            values, ids = torch.topk(logprobs, row.params.top_n_tokens)
-            top_ids, top_values = tuple(ids.tolist()), tuple(values.tolist())
-        outputs.append(SampleOutput(token, float(logprobs[token]), top_ids, top_values))
-    return outputs
+        if i not in outputs:
+            outputs[i] = _sample_row(logits[i], row)
+    return [outputs[i] for i in range(len(rows))]
+
+
+def _sample_row(logits: torch.Tensor, row: SampleRequest) -> SampleOutput:  # logits [V]
+    scores = _penalize(logits, row)
+    if row.generator is not None:
+        scores = _warp(scores, row.params)
+    logprobs = torch.log_softmax(scores, dim=-1)
+    if row.generator is None:
+        token = int(torch.argmax(scores))
+    else:
+        token = int(torch.multinomial(logprobs.exp(), 1, generator=row.generator))
+    return _with_top(logprobs, token, float(logprobs[token]), row.params.top_n_tokens)
+
+
+def _with_top(logprobs: torch.Tensor, token: int, logprob: float, top_n: int) -> SampleOutput:
+    if top_n <= 0:
+        return SampleOutput(token, logprob, (), ())
+    values, ids = torch.topk(logprobs, top_n)
+    return SampleOutput(token, logprob, tuple(ids.tolist()), tuple(values.tolist()))
+
+
+def _has_penalty(p: SamplingParams) -> bool:
+    return p.repetition_penalty not in (None, 1.0) or bool(p.frequency_penalty)
 
 
 def _penalize(scores: torch.Tensor, row: SampleRequest) -> torch.Tensor:  # [V]
     p = row.params
-    if p.repetition_penalty in (None, 1.0) and not p.frequency_penalty:
+    if not _has_penalty(p):
         return scores
     scores = scores.clone()
     ids = torch.tensor(row.token_ids, dtype=torch.long, device=scores.device)
