@@ -13,7 +13,7 @@ import httpx
 import pytest
 from playwright.sync_api import expect
 
-from tests.controlplane.dashboard.conftest import create_via_api, sign_in
+from tests.controlplane.dashboard.conftest import create_via_api, sign_in, signed_in_client
 from tests.controlplane.live import LiveControlPlane, live_controlplane
 from tests.fixtures import REPO_ROOT, standard_adapters, tiny_model
 
@@ -105,6 +105,16 @@ def test_create_watch_try_pause_resume_delete_in_the_browser(page, tmp_path: Pat
         for name, text in outputs.items():
             assert text == _direct_generation(url, cp.token, name)
         assert outputs["customer-support"] != outputs["magicoder"]  # each adapter changes the output
+        # The replica's own refusal reaches the user, e.g. an adapter the endpoint does not serve.
+        client, csrf = signed_in_client(cp)
+        try:
+            refused = client.post("/dashboard/endpoints/mistral-multi-lora/try",
+                                  headers={"accept": "application/json"},
+                                  data={"csrf_token": csrf, "prompt": "Hi", "adapter_id": "not-loaded"})
+        finally:
+            client.close()
+        assert refused.status_code == 502
+        assert "The endpoint answered HTTP 4" in refused.json()["error"]
         expect(page.locator(".timeline")).to_contain_text("created")
         expect(page.locator(".logs")).to_be_visible()
         page.screenshot(path=str(images / "dashboard-endpoint.png"), full_page=True)
