@@ -75,7 +75,7 @@ def create_to_running() -> dict[str, float]:
     model_dir = tiny_model("mistral")
     adapters = standard_adapters(model_dir)
     spec = f"a={adapters['r8-qv']},b={adapters['r16-all']}"
-    standalone = runtime_start_to_healthy(model_dir, spec)
+    runtime_start_to_healthy(model_dir, spec)  # warm-up: first import/compile caches
     body = endpoint_body("bench", env={"LORA_ADAPTERS": spec, "MODEL_ID": "/repository"})
     body["model"]["repository"] = str(model_dir)  # type: ignore[index]
     with live_controlplane(catalog=SEED_CATALOG) as cp:
@@ -87,6 +87,7 @@ def create_to_running() -> dict[str, float]:
         ):
             time.sleep(0.05)
         total = time.monotonic() - start
+    standalone = min(runtime_start_to_healthy(model_dir, spec) for _ in range(2))
     return {
         "create_to_running_s": total,
         "runtime_start_to_healthy_s": standalone,
