@@ -19,19 +19,25 @@ from lorafleet.runtime.server.routes_tgi import tgi_router
 logger = logging.getLogger("lorafleet.runtime.server")
 
 
-def create_app(config: ServerConfig, *, on_fatal: Callable[[], None] | None = None) -> FastAPI:
-    """The app for `config`; the engine starts loading when the app starts.
+def create_app(
+    config: ServerConfig, *, load_on_startup: bool = True, on_fatal: Callable[[], None] | None = None
+) -> FastAPI:
+    """The app for `config`.
 
     Args:
         config: the parsed flags.
-        on_fatal: called (from the loader thread) if the model fails to load; the CLI uses it
-            to stop the server so the process exits non-zero and the control plane sees it.
+        load_on_startup: load the engine on a background thread when the app starts. The CLI
+            passes False and loads it on the main thread itself (`app.state.context.holder`).
+        on_fatal: called if that background load fails.
     """
     ctx = ServerContext.create(config)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        ctx.holder.start_loading(lambda progress: load_engine(config, progress), on_fatal or (lambda: None))
+        if load_on_startup:
+            ctx.holder.start_loading(
+                lambda progress: load_engine(config, progress), on_fatal or (lambda: None)
+            )
         try:
             yield
         finally:

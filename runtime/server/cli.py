@@ -13,12 +13,16 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from lorafleet.runtime.server.config import ConfigError, ServerConfig, parse_adapter_list
+
+logger = logging.getLogger("lorafleet.runtime.server")
 
 DTYPES = ("float16", "bfloat16", "float32")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
@@ -196,34 +200,52 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def serve(config: ServerConfig) -> int:
+    """Listens at once (503 until ready), loads the model on this (main) thread, serves."""
     import uvicorn
     from lorafleet.runtime.server.app import create_app
+    from lorafleet.runtime.server.loading import load_engine
 
-    failed = False
-    server: uvicorn.Server | None = None
-
-    def on_fatal() -> None:
-        nonlocal failed
-        failed = True
-        if server is not None:
-            server.should_exit = True
-
-    app = create_app(config, on_fatal=on_fatal)
-    uvicorn_config = uvicorn.Config(
-        app,
-        host=config.hostname,
-        port=config.port,
-        log_level=config.log_level,
-        timeout_graceful_shutdown=30,
+    app = create_app(config, load_on_startup=False)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=config.hostname,
+            port=config.port,
+            log_level=config.log_level,
+            timeout_graceful_shutdown=30,
+        )
     )
-    server = uvicorn.Server(uvicorn_config)
-    logging.getLogger("lorafleet.runtime.server").info(
-        "listening on http://%s:%d (model %s)", config.hostname, config.port, config.model_id
-    )
-    try:
-        server.run()
-    except SystemExit as e:  # uvicorn exits this way when it cannot bind the port
-        return int(e.code or 1)
-    if failed:
+    http = threading.Thread(target=server.run, name="lorafleet-http", daemon=True)
+    stop = _install_stop_handlers(server, app.state.context.holder)
+    http.start()
+    while not server.started and http.is_alive():
+        http.join(0.05)
+    if not http.is_alive():  # uvicorn logged why (e.g. the port is taken)
         return 1
-    return 0 if server.started else 1
+    logger.info("listening on http://%s:%d; loading %s", config.hostname, config.port, config.model_id)
+    try:
+        if not stop.is_set():
+            app.state.context.holder.load(lambda progress: load_engine(config, progress))
+    except BaseException:  # noqa: BLE001 - logged by the holder; the exit code tells the launcher
+        server.should_exit = True
+        http.join(60)
+        return 1
+    while http.is_alive():
+        http.join(0.5)
+    return 0
+
+
+def _install_stop_handlers(server: Any, holder: Any) -> threading.Event:
+    """SIGTERM/SIGINT stop the server; during the model load they abort it."""
+    stop = threading.Event()
+
+    def handle(signum: int, _frame: object) -> None:
+        first = not stop.is_set()
+        stop.set()
+        server.should_exit = True
+        if first and holder.engine is None and holder.load_error is None:
+            raise KeyboardInterrupt  # interrupts a load in progress on this thread
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, handle)
+    return stop

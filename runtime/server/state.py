@@ -16,10 +16,11 @@ logger = logging.getLogger("lorafleet.runtime.server")
 
 
 class EngineHolder:
-    """Owns the engine: loads it on a background thread so the HTTP listener answers at once.
+    """Owns the engine while it loads and serves; `/health` reports 503 until `engine` is set.
 
-    `/health` reports 503 until `engine` is set. A load failure is logged and handed to
-    `on_fatal` (the CLI stops the server so the process exits non-zero).
+    The HTTP listener answers from the start. The CLI loads the engine on the process's main
+    thread: torch on CPU ran 4-10x slower for us when the model was built on a helper thread
+    that then exited (measured on the demo model), so only embedders use `start_loading`.
     """
 
     def __init__(self) -> None:
@@ -30,29 +31,41 @@ class EngineHolder:
         self._lock = threading.Lock()
         self._closed = False
 
-    def start_loading(
-        self, load: Callable[[Callable[[str], None]], Engine], on_fatal: Callable[[], None]
-    ) -> None:
+    def load(self, load: Callable[[Callable[[str], None]], Engine]) -> None:
+        """Loads the engine on the calling thread (the CLI calls it on the main thread).
+
+        Raises what `load` raises, after recording it for `/health` and the log.
+        """
+
         def progress(message: str) -> None:
             self.phase = message
             logger.info("loading: %s", message)
 
+        try:
+            engine = load(progress)
+        except BaseException as e:
+            logger.exception("model load failed")
+            self.load_error = f"{type(e).__name__}: {e}"
+            self.phase = "failed"
+            raise
+        with self._lock:
+            if self._closed:  # the server stopped while we were loading
+                engine.shutdown()
+                return
+            self.engine = engine
+        self.phase = "ready"
+        logger.info("model loaded and ready")
+
+    def start_loading(
+        self, load: Callable[[Callable[[str], None]], Engine], on_fatal: Callable[[], None]
+    ) -> None:
+        """Loads on a background thread (for an app embedded in another process's server)."""
+
         def run() -> None:
             try:
-                engine = load(progress)
-            except BaseException as e:  # noqa: BLE001 - any failure must reach the log and the exit code
-                logger.exception("model load failed")
-                self.load_error = f"{type(e).__name__}: {e}"
-                self.phase = "failed"
+                self.load(load)
+            except BaseException:  # noqa: BLE001 - recorded by load(); tell the owner
                 on_fatal()
-                return
-            with self._lock:
-                if self._closed:  # the server stopped while we were loading
-                    engine.shutdown()
-                    return
-                self.engine = engine
-            self.phase = "ready"
-            logger.info("model loaded and ready")
 
         self._thread = threading.Thread(target=run, name="lorafleet-engine-loader", daemon=True)
         self._thread.start()
