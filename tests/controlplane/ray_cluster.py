@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import ray
 from ray.cluster_utils import Cluster
@@ -32,6 +32,25 @@ class RayTestCluster:
     address: str
     head_node_id: str
     gpu_node_ids: tuple[str, ...]
+    cluster: Cluster = field(repr=False, compare=False)
+
+    @contextlib.contextmanager
+    def extra_gpu_node(self, accelerator_type: str, num_gpus: int = 1) -> Iterator[str]:
+        """Adds a node (1 CPU, `num_gpus` GPUs of `accelerator_type`) for the block; yields its id.
+        The test may kill it first with `kill_node(id)` (a host lost); otherwise it is removed."""
+        node = self.cluster.add_node(num_cpus=1, num_gpus=num_gpus, object_store_memory=NODE_MEMORY,
+                                     resources={f"accelerator_type:{accelerator_type}": 1})
+        self.cluster.wait_for_nodes()
+        try:
+            yield node.node_id
+        finally:
+            if node in self.cluster.worker_nodes:
+                self.cluster.remove_node(node, allow_graceful=False)
+
+    def kill_node(self, node_id: str) -> None:
+        """Ends a node's processes abruptly, as when a host dies."""
+        node = next(n for n in self.cluster.worker_nodes if n.node_id == node_id)
+        self.cluster.remove_node(node, allow_graceful=False)
 
 
 @contextlib.contextmanager
@@ -58,7 +77,7 @@ def ray_cluster(
         ]
         cluster.wait_for_nodes()
         yield RayTestCluster(
-            cluster.address, cluster.head_node.node_id, tuple(worker.node_id for worker in workers)
+            cluster.address, cluster.head_node.node_id, tuple(worker.node_id for worker in workers), cluster
         )
     finally:
         if ray.is_initialized():

@@ -220,3 +220,25 @@ def test_changed_spec_replaces_the_actor_under_the_same_name(launcher: RayLaunch
     assert new["actor_id"] != old["actor_id"]
     assert served_env(new["url"])["MODEL_ID"] == "/models/b"
     assert launcher.status(old).phase == "exited"
+
+
+def test_lost_node_ends_its_replica_and_takes_its_gpu_model_out_of_the_catalog(
+        launcher: RayLauncher, cluster: RayTestCluster) -> None:
+    a10g = InstanceType("local", "local", "nvidia-a10g", "x1", "gpu", 1, "nvidia-a10g")
+    with cluster.extra_gpu_node("A10G") as node_id:
+        wait_for(lambda: ("nvidia-a10g", "x1") in _offered(launcher), what="the new node in the catalog")
+        handle = launcher.start(spec("rep-a10g", a10g))
+        assert handle["node_id"] == node_id
+        served_env(handle["url"])
+        cluster.kill_node(node_id)
+        status = wait_for(lambda: (s := launcher.status(handle)).phase == "exited" and s,
+                          what="the replica on the lost node to be exited")
+        assert "rep-a10g" in status.message
+        wait_for(lambda: ("nvidia-a10g", "x1") not in _offered(launcher), what="the catalog to drop A10G")
+        with pytest.raises(ImpossibleRequestError, match="no node has nvidia-a10g GPUs"):
+            launcher.validate(a10g)
+        launcher.stop(handle)
+
+
+def _offered(launcher: RayLauncher) -> set[tuple[str, str]]:
+    return {(c.instance_type, c.instance_size) for c in launcher.catalog().instances()}
