@@ -222,6 +222,7 @@ def test_changed_spec_replaces_the_actor_under_the_same_name(launcher: RayLaunch
     assert launcher.status(old).phase == "exited"
 
 
+@pytest.mark.slow  # Ray needs a few health-check periods to declare a killed node dead
 def test_lost_node_ends_its_replica_and_takes_its_gpu_model_out_of_the_catalog(
         launcher: RayLauncher, cluster: RayTestCluster) -> None:
     a10g = InstanceType("local", "local", "nvidia-a10g", "x1", "gpu", 1, "nvidia-a10g")
