@@ -53,7 +53,8 @@ def validate_request(
         ids = tokenizer.encode(request.prompt, add_special_tokens=request.add_special_tokens)
     else:
         ids = list(request.prompt)
-        bad = [i for i in ids if not isinstance(i, int) or not 0 <= i < tokenizer.vocab_size]
+        vocab_size = tokenizer.vocab_size
+        bad = [i for i in ids if not isinstance(i, int) or not 0 <= i < vocab_size]
         if bad:
             raise EngineValidationError(f"`inputs` holds token ids outside the vocabulary: {bad[:5]}")
     if not ids:

@@ -64,7 +64,13 @@ def paged_attention(
     if meta.decode is not None:
         out[meta.decode.token_index] = _decode(q, k_cache, v_cache, meta.decode, scale, sliding_window)
     for span in meta.prefills:
-        out[span.token_start : span.token_end] = _prefill(q, k_cache, v_cache, span, scale, sliding_window)
+        if span.start_pos == 0:  # nothing cached before this chunk: attend to its own keys/values
+            rows = slice(span.token_start, span.token_end)
+            out[rows] = _fresh_prefill(q[rows], k[rows], v[rows], scale, sliding_window)
+        else:
+            out[span.token_start : span.token_end] = _prefill(
+                q, k_cache, v_cache, span, scale, sliding_window
+            )
     return out
 
 
@@ -94,6 +100,30 @@ def _decode(
         query, keys, values, attn_mask=mask[:, None, None, :], scale=scale, enable_gqa=True
     )
     return out.squeeze(2)
+
+
+def _fresh_prefill(
+    q: torch.Tensor,  # [n, H, D]
+    k: torch.Tensor,  # [n, KVH, D]
+    v: torch.Tensor,  # [n, KVH, D]
+    scale: float,
+    sliding_window: int | None,
+) -> torch.Tensor:  # [n, H, D]
+    n = q.shape[0]
+    mask = None
+    if sliding_window is not None and sliding_window < n:
+        pos = torch.arange(n, device=q.device)
+        mask = (pos[None, :] <= pos[:, None]) & (pos[None, :] > pos[:, None] - sliding_window)
+    out = F.scaled_dot_product_attention(
+        q.transpose(0, 1).unsqueeze(0),
+        k.transpose(0, 1).unsqueeze(0),
+        v.transpose(0, 1).unsqueeze(0),
+        attn_mask=mask,
+        is_causal=mask is None,
+        scale=scale,
+        enable_gqa=True,
+    )
+    return out.squeeze(0).transpose(0, 1)
 
 
 def _prefill(

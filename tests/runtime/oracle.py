@@ -66,8 +66,11 @@ def engine_for(arch: str, **kwargs) -> Engine:  # type: ignore[no-untyped-def]
     return Engine.from_pretrained(model_dir, adapters=adapters, progress=lambda _: None, **kwargs)
 
 
-def engine_prefill_logits(engine: Engine, ids: list[int], adapter: str | None) -> torch.Tensor:  # [n, V]
-    """Runs one prefill through the engine's runner and paged cache (engine not started)."""
+def engine_prefill_logits(
+    engine: Engine, ids: list[int], adapter: str | None, chunk: int | None = None
+) -> torch.Tensor:
+    """Runs one prefill (in chunks of `chunk` tokens if given) through the engine's runner and
+    paged cache, with the engine not started; returns the logits of every position [n, V]."""
     seq = Sequence(
         seq_id=10**6,
         token_ids=list(ids),
@@ -81,14 +84,19 @@ def engine_prefill_logits(engine: Engine, ids: list[int], adapter: str | None) -
         slot = engine.adapter_slots.slot_of(adapter)
         assert slot is not None
         seq.adapter_slot = slot
-    engine.block_manager.allocate(seq, len(ids))
+    pieces = []
     try:
-        out = engine.runner.execute(ScheduledBatch([ScheduledSeq(seq, len(ids))]), {seq.seq_id})
+        while seq.num_computed < len(ids):
+            n = min(chunk or len(ids), len(ids) - seq.num_computed)
+            engine.block_manager.allocate(seq, n)
+            out = engine.runner.execute(ScheduledBatch([ScheduledSeq(seq, n)]), {seq.seq_id})
+            start, logits = out.prompt_logits[seq.seq_id]
+            assert start == seq.num_computed
+            pieces.append(logits)
+            seq.num_computed += n
     finally:
         engine.block_manager.free(seq)
-    start, logits = out.prompt_logits[seq.seq_id]
-    assert start == 0
-    return logits
+    return torch.cat(pieces)
 
 
 def corpus_prompts(engine: Engine, count: int) -> list[list[int]]:

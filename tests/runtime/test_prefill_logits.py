@@ -29,3 +29,12 @@ def test_every_adapter_changes_the_logits() -> None:
     base = engine_prefill_logits(engine, ids, None)
     for adapter in STANDARD_ADAPTERS:
         assert (engine_prefill_logits(engine, ids, adapter) - base).abs().max() > 1e-2, adapter
+
+
+@pytest.mark.parametrize("arch", ["mistral", "llama"])
+def test_chunked_prefill_over_the_paged_cache_gives_the_same_logits(arch: str) -> None:
+    engine = engine_for(arch, block_size=4)  # chunks of 5 straddle block boundaries
+    ids = corpus_prompts(engine, 1)[0]
+    for adapter in (None, "r16-all"):
+        chunked = engine_prefill_logits(engine, ids, adapter, chunk=5)
+        torch.testing.assert_close(chunked, oracle_logits(arch, ids, adapter), atol=1e-4, rtol=0)
