@@ -14,10 +14,12 @@ from fastapi.responses import Response
 from lorafleet.controlplane.auth.service import authenticate
 from lorafleet.controlplane.dashboard.routing import CsrfChecked, router
 from lorafleet.controlplane.dashboard.web import (
+    PREFIX,
     browser_session,
     clear_session_cookie,
     redirect,
     render,
+    safe_next,
     sealer,
     set_session_cookie,
 )
@@ -25,40 +27,45 @@ from lorafleet.controlplane.deps import SessionDep
 from lorafleet.controlplane.errors import UnauthorizedError
 
 
-def _signin_page(request: Request, *, error: str | None = None, status_code: int = 200) -> Response:
+def _signin_page(request: Request, *, next_path: str = "", error: str | None = None,
+                 status_code: int = 200) -> Response:
     box = sealer(request)
     session = browser_session(request)
     if session is None or session.token:
         session = box.new_session(token="", namespace="")
-    response = render(request, "signin.html", {"csrf": box.csrf_token(session),
-                                               "errors": {"token": error} if error else {}},
-                      status_code=status_code)
+    context = {"csrf": box.csrf_token(session), "errors": {"token": error} if error else {},
+               "next_path": next_path}
+    response = render(request, "signin.html", context, status_code=status_code)
     set_session_cookie(request, response, session)
     return response
 
 
 @router.get("/signin")
-def signin_form(request: Request) -> Response:
+def signin_form(request: Request, next: str = "") -> Response:
+    next_path = PREFIX + safe_next(next)
     session = browser_session(request)
     if session is not None and session.token:
-        # Already signed in; if the token was revoked meanwhile, the list clears the cookie and
+        # Already signed in; if the token was revoked meanwhile, the page clears the cookie and
         # sends the browser back here.
-        return redirect("")
-    return _signin_page(request)
+        return redirect(safe_next(next_path))
+    return _signin_page(request, next_path=next_path)
 
 
 @router.post("/signin", dependencies=[CsrfChecked])
-def signin(request: Request, db: SessionDep, token: Annotated[str, Form()] = "") -> Response:
+def signin(request: Request, db: SessionDep, token: Annotated[str, Form()] = "",
+           next: Annotated[str, Form()] = "") -> Response:
     token = token.strip()
+    next_path = PREFIX + safe_next(next)
     if not token:
-        return _signin_page(request, error="Enter an API token.", status_code=400)
+        return _signin_page(request, next_path=next_path, error="Enter an API token.", status_code=400)
     try:
         principal = authenticate(db, f"Bearer {token}")
     except UnauthorizedError as e:
-        return _signin_page(request, error=f"Sign-in refused: {e.message}.", status_code=401)
+        return _signin_page(request, next_path=next_path, error=f"Sign-in refused: {e.message}.",
+                            status_code=401)
     # A fresh session id on sign-in, so a CSRF token seen before sign-in is worthless after it.
     session = sealer(request).new_session(token=token, namespace=principal.namespace)
-    response = redirect("")
+    response = redirect(safe_next(next_path))
     set_session_cookie(request, response, session)
     return response
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from fastapi import Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -161,6 +162,13 @@ def render(request: Request, name: str, context: dict[str, Any], status_code: in
     return response
 
 
+def safe_next(target: str | None) -> str:
+    """A dashboard path to go to after sign-in; anything else (another site, `//host`) is dropped."""
+    if target and target.startswith(PREFIX + "/") and not target.startswith("//") and "\\" not in target:
+        return target[len(PREFIX):]
+    return ""
+
+
 def redirect(path: str) -> RedirectResponse:
     """A 303 to a dashboard path (Post/Redirect/Get)."""
     return RedirectResponse(f"{PREFIX}{path}", status_code=303)
@@ -171,7 +179,8 @@ def refuse(request: Request, error: DashboardError) -> Response:
     wants_page = request.method == "GET" and "/partials/" not in request.url.path
     response: Response
     if isinstance(error, SignInRequired) and wants_page:
-        response = redirect("/signin")
+        here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        response = redirect("/signin" if here == PREFIX else f"/signin?{urlencode({'next': here})}")
     elif request.headers.get("accept", "").startswith("application/json"):
         response = JSONResponse(error.to_json(), status_code=error.status_code)
     else:

@@ -124,7 +124,8 @@ def test_post_without_session_cookie_or_with_wrong_csrf_token_is_refused(api_onl
         assert forged.status_code == 403
         page_without_cookie = httpx.get(f"{api_only_cp.url}/dashboard/endpoints/guarded")
         assert page_without_cookie.status_code == 303
-        assert page_without_cookie.headers["location"] == "/dashboard/signin"
+        location = page_without_cookie.headers["location"]
+        assert location == "/dashboard/signin?next=%2Fdashboard%2Fendpoints%2Fguarded"
         partial_without_cookie = httpx.get(f"{api_only_cp.url}/dashboard/partials/endpoints")
         assert partial_without_cookie.status_code == 401
         state = httpx.get(f"{api_only_cp.url}/v2/endpoint/alice/guarded", headers=api_only_cp.headers)
@@ -240,3 +241,35 @@ def test_pages_forbid_framing_and_foreign_scripts_and_are_not_cached(api_only_cp
         assert client.get("/dashboard/static/dashboard.css").status_code == 200
     finally:
         client.close()
+
+
+def test_sign_in_returns_to_the_page_that_asked_for_it(page, api_only_cp) -> None:
+    create_via_api(api_only_cp, "deep-link")
+    page.goto(f"{api_only_cp.url}/dashboard/endpoints/deep-link")
+    page.get_by_label("API token", exact=True).fill(api_only_cp.token)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page).to_have_url(f"{api_only_cp.url}/dashboard/endpoints/deep-link")
+    page.context.clear_cookies()
+    page.goto(f"{api_only_cp.url}/dashboard/signin?next=https://evil.example/")  # never leaves the site
+    page.get_by_label("API token", exact=True).fill(api_only_cp.token)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page).to_have_url(f"{api_only_cp.url}/dashboard")
+
+
+def test_create_form_is_usable_with_the_keyboard(page, api_only_cp) -> None:
+    sign_in(page, api_only_cp)
+    page.goto(f"{api_only_cp.url}/dashboard/new")
+    page.get_by_label("Endpoint name", exact=True).focus()
+    page.keyboard.type("keyboard-only")
+    page.keyboard.press("Tab")
+    expect(page.get_by_label("Base model", exact=True)).to_be_focused()
+    page.keyboard.type("mistralai/Mistral-7B-v0.1")
+    page.keyboard.press("Tab")
+    expect(page.get_by_label("Adapters", exact=True)).to_be_focused()
+    page.keyboard.type("a=/adapters/a")
+    page.get_by_text("Advanced configuration").focus()
+    page.keyboard.press("Enter")  # <details> opens from the keyboard
+    expect(page.get_by_label("Environment variables", exact=True)).to_be_visible()
+    page.get_by_role("button", name="Create endpoint").focus()
+    page.keyboard.press("Enter")
+    expect(page).to_have_url(f"{api_only_cp.url}/dashboard/endpoints/keyboard-only?did=created")
