@@ -27,6 +27,7 @@ from lorafleet.controlplane.dashboard.session import (
     SessionSealer,
 )
 from lorafleet.controlplane.errors import ControlPlaneError, UnauthorizedError
+from lorafleet.controlplane.secretbox import SecretBox
 from sqlalchemy.orm import Session
 
 PREFIX = "/dashboard"
@@ -63,8 +64,6 @@ def _secret_key_material(settings: Any) -> str:
     if settings.secret_key is not None:
         return settings.secret_key.get_secret_value()
     # Same fallback as the endpoint secrets: a random key created once under LORAFLEET_HOME.
-    from lorafleet.controlplane.secretbox import SecretBox
-
     SecretBox.from_key_file(settings.secret_key_file)
     return settings.secret_key_file.read_text().strip()
 

@@ -77,3 +77,18 @@ def test_cookie_is_httponly_and_samesite_strict(sealer: SessionSealer) -> None:
 def test_empty_secret_key_is_refused_with_a_clear_message() -> None:
     with pytest.raises(ValueError, match="SECRET_KEY"):
         SessionSealer(SessionConfig(secret_key=""))
+
+
+def test_session_key_comes_from_the_secret_key_or_the_generated_key_file(tmp_path) -> None:
+    from lorafleet.controlplane.dashboard.web import _secret_key_material
+    from lorafleet.controlplane.settings import Settings
+
+    generated = Settings(home=tmp_path, secret_key=None)
+    first = _secret_key_material(generated)
+    assert first == _secret_key_material(Settings(home=tmp_path, secret_key=None))  # survives restarts
+    assert (tmp_path / "secret.key").stat().st_mode & 0o777 == 0o600
+    assert _secret_key_material(Settings(home=tmp_path, secret_key="from-env")) == "from-env"
+    # A cookie sealed before a restart opens after it.
+    before = SessionSealer(SessionConfig(secret_key=first))
+    after = SessionSealer(SessionConfig(secret_key=_secret_key_material(generated)))
+    assert after.open(before.seal(before.new_session(token="lf_x", namespace="alice"))) is not None
