@@ -307,10 +307,13 @@ class RayLauncher:
         actor = self._find_actor(name)
         if actor is not None and actor._actor_id.hex() == handle.get("actor_id", actor._actor_id.hex()):
             try:
+                # Only an actor past its __init__ can stop its server gracefully; one still pending
+                # or starting would queue the call, so it is killed right away (nothing serves yet).
+                self._describe(actor, self._status_timeout_s)
                 ray.get(actor.stop.remote(self._stop_grace_s),
                         timeout=self._stop_grace_s * 2 + self._call_timeout_s)
             except (RayActorError, GetTimeoutError):
-                pass  # dead or stuck: ray.kill below ends the actor, and its server with it
+                pass  # dead, stuck or not started: ray.kill ends the actor, and its server with it
             self._kill(name, actor)
             self._await_death(name)
         self._view.release(name)

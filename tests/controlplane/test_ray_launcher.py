@@ -17,6 +17,7 @@ import httpx
 import pytest
 import ray
 from lorafleet.controlplane.catalog.types import InstanceType
+from lorafleet.controlplane.launchers import ray_replica
 from lorafleet.controlplane.launchers.base import ImpossibleRequestError, NoCapacityError, ReplicaSpec
 from lorafleet.controlplane.launchers.ray import RayLauncher
 
@@ -220,6 +221,24 @@ def test_changed_spec_replaces_the_actor_under_the_same_name(launcher: RayLaunch
     assert new["actor_id"] != old["actor_id"]
     assert served_env(new["url"])["MODEL_ID"] == "/models/b"
     assert launcher.status(old).phase == "exited"
+
+
+def test_unplaceable_actor_is_adopted_as_starting_and_stopped_at_once(cluster: RayTestCluster) -> None:
+    # An actor that answers nothing within status_timeout_s counts as not started.
+    launcher = RayLauncher(address=cluster.address, status_timeout_s=1.0)
+    launcher.catalog()  # connects the driver (and ships the actor class by value)
+    pending = ray.remote(ray_replica.ReplicaServer).options(
+        name="alice/ep/rep-pending", namespace="lorafleet", lifetime="detached",
+        num_cpus=0, resources={"accelerator_type:H200": 0.001}).remote(None, [], {}, "digest")
+    (handle,) = launcher.adopt()
+    assert handle["replica_key"] == "rep-pending" and "url" not in handle
+    status = launcher.status(handle)
+    assert (status.phase, status.url) == ("starting", None)
+    assert "waiting for Ray to place it" in status.message
+    launcher.stop(handle)
+    assert launcher.adopt() == []
+    with pytest.raises(ray.exceptions.RayActorError):
+        ray.get(pending.describe.remote(), timeout=30)
 
 
 @pytest.mark.slow  # Ray needs a few health-check periods to declare a killed node dead
