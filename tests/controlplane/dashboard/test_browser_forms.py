@@ -273,3 +273,11 @@ def test_create_form_is_usable_with_the_keyboard(page, api_only_cp) -> None:
     page.get_by_role("button", name="Create endpoint").focus()
     page.keyboard.press("Enter")
     expect(page).to_have_url(f"{api_only_cp.url}/dashboard/endpoints/keyboard-only?did=created")
+
+
+def test_session_survives_a_control_plane_restart(page, api_only_cp) -> None:
+    sign_in(page, api_only_cp)
+    api_only_cp.restart()
+    page.reload()
+    expect(page).to_have_url(f"{api_only_cp.url}/dashboard")
+    expect(page.locator(".namespace")).to_have_text(api_only_cp.namespace)
