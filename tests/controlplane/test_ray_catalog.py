@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from lorafleet.controlplane.catalog.types import InstanceType
 from lorafleet.controlplane.launchers.ray_catalog import cluster_catalog, runnable
@@ -131,3 +134,15 @@ def test_listed_region_keeps_only_what_the_cluster_can_run() -> None:
 def test_nothing_is_runnable_on_a_cluster_without_nodes() -> None:
     assert not runnable(InstanceType("local", "local", "cpu", "x1", "cpu", 0, None, num_cpus=1), [])
     assert impossible_reason(request_for(None, 0, 1, []), []).endswith("0 alive nodes offer no alive node")
+
+
+def test_control_plane_with_the_process_launcher_never_imports_ray(tmp_path) -> None:
+    script = (
+        "import sys, lorafleet, lorafleet.controlplane.app\n"
+        "from lorafleet.controlplane.launchers import create_launcher\n"
+        "from lorafleet.controlplane.launchers import ray_catalog, ray_nodes\n"
+        "from lorafleet.controlplane.settings import Settings\n"
+        f"create_launcher(Settings(home={str(tmp_path)!r}, launcher='process'))\n"
+        "assert 'ray' not in sys.modules, 'the default install must not need Ray'\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
