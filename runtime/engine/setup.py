@@ -12,7 +12,7 @@ from lorafleet.runtime.models.decoder import ModelArgs
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 CPU_KV_BYTES = 2 << 30  # default KV pool on the CPU: at most 2 GiB
-GPU_MEMORY_FRACTION = 0.9  # share of free GPU memory (after weights) the KV pool may take
+GPU_MEMORY_FRACTION = 0.85  # share of free GPU memory (after weights) the KV pool may take
 
 
 def resolve_model_dir(model_id: str | os.PathLike[str], revision: str | None) -> tuple[Path, str | None]:

@@ -85,3 +85,34 @@ def test_llama3_rope_scaling_matches_transformers() -> None:
     ours = rope_inv_freq(head_dim, config.rope_theta, config.rope_scaling)
     torch.testing.assert_close(ours, expected.float())
     assert not torch.allclose(ours, rope_inv_freq(head_dim, config.rope_theta, None))
+
+
+def test_hub_model_id_resolves_from_the_offline_cache_and_reports_its_sha(
+    monkeypatch, tmp_path: Path
+) -> None:
+    import huggingface_hub.constants as constants
+
+    from lorafleet.runtime.engine import Engine
+
+    commit = "a" * 40
+    repo = tmp_path / "models--acme--tiny-mistral"
+    shutil.copytree(tiny_model("mistral"), repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    engine = Engine.from_pretrained("acme/tiny-mistral", progress=lambda _: None)
+    assert engine.info.model_sha == commit and engine.info.model_id == "acme/tiny-mistral"
+    with pytest.raises(EngineError, match="not downloadable"):
+        Engine.from_pretrained("acme/not-cached", progress=lambda _: None)
+
+
+def test_inconsistent_limits_are_refused_naming_the_flag() -> None:
+    from lorafleet.runtime.engine import Engine
+
+    with pytest.raises(EngineError, match="max_input_tokens"):
+        Engine.from_pretrained(tiny_model("mistral"), max_input_tokens=100, max_total_tokens=100)
+    with pytest.raises(EngineError, match="num_kv_blocks"):
+        Engine.from_pretrained(tiny_model("mistral"), max_total_tokens=100, num_kv_blocks=2, block_size=16)
+    with pytest.raises(EngineError, match="dtype"):
+        Engine.from_pretrained(tiny_model("mistral"), dtype="int8")
