@@ -91,7 +91,6 @@ def test_hub_model_id_resolves_from_the_offline_cache_and_reports_its_sha(
     monkeypatch, tmp_path: Path
 ) -> None:
     import huggingface_hub.constants as constants
-
     from lorafleet.runtime.engine import Engine
 
     commit = "a" * 40
