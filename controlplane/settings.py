@@ -28,15 +28,13 @@ class Settings(BaseSettings):
     home: Path = Field(default_factory=_default_home, description="state folder (db, replica logs)")
     database_url: str = Field("", description="SQLAlchemy URL; default sqlite file under `home`")
     launcher: str = Field("process", description="`process` or `ray`")
-    # Added by the Ray launcher's owner (controlplane/launchers/ray.py): where the cluster is.
-    ray_address: str = Field(
-        "auto", description="`ray.init` address: `auto`, `ray://head:10001`, `host:6379`"
-    )
     catalog: Path | None = Field(None, description="catalog JSON file; None = built-in default")
     secret_key: SecretStr | None = Field(None, description="encrypts endpoint secrets at rest")
     runtime_command: str = Field("", description="replica command; default `python -m lorafleet.runtime`")
     public_host: str = Field("127.0.0.1", description="host name replicas' URLs use")
-    ray_address: str = Field("auto", description="`ray.init(address=...)` for the ray launcher")
+    ray_address: str = Field(
+        "auto", description="`ray.init` address for the ray launcher: `auto`, `ray://head:10001`, `host:6379`"
+    )
     ray_namespace: str = Field("lorafleet", description="Ray namespace of the replica actors")
     ray_runtime_env: dict[str, Any] | None = Field(
         None, description="Ray runtime_env for replica actors (JSON)"
