@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -38,7 +39,11 @@ TARGETS = {"all": ALL_LINEAR, "attn": ("q_proj", "k_proj", "v_proj", "o_proj"), 
 
 
 def run_scenarios(
-    engine: Engine, prompts: list[list[int]], scenarios: dict[str, list[str | None]], new_tokens: int, repeats: int
+    engine: Engine,
+    prompts: list[list[int]],
+    scenarios: dict[str, list[str | None]],
+    new_tokens: int,
+    repeats: int,
 ) -> dict[str, dict[str, float | list[float]]]:
     """Tokens/s per scenario; runs alternate between scenarios so load changes hit them alike."""
     params = SamplingParams(max_new_tokens=new_tokens, ignore_eos=True)
@@ -49,13 +54,24 @@ def run_scenarios(
     for requests in batches.values():
         engine.generate(requests)  # warm-up (also places the adapters in their slots)
     rates: dict[str, list[float]] = {name: [] for name in batches}
+    cpu_rates: dict[str, list[float]] = {name: [] for name in batches}
     for _ in range(repeats):
         for name, requests in batches.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             results = engine.generate(requests)
-            elapsed = time.perf_counter() - start
-            rates[name].append(sum(len(r.tokens) for r in results) / elapsed)
-    return {name: {"tokens_per_s": statistics.median(r), "runs": r} for name, r in rates.items()}
+            elapsed, cpu = time.perf_counter() - start, time.process_time() - start_cpu
+            tokens = sum(len(r.tokens) for r in results)
+            rates[name].append(tokens / elapsed)
+            cpu_rates[name].append(tokens / cpu)
+    return {
+        name: {
+            "tokens_per_s": statistics.median(rates[name]),
+            "tokens_per_cpu_s": statistics.median(cpu_rates[name]),
+            "runs": rates[name],
+            "cpu_runs": cpu_rates[name],
+        }
+        for name in batches
+    }
 
 
 def main() -> None:
@@ -115,6 +131,11 @@ def main() -> None:
         "results": results,
         "multi_over_base": results["multi"]["tokens_per_s"] / base,
         "one_adapter_over_base": results["one_adapter"]["tokens_per_s"] / base,
+        # Tokens per CPU-second of this process: steadier than wall time on a shared machine.
+        "multi_over_base_cpu": results["multi"]["tokens_per_cpu_s"] / results["base"]["tokens_per_cpu_s"],
+        "one_adapter_over_base_cpu": results["one_adapter"]["tokens_per_cpu_s"]
+        / results["base"]["tokens_per_cpu_s"],
+        "load_average": os.getloadavg()[0],
         "target_multi_over_base": 0.8,
     }
     args.out.mkdir(parents=True, exist_ok=True)
