@@ -34,6 +34,11 @@ class AdapterSlots:
         with self._lock:
             return list(self._slot_of)
 
+    def can_ever_place(self, adapter_id: str) -> bool:
+        """False when every slot is pinned by other adapters (so `adapter_id` would wait forever)."""
+        with self._lock:
+            return adapter_id in self._pinned or len(self._pinned) < self.num_slots
+
     def slot_of(self, adapter_id: str) -> int | None:
         with self._lock:
             return self._slot_of.get(adapter_id)

@@ -239,7 +239,7 @@ class Engine:
         """Raises `EngineValidationError` (or `AdapterLoadError`) for a request the engine would refuse."""
         validate_request(request, self.config, self.tokenizer)
         if request.adapter_id is not None:
-            self.store.get(request.adapter_id)
+            self._check_adapter(request.adapter_id)
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         """Runs `requests` together and blocks until all finish; validation errors raise before any runs."""
@@ -282,7 +282,7 @@ class Engine:
             raise EngineError("the engine is not running; call start() or use it as a context manager")
         checked = validate_request(request, self.config, self.tokenizer)
         if request.adapter_id is not None:
-            self.store.get(request.adapter_id)  # load/validate now so errors reach the caller
+            self._check_adapter(request.adapter_id)  # load/validate now so errors reach the caller
         generator, seed = None, None
         if not is_greedy(request.params):
             seed = request.params.seed if request.params.seed is not None else random.randrange(2**63)
@@ -301,6 +301,14 @@ class Engine:
             request, self.tokenizer, checked.prompt_ids, checked.max_new_tokens, seed, sink
         )
         return seq
+
+    def _check_adapter(self, adapter_id: str) -> None:
+        self.store.get(adapter_id)
+        if not self.adapter_slots.can_ever_place(adapter_id):
+            raise AdapterLoadError(
+                f"adapter {adapter_id!r} cannot be served: all max_loaded_adapters="
+                f"{self.config.max_loaded_adapters} slots hold preloaded (pinned) adapters"
+            )
 
     def _submit(self, seq: Seq) -> None:
         self._inbox.put(("add", seq))

@@ -78,6 +78,8 @@ class Scheduler:
             self._preempted.remove(seq)
         elif seq in self._waiting.get(seq.adapter_id, ()):
             self._waiting[seq.adapter_id].remove(seq)
+            if not self._waiting[seq.adapter_id]:
+                del self._waiting[seq.adapter_id]
         seq.status = SequenceStatus.FINISHED
 
     def drain_waiting(self) -> list[Sequence]:

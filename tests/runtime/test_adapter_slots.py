@@ -48,3 +48,9 @@ def test_pinned_adapter_is_never_evicted_even_when_idle() -> None:
 def test_release_without_acquire_is_an_error() -> None:
     with pytest.raises(RuntimeError):
         AdapterSlots(1).release("a")
+
+
+def test_an_adapter_that_can_never_get_a_slot_is_known_up_front() -> None:
+    slots = AdapterSlots(1)
+    slots.acquire("pinned", pin=True)
+    assert slots.can_ever_place("pinned") and not slots.can_ever_place("other")

@@ -181,3 +181,17 @@ def test_generate_needs_a_started_engine() -> None:
     started = time.monotonic()
     engine.shutdown()  # idempotent
     assert time.monotonic() - started < 5
+
+
+def test_dynamic_adapter_is_refused_when_every_slot_is_pinned(adapter_dirs) -> None:  # type: ignore[no-untyped-def]
+    model_dir = tiny_model("mistral")
+    engine = Engine.from_pretrained(
+        model_dir, adapters={"qv": adapter_dirs["r8-qv"]}, max_loaded_adapters=1, progress=lambda _: None
+    )
+    with engine:
+        with pytest.raises(AdapterLoadError, match="pinned"):
+            engine.validate(GenerationRequest(PROMPT, adapter_id=adapter_dirs["r16-all"]))
+        [result] = engine.generate(
+            [GenerationRequest(PROMPT, SamplingParams(max_new_tokens=2), adapter_id="qv")]
+        )
+        assert len(result.tokens) == 2
