@@ -11,7 +11,8 @@ The peer runs the same requests in this process: `transformers` + `peft` with al
 loaded, static batches of `--concurrency` requests, `generate(..., adapter_names=[...])`.
 
 Reported per system and N: requests/s, output tokens/s, TTFT and TPOT p50/p99 (the peer has
-no streaming: its TTFT is its batch's latency, its TPOT that latency over the tokens).
+no streaming: its TTFT is its batch's latency, its TPOT that latency over the tokens). The
+lorafleet runs are short, so they are repeated in rounds over N and the median run is kept.
 JSON on stdout; JSON + PNG under benchmarks/results/.
 
     python benchmarks/serve.py --quick          # a couple of minutes on 2 CPU cores
@@ -291,16 +292,20 @@ def plot(results: list[Figures], path: Path) -> None:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer, shorter requests (a couple of minutes)")
-    parser.add_argument("--requests", type=int, help="requests per N (default 96, quick 32)")
+    parser.add_argument("--requests", type=int, help="requests per N (default 128, quick 64)")
     parser.add_argument("--new-tokens", type=int, help="output tokens per request (default 32, quick 16)")
     parser.add_argument(
         "--concurrency", type=int, help="requests in flight / peer batch size (default 32, quick 16)"
     )
+    parser.add_argument(
+        "--repeats", type=int, help="rounds of the lorafleet runs, median kept (default 5, quick 3)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    args.requests = args.requests or (32 if args.quick else 96)
+    args.requests = args.requests or (64 if args.quick else 128)
     args.new_tokens = args.new_tokens or (16 if args.quick else 32)
     args.concurrency = args.concurrency or (16 if args.quick else 32)
+    args.repeats = args.repeats or (3 if args.quick else 5)
     return args
 
 
@@ -317,10 +322,15 @@ def main() -> None:
     process, url = start_server(model_dir, adapters, args.concurrency)
     try:
         asyncio.run(drive_server(url, workloads[8], args.concurrency))  # warm-up
-        for n in ADAPTER_COUNTS:
-            wall, ttfts, tpots, tokens = asyncio.run(drive_server(url, workloads[n], args.concurrency))
-            results.append(figures("lorafleet", n, wall, ttfts, tpots, tokens))
-            print(f"lorafleet N={n}: {results[-1].output_tokens_per_s:.0f} tok/s", file=sys.stderr)
+        runs: dict[int, list[Figures]] = {n: [] for n in ADAPTER_COUNTS}
+        for _ in range(args.repeats):  # rounds alternate over N so machine load hits them alike
+            for n in ADAPTER_COUNTS:
+                wall, ttfts, tpots, tokens = asyncio.run(drive_server(url, workloads[n], args.concurrency))
+                runs[n].append(figures("lorafleet", n, wall, ttfts, tpots, tokens))
+        for n in ADAPTER_COUNTS:  # the median run by throughput
+            results.append(sorted(runs[n], key=lambda f: f.output_tokens_per_s)[len(runs[n]) // 2])
+            rates = ", ".join(f"{f.output_tokens_per_s:.0f}" for f in runs[n])
+            print(f"lorafleet N={n}: {rates} tok/s", file=sys.stderr)
     finally:
         process.terminate()
         process.wait(timeout=60)

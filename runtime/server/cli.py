@@ -178,6 +178,12 @@ def _check_limits(values: Mapping[str, Any]) -> None:
             f"--max-input-length ({max_input}) must be < --max-total-tokens ({max_total}): "
             "no room is left for output tokens"
         )
+    max_loaded, preloaded = values.get("max_loaded_adapters"), len(values.get("lora_adapters", ()))
+    if max_loaded is not None and max_loaded < preloaded:
+        raise ConfigError(
+            f"--max-loaded-adapters ({max_loaded}) must be >= the number of --lora-adapters ({preloaded}): "
+            "preloaded adapters stay loaded"
+        )
     if max_input is not None and prefill is not None and prefill < max_input:
         raise ConfigError(
             f"--max-batch-prefill-tokens ({prefill}) must be >= --max-input-length ({max_input})"
@@ -226,6 +232,11 @@ def serve(config: ServerConfig) -> int:
     try:
         if not stop.is_set():
             app.state.context.holder.load(lambda progress: load_engine(config, progress))
+    except KeyboardInterrupt:  # SIGTERM/SIGINT while loading: a normal stop
+        logger.info("stopped while loading the model")
+        server.should_exit = True
+        http.join(60)
+        return 0
     except BaseException:  # noqa: BLE001 - logged by the holder; the exit code tells the launcher
         server.should_exit = True
         http.join(60)

@@ -16,7 +16,7 @@ from lorafleet.runtime.server.generation import ClientDisconnected, RunningReque
 from lorafleet.runtime.server.openai_schemas import ChatCompletionRequest
 from lorafleet.runtime.server.schemas import CompatGenerateRequest, GenerateRequest, TokenizeRequest
 from lorafleet.runtime.server.sse import EventStreamResponse, sse_event
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 CLIENT_CLOSED_REQUEST = 499  # nginx's code for "the client went away"; never seen by the client
 
@@ -97,7 +97,7 @@ async def _json_body(request: Request) -> Any:
         raise InputValidationError(f"request body is not valid JSON: {e}") from e
 
 
-def _parse(model: type, payload: Any) -> Any:
+def _parse(model: type[BaseModel], payload: Any) -> Any:
     try:
         return model.model_validate(payload)
     except ValidationError as e:

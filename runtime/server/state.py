@@ -43,6 +43,9 @@ class EngineHolder:
 
         try:
             engine = load(progress)
+        except KeyboardInterrupt:
+            self.phase = "stopped"
+            raise
         except BaseException as e:
             logger.exception("model load failed")
             self.load_error = f"{type(e).__name__}: {e}"

@@ -64,6 +64,7 @@ def test_defaults_match_tgi_port_and_concurrency():
         (["--max-loaded-adapters", "x"], {}, "--max-loaded-adapters"),
         (["--lora-adapters", "a=,b"], {}, "--lora-adapters"),
         (["--lora-adapters", "a,a"], {}, "--lora-adapters"),
+        (["--lora-adapters", "a,b,c", "--max-loaded-adapters", "2"], {}, "--max-loaded-adapters"),
         (["--max-input-length", "100", "--max-total-tokens", "100"], {}, "--max-input-length"),
         (["--max-input-length", "100", "--max-batch-prefill-tokens", "50"], {}, "--max-batch-prefill-tokens"),
     ],
