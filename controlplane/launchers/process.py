@@ -230,6 +230,15 @@ def _matches(handle: ReplicaHandle) -> bool:
         return False
 
 
+def _alive(pid: int) -> bool:
+    """Whether `pid` still runs: a zombie (dead, waiting for a parent that is not us to reap it,
+    e.g. a stray whose parent is another process) has exited and counts as gone."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
 def _terminate_group(pid: int, child: subprocess.Popen[bytes] | None) -> None:
     """SIGTERM the replica's process group, SIGKILL after the grace period, reap if ours."""
     for signum, wait_s in ((signal.SIGTERM, STOP_GRACE_S), (signal.SIGKILL, 5.0)):
@@ -241,7 +250,7 @@ def _terminate_group(pid: int, child: subprocess.Popen[bytes] | None) -> None:
         while time.monotonic() < deadline:
             if child is not None and child.poll() is not None:
                 return
-            if child is None and not psutil.pid_exists(pid):
+            if child is None and not _alive(pid):
                 return
             time.sleep(0.1)
     if child is not None:

@@ -27,6 +27,8 @@ from sqlalchemy.engine import make_url
 from tests.controlplane.live import free_port
 
 HERE = Path(__file__).parent
+# Only for benchmarks/controlplane.py's 1,000-endpoint reconciler pass (see fake_runtime.py); no
+# test launches it: lifecycle tests run the real runtime (test_real_lifecycle.py, test_real_restart.py).
 FAKE_RUNTIME = f"{sys.executable} {HERE / 'fake_runtime.py'}"
 SEED_CATALOG = Path(__file__).resolve().parents[2] / "controlplane" / "catalog" / "seed-names.json"
 BACKENDS = ["sqlite"] + (["postgresql"] if os.environ.get("LORAFLEET_TEST_DATABASE_URL") else [])
@@ -122,12 +124,13 @@ def serve_app(settings: Settings) -> Iterator[tuple[str, object]]:
 
 
 def make_settings(tmp_path: Path, database_url: str, **overrides: object) -> Settings:
+    """Settings for an in-process control plane; replicas (if the reconciler is on) are the real
+    runtime unless `runtime_command` says otherwise."""
     values: dict[str, object] = {
         "home": tmp_path / "home",
         "database_url": database_url,
         "secret_key": "test-secret-key",
         "catalog": SEED_CATALOG,
-        "runtime_command": FAKE_RUNTIME,
         "reconcile_interval_s": 0.2,
         "backoff_base_s": 0.1,
         "backoff_max_s": 0.5,

@@ -1,13 +1,19 @@
-"""A stand-in for `python -m lorafleet.runtime` in the control plane's lifecycle tests.
+"""A stand-in for `python -m lorafleet.runtime`, kept ONLY where a real runtime cannot be used.
 
-It is NOT the runtime: it speaks just enough of the runtime's process contract (env `PORT`,
-`GET /health` 503 until "loaded" then 200, `/metrics` with `lorafleet_queue_size`, log lines on
-stdout, a non-zero exit on failure) to test launching, probing, crash handling and adoption
-quickly and without torch. The end-to-end tests run the real runtime.
+No test uses it any more: every lifecycle test (start, env, logs, crash restart, `failed` with the
+last log lines, pause/resume, rolling update, autoscaling on the real `lorafleet_queue_size`,
+adoption after a control-plane restart) runs the real runtime on the tiny fixture model
+(test_real_lifecycle.py, test_real_restart.py). Its one user is benchmarks/controlplane.py's
+"reconciler pass at 1,000 endpoints": that needs 1,000 live replicas to probe, which real runtimes
+(a model in memory and seconds of CPU each) cannot provide on one test host, so the benchmark points
+all 1,000 replica handles at one process of this file. It measures the control plane's own pass
+time, not the runtime's.
 
-Behaviour knobs (env): FAKE_LOAD_S (seconds of 503 before 200), FAKE_CRASH_AFTER_S (exit 3 after
-that long), FAKE_FAIL_START=1 (print an error and exit 3 at once), FAKE_QUEUE_FILE (a file whose
-number is the queue gauge), FAKE_ENV_DUMP (write the environment there as JSON).
+It speaks just enough of the runtime's process contract (env `PORT`, `GET /health` 503 until
+"loaded" then 200, `/metrics` with `lorafleet_queue_size`, log lines on stdout, a non-zero exit on
+failure). Behaviour knobs (env): FAKE_LOAD_S (seconds of 503 before 200), FAKE_CRASH_AFTER_S (exit 3
+after that long), FAKE_FAIL_START=1 (print an error and exit 3 at once), FAKE_QUEUE_FILE (a file
+whose number is the queue gauge), FAKE_ENV_DUMP (write the environment there as JSON).
 """
 
 from __future__ import annotations

@@ -1,0 +1,191 @@
+"""Helpers for the lifecycle tests that run REAL replicas (`python -m lorafleet.runtime` on the tiny
+fixture model) under a live control plane (`tests.controlplane.live`).
+
+Each replica costs a few seconds of CPU, so a test module shares one control plane
+(`real_controlplane`) and each test creates its own endpoint and deletes it at the end
+(`endpoint(...)`), checking that the delete really stops the process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from tests.controlplane.conftest import SEED_CATALOG, endpoint_body
+from tests.controlplane.live import LiveControlPlane, live_controlplane
+from tests.fixtures import standard_adapters, tiny_model
+
+# Reconciler tuning for the tests: quick passes, quick backoff, two attempts before `failed`.
+FAST_RECONCILER = {
+    "LORAFLEET_RECONCILE_INTERVAL_S": "0.3",
+    "LORAFLEET_BACKOFF_BASE_S": "0.2",
+    "LORAFLEET_BACKOFF_MAX_S": "1",
+    "LORAFLEET_MAX_RESTARTS": "1",
+    "LORAFLEET_HEALTH_TIMEOUT_S": "5",
+    "HF_HUB_OFFLINE": "1",
+}
+ADAPTER_ID = "support"
+
+
+def wait_for(check: Callable[[], Any], timeout_s: float = 90.0, what: str = "condition") -> Any:
+    """Polls `check` until it returns something truthy (returned) or `timeout_s` passes."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+@contextlib.contextmanager
+def fresh_postgres(admin_url: str) -> Iterator[str]:
+    """A new, empty PostgreSQL database (dropped at exit); yields its URL."""
+    name = f"lorafleet_real_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@contextlib.contextmanager
+def real_controlplane(backend: str = "sqlite", **env: str) -> Iterator[LiveControlPlane]:
+    """A live control plane launching the real runtime, on SQLite or a fresh PostgreSQL database
+    (`LORAFLEET_TEST_DATABASE_URL` names the server)."""
+    settings_env = {**FAST_RECONCILER, **env}
+    if backend == "sqlite":
+        with live_controlplane(catalog=SEED_CATALOG, env=settings_env) as cp:
+            yield cp
+        return
+    with (
+        fresh_postgres(os.environ["LORAFLEET_TEST_DATABASE_URL"]) as url,
+        live_controlplane(catalog=SEED_CATALOG, database_url=url, env=settings_env) as cp,
+    ):
+        yield cp
+
+
+def model_and_adapter() -> tuple[Path, Path]:
+    """The tiny Mistral checkpoint and its rank-8 q/v adapter."""
+    model_dir = tiny_model("mistral")
+    return model_dir, standard_adapters(model_dir)["r8-qv"]
+
+
+def real_body(name: str, adapter: Path | str | None = None, **env: str) -> dict[str, Any]:
+    """A create body for the tiny model: the seed's custom image env (`MODEL_ID=/repository`, one
+    adapter as `support`), small token limits; `env` adds to or overrides it."""
+    model_dir, default_adapter = model_and_adapter()
+    image_env = {
+        "MODEL_ID": "/repository",
+        "LORA_ADAPTERS": f"{ADAPTER_ID}={adapter or default_adapter}",
+        "MAX_INPUT_LENGTH": "64",
+        "MAX_TOTAL_TOKENS": "128",
+        "LOG_LEVEL": "info",
+        **env,
+    }
+    body = endpoint_body(name, task="text-generation")
+    body["model"]["repository"] = str(model_dir)  # type: ignore[index]
+    image = {"health_route": "/health", "url": "ghcr.io/huggingface/text-generation-inference:2.1.1"}
+    body["model"]["image"] = {"custom": {**image, "env": image_env}}  # type: ignore[index]
+    return body
+
+
+class EndpointView:
+    """One endpoint of a live control plane, seen through its HTTP API and the launcher's files."""
+
+    def __init__(self, cp: LiveControlPlane, name: str) -> None:
+        self.cp, self.name = cp, name
+        self.path = f"{cp.url}/v2/endpoint/{cp.namespace}/{name}"
+
+    def get(self) -> dict[str, Any]:
+        response = httpx.get(self.path, headers=self.cp.headers, timeout=30)
+        response.raise_for_status()
+        return response.json()
+
+    def state(self) -> str:
+        return self.get()["status"]["state"]
+
+    def post(self, action: str) -> dict[str, Any]:
+        response = httpx.post(f"{self.path}/{action}", headers=self.cp.headers, timeout=30)
+        response.raise_for_status()
+        return response.json()
+
+    def running(self) -> dict[str, Any] | None:
+        raw = self.get()
+        return raw if raw["status"]["state"] == "running" else None
+
+    def wait_running(self, other_than: str | None = None, timeout_s: float = 120.0) -> dict[str, Any]:
+        """Waits for `running` (with a URL other than `other_than`, when given)."""
+
+        def ready() -> dict[str, Any] | None:
+            raw = self.running()
+            return raw if raw and raw["status"].get("url") != other_than else None
+
+        return wait_for(ready, timeout_s, f"{self.name} running (last: {self.get()['status']})")
+
+    def replica_keys(self) -> list[str]:
+        response = httpx.get(f"{self.path}/logs?tail=1", headers=self.cp.headers, timeout=30)
+        response.raise_for_status()
+        return [replica["id"] for replica in response.json()["replicas"]]
+
+    def pids(self) -> dict[str, int]:
+        """replica key → PID, from the process launcher's handle files."""
+        found = {}
+        for key in self.replica_keys():
+            handle = self.cp.home / "replicas" / f"{key}.json"
+            if handle.exists():
+                found[key] = json.loads(handle.read_text())["pid"]
+        return found
+
+    def events(self) -> list[dict[str, Any]]:
+        response = httpx.get(f"{self.path}/events?limit=200", headers=self.cp.headers, timeout=30)
+        response.raise_for_status()
+        return response.json()["items"]
+
+    def generate(self, url: str, adapter_id: str | None = ADAPTER_ID, max_new_tokens: int = 4) -> str:
+        """One TGI `/generate` request to the replica at `url`, with the adapter; returns the text."""
+        parameters: dict[str, Any] = {"max_new_tokens": max_new_tokens}
+        if adapter_id:
+            parameters["adapter_id"] = adapter_id
+        response = httpx.post(
+            f"{url}/generate", json={"inputs": "Hello there", "parameters": parameters}, timeout=60
+        )
+        assert response.status_code == 200, response.text
+        return response.json()["generated_text"]
+
+
+def gone(pid: int) -> bool:
+    """Whether the process has exited (a zombie counts as gone)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+@contextlib.contextmanager
+def endpoint(cp: LiveControlPlane, body: dict[str, Any]) -> Iterator[EndpointView]:
+    """Creates the endpoint; at exit deletes it and checks every replica process it had is gone."""
+    response = httpx.post(f"{cp.url}/v2/endpoint/{cp.namespace}", json=body, headers=cp.headers, timeout=30)
+    assert response.status_code == 200, response.text
+    view = EndpointView(cp, body["name"])  # type: ignore[arg-type]
+    try:
+        yield view
+    finally:
+        pids = list(view.pids().values())
+        httpx.delete(view.path, headers=cp.headers, timeout=30).raise_for_status()
+        wait_for(lambda: all(gone(pid) for pid in pids), 60, f"replicas of deleted {view.name} stopped")

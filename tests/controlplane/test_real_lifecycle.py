@@ -1,0 +1,173 @@
+"""The reconciler driving REAL replicas: `python -m lorafleet.runtime` on the tiny Mistral fixture
+with one adapter, launched by the process launcher of a live control plane (one per module and
+database backend; every test makes its own endpoint and deletes it)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.controlplane.conftest import BACKENDS
+from tests.controlplane.live import LiveControlPlane
+from tests.controlplane.replicas import (
+    ADAPTER_ID,
+    endpoint,
+    gone,
+    model_and_adapter,
+    real_body,
+    real_controlplane,
+    wait_for,
+)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def cp(request: pytest.FixtureRequest) -> Iterator[LiveControlPlane]:
+    with real_controlplane(request.param) as live:
+        yield live
+
+
+def _environ(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
+
+
+def test_real_replica_starts_with_the_endpoint_env_and_answers_with_its_adapter(cp: LiveControlPlane) -> None:
+    model_dir, adapter = model_and_adapter()
+    body = real_body("ep-env")
+    body["model"]["secrets"] = {"HF_TOKEN": "hf_secret_value"}  # type: ignore[index]
+    with endpoint(cp, body) as ep:
+        seen: set[str] = set()
+        raw = wait_for(lambda: seen.add(ep.state()) or ep.running(), 120, "running")
+        url = raw["status"]["url"]
+        assert "initializing" in seen
+        assert raw["status"]["readyReplica"] == 1 and raw["status"]["targetReplica"] == 1
+        assert httpx.get(url + raw["healthRoute"]).status_code == 200
+        info = httpx.get(f"{url}/info").json()
+        assert info["model_id"] == str(model_dir)  # MODEL_ID=/repository became the repository
+        assert ep.generate(url)
+        (pid,) = ep.pids().values()
+        env = _environ(pid)
+        assert env["MODEL_ID"] == str(model_dir) and env["LORA_ADAPTERS"] == f"{ADAPTER_ID}={adapter}"
+        assert env["HF_TOKEN"] == "hf_secret_value" and env["CUDA_VISIBLE_DEVICES"] == ""
+        assert "hf_secret_value" not in str(ep.get())
+        logs = httpx.get(f"{ep.path}/logs?tail=200", headers=cp.headers).json()
+        assert len(logs["replicas"]) == 1
+        assert any("model loaded and ready" in line for line in logs["lines"])
+
+
+def test_replica_killed_with_sigkill_is_restarted_and_serves_again(cp: LiveControlPlane) -> None:
+    with endpoint(cp, real_body("ep-kill")) as ep:
+        url = ep.wait_running()["status"]["url"]
+        (pid,) = ep.pids().values()
+        os.kill(pid, signal.SIGKILL)
+        new = ep.wait_running(other_than=url)["status"]["url"]
+        (new_pid,) = ep.pids().values()
+        assert new_pid != pid and gone(pid)
+        assert ep.generate(new)
+        failures = [e["message"] for e in ep.events() if e["kind"] == "replica-failed"]
+        assert len(failures) == 1 and "exited" in failures[0]
+
+
+def test_pause_stops_the_replica_process_and_resume_serves_again(cp: LiveControlPlane) -> None:
+    with endpoint(cp, real_body("ep-pause")) as ep:
+        first = ep.wait_running()["status"]["url"]
+        (pid,) = ep.pids().values()
+        paused = ep.post("pause")
+        assert paused["status"]["state"] == "paused" and "url" not in paused["status"]
+        wait_for(lambda: gone(pid), 60, "replica process stopped")
+        assert ep.pids() == {} and ep.state() == "paused"
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"{first}/health", timeout=2)
+        assert ep.post("resume")["status"]["state"] == "pending"
+        second = ep.wait_running()["status"]["url"]
+        assert ep.generate(second)
+
+
+def _broken_adapter(tmp_path: Path) -> Path:
+    _, adapter = model_and_adapter()
+    broken = tmp_path / "broken-adapter"
+    shutil.copytree(adapter, broken)
+    (broken / "adapter_model.safetensors").write_bytes(b"not a safetensors file")
+    return broken
+
+
+@pytest.mark.parametrize("case", ["bad-repository", "broken-adapter"])
+def test_replica_that_cannot_start_ends_failed_with_its_last_log_lines(
+    cp: LiveControlPlane, tmp_path: Path, case: str
+) -> None:
+    if case == "bad-repository":
+        body = real_body(f"ep-{case}")
+        body["model"]["repository"] = "/nonexistent/base-model"  # type: ignore[index]
+        expected = "model '/nonexistent/base-model': no such directory"  # the runtime's own error
+    else:
+        body = real_body(f"ep-{case}", adapter=_broken_adapter(tmp_path))
+        expected = "adapter_model.safetensors: corrupt or unreadable safetensors file"
+    with endpoint(cp, body) as ep:
+        raw = wait_for(lambda: (r := ep.get())["status"]["state"] == "failed" and r, 120, "failed")
+        message = raw["status"]["message"]
+        assert expected in message and "exited with code 1" in message
+        assert "url" not in raw["status"] and ep.pids() == {}
+        attempts = [e for e in ep.events() if e["kind"] == "replica-started"]
+        assert len(attempts) == 2  # LORAFLEET_MAX_RESTARTS=1: the first try and one restart
+
+
+def test_update_rolls_to_a_new_replica_serving_the_new_adapter_set(cp: LiveControlPlane) -> None:
+    _, adapter = model_and_adapter()
+    with endpoint(cp, real_body("ep-update")) as ep:
+        url = ep.wait_running()["status"]["url"]
+        (old_pid,) = ep.pids().values()
+        env = real_body("x")["model"]["image"]["custom"]["env"]  # type: ignore[index]
+        env["LORA_ADAPTERS"] = f"{ADAPTER_ID}={adapter},second={adapter}"
+        httpx.put(ep.path, json={"model": {"env": env}}, headers=cp.headers).raise_for_status()
+        new = ep.wait_running(other_than=url)["status"]["url"]
+        wait_for(lambda: gone(old_pid), 60, "old replica stopped")
+        assert ep.generate(new, adapter_id="second")
+
+
+def _load(url: str, stop: threading.Event, answered: list[int]) -> None:
+    """Back-to-back long requests to one replica until `stop` (error answers are recorded, not raised)."""
+    request = {"inputs": "Hello there", "parameters": {"max_new_tokens": 40, "adapter_id": ADAPTER_ID}}
+    with httpx.Client(timeout=120) as client:
+        while not stop.is_set():
+            try:
+                response = client.post(f"{url}/generate", json=request)
+                answered.append(response.status_code)
+            except httpx.HTTPError:
+                answered.append(0)
+
+
+def test_queue_depth_of_the_real_runtime_scales_the_endpoint_up(cp: LiveControlPlane) -> None:
+    # A KV pool of 4 blocks x 16 tokens holds about two requests, so most of 12 concurrent clients
+    # wait in the runtime's queue: `lorafleet_queue_size` stays far above pendingRequests=2.
+    body = real_body("ep-scale", MAX_INPUT_LENGTH="16", MAX_TOTAL_TOKENS="64", NUM_KV_BLOCKS="4")
+    body["compute"]["scaling"] = {"minReplica": 1, "maxReplica": 2, "measure": {"pendingRequests": 2}}  # type: ignore[index]
+    with endpoint(cp, body) as ep:
+        url = ep.wait_running()["status"]["url"]
+        metrics = httpx.get(f"{url}/metrics").text
+        assert "lorafleet_queue_size 0.0" in metrics
+        stop, answered = threading.Event(), []
+        clients = [threading.Thread(target=_load, args=(url, stop, answered)) for _ in range(12)]
+        for thread in clients:
+            thread.start()
+        try:
+            raw = wait_for(
+                lambda: (r := ep.get())["status"]["readyReplica"] == 2 and r, 120, "a second ready replica"
+            )
+        finally:
+            stop.set()
+            for thread in clients:
+                thread.join(timeout=120)
+        assert raw["status"]["targetReplica"] == 2 and raw["status"]["state"] == "running"
+        assert len(ep.pids()) == 2
+        assert answered and set(answered) == {200}
+        started = [e for e in ep.events() if e["kind"] == "replica-started"]
+        assert len(started) == 2
