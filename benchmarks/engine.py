@@ -156,6 +156,7 @@ def plot(report: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     bars = ax.bar(names, values, color=["#888888", "#4c72b0", "#dd8452"])
     ax.bar_label(bars, fmt="%.0f")
+    ax.set_ylim(0, max(values) * 1.15)
     ax.set_ylabel("generated tokens / s")
     ax.set_title(
         f"{report['requests']} requests x {report['new_tokens']} tokens, {report['device']} "

@@ -63,13 +63,18 @@ class LoRALinear(nn.Module):
             self.slice_bounds[name] = (offset, offset + width)
             offset += width
         self.out_features = offset
-        factory = {"dtype": dtype, "device": device}
-        self.weight = nn.Parameter(torch.empty(offset, in_features, **factory), requires_grad=False)
-        self.bias = nn.Parameter(torch.empty(offset, **factory), requires_grad=False) if bias else None
+        self.weight = nn.Parameter(
+            torch.empty(offset, in_features, dtype=dtype, device=device), requires_grad=False
+        )
+        self.bias = (
+            nn.Parameter(torch.empty(offset, dtype=dtype, device=device), requires_grad=False)
+            if bias
+            else None
+        )
         self.has_lora = max_loras > 0
         num_slots = max(max_loras, 1)
-        self.lora_a = _buffer(num_slots, len(slices), max_rank, in_features, **factory)
-        self.lora_b = _buffer(num_slots, offset, max_rank, **factory)
+        self.lora_a = _buffer(num_slots, len(slices), max_rank, in_features, dtype=dtype, device=device)
+        self.lora_b = _buffer(num_slots, offset, max_rank, dtype=dtype, device=device)
         self.lora_scales = _buffer(len(slices), num_slots, dtype=torch.float32, device=device)
 
     def set_lora(

@@ -52,6 +52,8 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 class RotaryEmbedding(nn.Module):
     """Applies RoPE (the non-interleaved "rotate half" layout of HF checkpoints) by position."""
 
+    inv_freq: torch.Tensor  # [head_dim // 2] float32
+
     def __init__(self, head_dim: int, theta: float, scaling: Mapping[str, Any] | None) -> None:
         super().__init__()
         self.register_buffer("inv_freq", rope_inv_freq(head_dim, theta, scaling), persistent=False)

@@ -179,14 +179,16 @@ class DecoderModel(nn.Module):
     def lora_linear(self, layer: int, module: str) -> LoRALinear:
         """The `LoRALinear` holding projection `module` of layer `layer`."""
         block = self.layers[layer]
+        assert isinstance(block, DecoderLayer)
+        attn, mlp = block.self_attn, block.mlp
         owners = {
-            "q_proj": block.self_attn.qkv_proj,
-            "k_proj": block.self_attn.qkv_proj,
-            "v_proj": block.self_attn.qkv_proj,
-            "o_proj": block.self_attn.o_proj,
-            "gate_proj": block.mlp.gate_up_proj,
-            "up_proj": block.mlp.gate_up_proj,
-            "down_proj": block.mlp.down_proj,
+            "q_proj": attn.qkv_proj,
+            "k_proj": attn.qkv_proj,
+            "v_proj": attn.qkv_proj,
+            "o_proj": attn.o_proj,
+            "gate_proj": mlp.gate_up_proj,
+            "up_proj": mlp.gate_up_proj,
+            "down_proj": mlp.down_proj,
         }
         return owners[module]
 
