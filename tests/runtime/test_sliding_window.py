@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from lorafleet.runtime.engine import Engine, GenerationRequest, SamplingParams
+
 from tests.fixtures import tiny_model
 from tests.runtime.oracle import corpus_prompts, engine_prefill_logits
 
