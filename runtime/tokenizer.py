@@ -128,3 +128,15 @@ class IncrementalDetokenizer:
             self._read_offset = len(self._ids)
             return piece
         return ""
+
+    def flush(self) -> str:
+        """The text held back so far (an incomplete character decodes to U+FFFD), for the last event.
+
+        Called once the sequence ends: nothing will complete the character, and the final text
+        (`GenerationResult.generated_text`) shows it as U+FFFD too.
+        """
+        decode = self._tokenizer.decode
+        prefix_text = decode(self._ids[self._prefix_offset : self._read_offset])
+        new_text = decode(self._ids[self._prefix_offset :])
+        self._prefix_offset = self._read_offset = len(self._ids)
+        return new_text[len(prefix_text) :] if len(new_text) > len(prefix_text) else ""

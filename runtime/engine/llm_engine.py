@@ -103,7 +103,9 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._generated_tokens = 0
-        self._snapshot = (0, 0)  # (waiting, running), written by the loop after each step
+        # (waiting, running, free KV blocks): written by the loop thread after every change,
+        # read by `stats()` from any thread
+        self._snapshot = (0, 0, config.num_kv_blocks)
 
     @classmethod
     def from_pretrained(
@@ -224,11 +226,11 @@ class Engine:
         return self.adapter_slots.loaded()
 
     def stats(self) -> EngineStats:
-        waiting, running = self._snapshot
+        waiting, running, free_blocks = self._snapshot
         return EngineStats(
             queue_size=waiting + self._inbox.qsize(),
             batch_size=running,
-            num_free_blocks=self.block_manager.num_free_blocks,
+            num_free_blocks=free_blocks,
             adapter_loads=self.adapter_slots.num_loads,
             adapter_evictions=self.adapter_slots.num_evictions,
             generated_tokens=self._generated_tokens,

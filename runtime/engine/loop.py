@@ -40,6 +40,7 @@ def run_loop(engine: Engine) -> None:
         _snapshot(engine)
     for seq in list(engine.scheduler.running) + _drain_waiting(engine):
         _fail(engine, seq, GenerationError("the engine shut down before the request finished"))
+    _snapshot(engine)
 
 
 def _drain_inbox(engine: Engine, block: bool) -> None:
@@ -144,4 +145,8 @@ def _fail_unschedulable(engine: Engine) -> None:
 
 
 def _snapshot(engine: Engine) -> None:
-    engine._snapshot = (engine.scheduler.num_waiting, len(engine.scheduler.running))
+    # One tuple, replaced at once: `Engine.stats()` reads queue, batch and free blocks from the
+    # same moment, so a caller that sees the blocks of an aborted request free also sees it gone
+    # from the batch.
+    scheduler = engine.scheduler
+    engine._snapshot = (scheduler.num_waiting, len(scheduler.running), engine.block_manager.num_free_blocks)

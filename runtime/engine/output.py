@@ -67,6 +67,11 @@ class RequestOutput:
         reason = self._finish_reason(tid, eos_token_ids)
         if reason is None:
             return TokenEvent(len(self.tokens), token, piece, top)
+        # The last event carries whatever the detokenizer still holds back (an incomplete
+        # character), so the events' texts add up to the final text.
+        held_back = self._detokenizer.flush()
+        piece += held_back
+        self.text += held_back
         self.finished = True
         return TokenEvent(len(self.tokens), token, piece, top, reason, self.result(reason))
 

@@ -7,7 +7,6 @@ per-adapter metrics behave the same whatever the client speaks.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -87,7 +86,7 @@ class GenerationService:
         request = running.request
         watcher = asyncio.ensure_future(disconnected) if disconnected is not None else None
         stream = engine.stream(request).__aiter__()
-        num_generated, first_token_at, outcome, streamed_text = 0, None, "cancelled", ""
+        num_generated, first_token_at, outcome = 0, None, "cancelled"
         result: GenerationResult | None = None
         try:
             while True:
@@ -98,7 +97,6 @@ class GenerationService:
                 if first_token_at is None:
                     first_token_at = time.perf_counter()
                 self.metrics.record_token()
-                streamed_text, event = _flush_final_text(streamed_text, event)
                 if event.result is not None:
                     result = event.result
                 yield event
@@ -147,21 +145,6 @@ class GenerationService:
             return result
         finally:
             running.release()
-
-
-def _flush_final_text(streamed: str, event: TokenEvent) -> tuple[str, TokenEvent]:
-    """Makes the streamed texts add up to the final text.
-
-    The engine holds back the bytes of an incomplete character; when the request ends on one,
-    the last event's `text` must carry what was held back (as TGI's final decode does).
-    """
-    streamed += event.text
-    if event.result is not None and event.result.generated_text != streamed:
-        final = event.result.generated_text
-        if final.startswith(streamed):
-            event = dataclasses.replace(event, text=event.text + final[len(streamed) :])
-            streamed = final
-    return streamed, event
 
 
 async def _next_or_disconnect(

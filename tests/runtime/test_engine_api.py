@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import sys
+import threading
 import time
 
 import pytest
@@ -127,12 +129,68 @@ async def test_closing_a_stream_early_cancels_the_request_and_frees_its_blocks(e
     assert engine.stats().num_free_blocks == free and engine.stats().batch_size == 0
 
 
+async def test_stats_never_show_an_aborted_requests_blocks_free_while_it_still_counts_in_the_batch(
+    engine,
+) -> None:  # type: ignore[no-untyped-def]
+    total = engine.info.num_kv_blocks
+    seen: list[tuple[int, int]] = []
+    done = threading.Event()
+
+    def watch() -> None:  # reads stats from another thread, as /metrics does
+        while not done.is_set():
+            s = engine.stats()
+            seen.append((s.batch_size, s.num_free_blocks))
+
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # interleave the threads finely, so a torn read would show
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        for _ in range(10):
+            request = GenerationRequest(PROMPT, SamplingParams(max_new_tokens=60, ignore_eos=True))
+            stream = engine.stream(request)
+            await stream.__anext__()
+            await stream.aclose()
+            while engine.stats().batch_size or engine.stats().num_free_blocks != total:
+                await asyncio.sleep(0.005)
+    finally:
+        done.set()
+        watcher.join()
+        sys.setswitchinterval(switch_interval)
+    torn = [(batch, free) for batch, free in seen if (batch == 0) != (free == total)]
+    assert not torn, f"{len(torn)} of {len(seen)} reads mixed two moments, e.g. {torn[:3]}"
+    assert seen and (engine.stats().batch_size, engine.stats().num_free_blocks) == (0, total)
+
+
 async def test_stream_ends_with_the_result_and_matches_generate(engine) -> None:  # type: ignore[no-untyped-def]
     request = GenerationRequest(PROMPT, SamplingParams(max_new_tokens=8, ignore_eos=True), adapter_id="qv")
     events = [event async for event in engine.stream(request)]
     [result] = engine.generate([request])
     assert events[-1].finish_reason is FinishReason.LENGTH and events[-1].result == result
     assert all(e.result is None for e in events[:-1])
+    assert "".join(e.text for e in events) == result.generated_text
+
+
+def _cut_inside_a_character(engine) -> tuple[str, int]:  # type: ignore[no-untyped-def]
+    """A prompt and a length at which the greedy continuation stops inside a UTF-8 character."""
+    for prompt in ("Hello", PROMPT, "Tell me a long story"):
+        params = SamplingParams(max_new_tokens=16, ignore_eos=True)
+        [full] = engine.generate([GenerationRequest(prompt, params)])
+        ids = [t.id for t in full.tokens]
+        for n in range(1, len(ids) + 1):
+            if engine.tokenizer.decode(ids[:n]).endswith("\ufffd"):
+                return prompt, n
+    raise AssertionError("no greedy continuation of the fixture model stops inside a character")
+
+
+async def test_a_stream_ending_inside_a_character_carries_the_held_back_text_in_its_last_event(
+    engine,
+) -> None:  # type: ignore[no-untyped-def]
+    prompt, n = _cut_inside_a_character(engine)
+    request = GenerationRequest(prompt, SamplingParams(max_new_tokens=n, ignore_eos=True))
+    events = [event async for event in engine.stream(request)]
+    result = events[-1].result
+    assert result is not None and result.generated_text.endswith("\ufffd")  # the premise
     assert "".join(e.text for e in events) == result.generated_text
 
 

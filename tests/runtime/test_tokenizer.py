@@ -54,3 +54,16 @@ def test_incremental_detokenization_never_splits_a_multibyte_character(tokenizer
     assert "".join(pieces) == ours.decode(prompt + ids)[len(ours.decode(prompt)) :]
     assert all("\ufffd" not in piece for piece in pieces)
     assert "" in pieces  # some token completed no character on its own and was held back
+
+
+def test_flush_returns_the_held_back_bytes_of_an_unfinished_character(tokenizers) -> None:  # type: ignore[no-untyped-def]
+    ours, _ = tokenizers
+    prompt = ours.encode("Say:")
+    ids = ours.encode("ok 日本", add_special_tokens=False)
+    cut = next(n for n in range(1, len(ids)) if ours.decode(ids[:n]).endswith("\ufffd"))
+    detok = IncrementalDetokenizer(ours, prompt)
+    pieces = [detok.add(i) for i in ids[:cut]]
+    held_back = detok.flush()
+    assert held_back.endswith("\ufffd")
+    assert "".join(pieces) + held_back == ours.decode(prompt + ids[:cut])[len(ours.decode(prompt)) :]
+    assert detok.flush() == ""  # flushed once

@@ -51,6 +51,20 @@ def test_stream_concatenates_to_the_generated_text(server, engine, adapter_id):
     assert events[-1].details.generated_tokens == len(expected.tokens)
 
 
+def test_a_stream_ending_inside_a_character_still_concatenates_to_the_generated_text(server, engine):
+    ids = [t.id for t in oracle(engine, "Hello", None, 16).tokens]
+    cut = next((n for n in range(1, 17) if engine.tokenizer.decode(ids[:n]).endswith("\ufffd")), None)
+    assert cut is not None, "the fixture's greedy continuation of 'Hello' never stops inside a character"
+    events = list(
+        InferenceClient(server.url).text_generation(
+            "Hello", max_new_tokens=cut, stream=True, details=True, adapter_id=None
+        )
+    )
+    assert events[-1].generated_text == oracle(engine, "Hello", None, cut).generated_text
+    assert events[-1].generated_text.endswith("\ufffd")
+    assert "".join(e.token.text for e in events) == events[-1].generated_text
+
+
 def test_stream_without_details_yields_token_texts(server, engine):
     client = InferenceClient(server.url)
     pieces = list(client.text_generation(PROMPT, max_new_tokens=6, stream=True))
