@@ -20,10 +20,12 @@ CSRF_PATTERN = re.compile(r'name="csrf_token" value="([^"]+)"')
 expect.set_options(timeout=30_000)
 
 
-@pytest.fixture(scope="session")
+# Package scope, not session: Playwright's sync API keeps an event loop running in the main
+# thread while it is open, which would break every later test that calls asyncio.run().
+@pytest.fixture(scope="package")
 def browser() -> Iterator[object]:
     if not CHROMIUM.exists():
-        pytest.skip("Debian's chromium is not installed: run `make setup` (it installs it)")
+        pytest.fail("Debian's chromium is not installed: run `make setup` (it installs it)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
