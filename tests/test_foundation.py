@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 from tests.fixtures import REPO_ROOT, STANDARD_ADAPTERS, standard_adapters, tiny_model
 

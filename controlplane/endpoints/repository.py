@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from lorafleet.controlplane.models import Endpoint, EndpointEvent, Namespace, Replica
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import CursorResult, delete, func, select, update
 from sqlalchemy.orm import Session
 
 
@@ -86,7 +86,7 @@ def write_status(session: Session, *, endpoint_id: int, revision: int, values: d
         .values(**values)
         .execution_options(synchronize_session=False)
     )
-    return bool(result.rowcount)
+    return bool(cast(CursorResult[Any], result).rowcount)
 
 
 def count_endpoints(session: Session) -> int:

@@ -44,7 +44,7 @@ class ComputeCreate(_Lenient):
     accelerator: str = Field(..., min_length=1, max_length=32)
     instanceType: str = Field(..., min_length=1, max_length=64)
     instanceSize: str = Field(..., min_length=1, max_length=32)
-    scaling: ScalingIn = Field(default_factory=ScalingIn)
+    scaling: ScalingIn = Field(default_factory=lambda: ScalingIn.model_validate({}))
 
 
 class ComputeUpdate(_Lenient):

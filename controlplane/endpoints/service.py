@@ -8,6 +8,7 @@ the reconciler after the commit, so it acts at once instead of at its next tick.
 
 from __future__ import annotations
 
+import builtins  # the class defines list(); annotations below mean the builtin
 from dataclasses import dataclass
 from typing import Any
 
@@ -167,7 +168,9 @@ class EndpointService:
 
     # --- observability --------------------------------------------------------------------
 
-    def logs(self, session: Session, principal: Principal, name: str, tail: int = 100) -> list[ReplicaLogs]:
+    def logs(
+        self, session: Session, principal: Principal, name: str, tail: int = 100
+    ) -> builtins.list[ReplicaLogs]:
         """The last `tail` log lines of each replica of the endpoint, oldest replica first."""
         endpoint = self.get(session, principal, name)
         launcher = self.hardware.launcher
@@ -179,7 +182,7 @@ class EndpointService:
 
     def events(
         self, session: Session, principal: Principal, name: str, limit: int = 100
-    ) -> list[dict[str, Any]]:
+    ) -> builtins.list[dict[str, Any]]:
         endpoint = self.get(session, principal, name)
         return [
             {"createdAt": to_wire(e.created_at), "kind": e.kind, "message": e.message}
