@@ -20,8 +20,8 @@ FUSED = {"qkv": ("q_proj", "k_proj", "v_proj"), "gate_up": ("gate_proj", "up_pro
 
 @pytest.fixture(scope="module")
 def peft_layer():
-    peft = pytest.importorskip("peft")
-    transformers = pytest.importorskip("transformers")
+    import peft
+    import transformers
     model_dir = tiny_model("mistral")
     paths = standard_adapters(model_dir)
     base = transformers.AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32)
