@@ -26,9 +26,10 @@ and cut into tiles, built on the device with one host sync (the slot range check
 layer. Without `meta`, each call prepares its own.
 
 Dispatch: CUDA tensors use the Triton kernels (`lorafleet.kernels.lora`); CPU tensors use the
-grouped torch path (`torch_lora`). `LORAFLEET_KERNELS=triton` forces Triton (with
-`TRITON_INTERPRET=1` it runs on the CPU); `LORAFLEET_KERNELS=torch` forces torch. Bad input
-raises `LoraKernelError` (a `ValueError`) naming the shapes, before anything is launched.
+torch path (`torch_lora`: grouped per adapter, or gathered per token when there are many adapters
+with few tokens each, chosen per call by `torch_lora.choose_path`). `LORAFLEET_KERNELS=triton`
+forces Triton (with `TRITON_INTERPRET=1` it runs on the CPU); `LORAFLEET_KERNELS=torch` forces
+torch. Bad input raises `LoraKernelError` (a `ValueError`) naming the shapes, before anything is launched.
 """
 
 from __future__ import annotations
@@ -134,7 +135,7 @@ def add_lora_sliced(
         offsets = [0]
         for width in widths:
             offsets.append(offsets[-1] + width)
-        return torch_lora.add_lora_sliced(out, x, lora_a, lora_b, scales_2d, offsets, meta)
+        return torch_lora.add_lora_sliced(out, x, lora_a, lora_b, token_lora, scales_2d, offsets, meta)
     from lorafleet.kernels import lora  # imported late: TRITON_INTERPRET is read at decoration
 
     with torch.cuda.device(x.device) if x.device.type == "cuda" else contextlib.nullcontext():

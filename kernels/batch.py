@@ -10,7 +10,7 @@ their programs return at once.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from lorafleet.kernels.errors import LoraKernelError
@@ -35,6 +35,9 @@ class LoraBatch:
         tile_start: [num_tiles] int32, first row (into `sorted_tokens`) of each tile.
         tile_end: [num_tiles] int32, one past the last row of each tile.
         has_lora_tokens: False only when it is known that no token uses an adapter.
+        num_active_tokens: tokens with a slot in [0, L), read at the validation sync; None when
+            built with `validate=False`.
+        num_active_slots: distinct slots present (D), likewise; None when not validated.
     """
 
     num_tokens: int
@@ -47,6 +50,8 @@ class LoraBatch:
     tile_start: torch.Tensor
     tile_end: torch.Tensor
     has_lora_tokens: bool
+    num_active_tokens: int | None = None
+    num_active_slots: int | None = None
 
     @property
     def num_tiles(self) -> int:
@@ -106,18 +111,23 @@ def prepare_lora_batch(
     block_m = block_m or default_block_m(num_tokens)
     if block_m < 16 or block_m & (block_m - 1):
         raise LoraKernelError(f"block_m must be a power of two >= 16, got {block_m}")
-    has_lora_tokens = num_tokens > 0
-    if validate and num_tokens > 0:
-        lowest, highest, num_active = torch.stack(
-            [token_lora.min(), token_lora.max(), (token_lora >= 0).sum()]
-        ).tolist()
-        if lowest < -1 or highest >= num_slots:
-            raise LoraKernelError(
-                f"token_lora values must lie in [-1, {num_slots}) for {num_slots} slots; "
-                f"got min {lowest}, max {highest} (token_lora shape {tuple(token_lora.shape)})"
-            )
-        has_lora_tokens = num_active > 0
-    return _build(token_lora, num_slots, block_m, has_lora_tokens)
+    meta = _build(token_lora, num_slots, block_m, has_lora_tokens=num_tokens > 0)
+    if not validate or num_tokens == 0:
+        return meta
+    # The one host sync: the range check, plus the active token and slot counts (reused by the
+    # CPU path to choose between its grouped and gathered forms without a sync per layer).
+    counts = meta.slot_counts  # [L]
+    lowest, highest, num_active, num_present = torch.stack(
+        [token_lora.min().long(), token_lora.max().long(), counts.sum(), (counts > 0).sum()]
+    ).tolist()
+    if lowest < -1 or highest >= num_slots:
+        raise LoraKernelError(
+            f"token_lora values must lie in [-1, {num_slots}) for {num_slots} slots; "
+            f"got min {lowest}, max {highest} (token_lora shape {tuple(token_lora.shape)})"
+        )
+    return replace(
+        meta, has_lora_tokens=num_active > 0, num_active_tokens=num_active, num_active_slots=num_present
+    )
 
 
 def _build(token_lora: torch.Tensor, num_slots: int, block_m: int, has_lora_tokens: bool) -> LoraBatch:
