@@ -138,54 +138,80 @@ def test_fifty_concurrent_mixed_adapter_requests_all_match_the_engine(server, en
     assert got == [[t.id for t in e.tokens] for e in expected]
 
 
-def _wait_for(condition, what: str, timeout_s: float = 60.0) -> None:  # type: ignore[no-untyped-def]
+def _wait_for(condition, what: str, timeout_s: float = 120.0) -> None:  # type: ignore[no-untyped-def]
+    """Polls `condition`; the timeout only bounds a hang, it is never part of what is tested."""
     deadline = time.monotonic() + timeout_s
     while not condition():
         if time.monotonic() > deadline:
             pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.1)
+        time.sleep(0.02)
+
+
+# Disconnect tests: a request of nearly max_total_tokens ignore_eos tokens is dropped as soon as it
+# is seen in flight. Nothing depends on how fast the machine is: an attempt where the request still
+# managed to finish before the client left ends "ok", is recognised as inconclusive and retried.
+LONG_TOKENS = 480  # of the server's default max_total_tokens (512), minus room for the prompt
+ATTEMPTS = 3
+
+
+def _outcomes(server, adapter: str) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    return tuple(  # type: ignore[return-value]
+        server.metric("lorafleet_requests_total", f'adapter="{adapter}",outcome="{o}"')
+        for o in ("cancelled", "ok")
+    )
+
+
+def _check_cancelled_and_freed(server, adapter: str, before: tuple[float, float]) -> bool:  # type: ignore[no-untyped-def]
+    """Waits for the dropped request to end; False when it finished before the client left."""
+    total = server.metric("lorafleet_kv_total_blocks")
+    _wait_for(lambda: server.metric("lorafleet_requests_in_flight") == 0, "the request to end")
+    _wait_for(lambda: sum(_outcomes(server, adapter)) > sum(before), "the request to be counted")
+    cancelled, ok = _outcomes(server, adapter)
+    if ok > before[1] and cancelled == before[0]:
+        return False
+    assert (cancelled, ok) == (before[0] + 1, before[1])
+    _wait_for(lambda: server.metric("lorafleet_kv_free_blocks") == total, "the blocks to be freed")
+    assert server.metric("lorafleet_batch_size") == 0  # read with the free blocks: no stale batch
+    return True
 
 
 def test_a_client_disconnect_mid_stream_cancels_the_request_and_frees_its_blocks(server):
     total = server.metric("lorafleet_kv_total_blocks")
     _wait_for(lambda: server.metric("lorafleet_kv_free_blocks") == total, "an idle engine")
-    cancelled_before = server.metric("lorafleet_requests_total", 'adapter="r16-all",outcome="cancelled"')
     body = {
         "inputs": "Tell me a long story",
-        "parameters": {"max_new_tokens": 400, "ignore_eos": True, "adapter_id": "r16-all"},
+        "parameters": {"max_new_tokens": LONG_TOKENS, "ignore_eos": True, "adapter_id": "r16-all"},
     }
-    with httpx.stream("POST", f"{server.url}/generate_stream", json=body, timeout=60) as response:
-        lines = response.iter_lines()
-        first = [next(lines) for _ in range(3)]
-        assert any(line.startswith("data: ") for line in first)
-        assert server.metric("lorafleet_kv_free_blocks") < total  # the request holds blocks
-    _wait_for(lambda: server.metric("lorafleet_kv_free_blocks") == total, "the blocks to be freed")
-    after = server.metric("lorafleet_requests_total", 'adapter="r16-all",outcome="cancelled"')
-    assert after == cancelled_before + 1
+    for _ in range(ATTEMPTS):
+        before = _outcomes(server, "r16-all")
+        with httpx.stream("POST", f"{server.url}/generate_stream", json=body, timeout=60) as response:
+            first = next(line for line in response.iter_lines() if line)
+            assert first.startswith("data: ") and '"token"' in first
+        if _check_cancelled_and_freed(server, "r16-all", before):
+            break
+    else:
+        pytest.fail(f"{LONG_TOKENS} tokens finished before the client could leave, {ATTEMPTS} times")
     assert server.metric("lorafleet_requests_in_flight") == 0
 
 
 def test_a_client_disconnect_during_a_non_streaming_request_cancels_it(server):
-    total = server.metric("lorafleet_kv_total_blocks")
-    label = 'adapter="__base__",outcome="cancelled"'
-    cancelled_before = server.metric("lorafleet_requests_total", label)
     body = json.dumps(
-        {"inputs": "Tell me another story", "parameters": {"max_new_tokens": 450, "ignore_eos": True}}
+        {"inputs": "Tell me another story", "parameters": {"max_new_tokens": LONG_TOKENS, "ignore_eos": True}}
     )
     host, port = server.url.removeprefix("http://").split(":")
     raw = (
         f"POST /generate HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n\r\n{body}"
     ).encode()
-    sockets = [socket.create_connection((host, int(port))) for _ in range(4)]
-    for sock in sockets:
-        sock.sendall(raw)
-    _wait_for(lambda: server.metric("lorafleet_requests_in_flight") >= 1, "the requests to run", 30)
-    for sock in sockets:  # leave without reading the answers
-        sock.close()
-    _wait_for(lambda: server.metric("lorafleet_requests_in_flight") == 0, "the requests to end")
-    assert server.metric("lorafleet_requests_total", label) >= cancelled_before + 1
-    _wait_for(lambda: server.metric("lorafleet_kv_free_blocks") == total, "the blocks to be freed")
+    for _ in range(ATTEMPTS):
+        before = _outcomes(server, "__base__")
+        with socket.create_connection((host, int(port))) as sock:
+            sock.sendall(raw)
+            _wait_for(lambda: server.metric("lorafleet_requests_in_flight") >= 1, "the request to run", 30)
+        # closed without reading the answer
+        if _check_cancelled_and_freed(server, "__base__", before):
+            return
+    pytest.fail(f"{LONG_TOKENS} tokens finished before the client could leave, {ATTEMPTS} times")
 
 
 def test_metrics_expose_queue_batch_throughput_adapters_and_latencies(server):

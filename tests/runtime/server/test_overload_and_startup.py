@@ -24,6 +24,11 @@ def small_server(model_dir, tmp_path_factory):  # type: ignore[no-untyped-def]
         yield running
 
 
+# An attempt in which the long requests all finished before the extra ones arrived shows no 429
+# and proves nothing either way: it is retried. A gate that never refuses fails every attempt.
+ATTEMPTS = 3
+
+
 def test_requests_past_max_concurrent_requests_get_429_overloaded(small_server):
     body = {"inputs": "a long one", "parameters": LONG}
 
@@ -31,9 +36,14 @@ def test_requests_past_max_concurrent_requests_get_429_overloaded(small_server):
         async with httpx.AsyncClient(base_url=small_server.url, timeout=120) as client:
             return await asyncio.gather(*(client.post("/generate", json=body) for _ in range(12)))
 
-    responses = asyncio.run(burst())
-    statuses = sorted(r.status_code for r in responses)
-    assert set(statuses) == {200, 429} and statuses.count(200) >= 2, statuses
+    for _ in range(ATTEMPTS):
+        responses = asyncio.run(burst())
+        statuses = sorted(r.status_code for r in responses)
+        assert set(statuses) <= {200, 429} and statuses.count(200) >= 2, statuses
+        if 429 in statuses:
+            break
+    else:
+        pytest.fail(f"12 concurrent requests never got a 429 past --max-concurrent-requests=2: {statuses}")
     refused = next(r for r in responses if r.status_code == 429).json()
     assert refused["error_type"] == "overloaded" and "--max-concurrent-requests=2" in refused["error"]
     assert small_server.metric("lorafleet_requests_in_flight") == 0  # every slot was given back
@@ -42,18 +52,23 @@ def test_requests_past_max_concurrent_requests_get_429_overloaded(small_server):
 
 def test_huggingface_hub_raises_overloaded_error_on_429(small_server):
     body = {"inputs": "a long one", "parameters": LONG}
-    with (
-        httpx.Client(base_url=small_server.url, timeout=60) as c1,
-        httpx.Client(base_url=small_server.url, timeout=60) as c2,
-    ):
+    for _ in range(ATTEMPTS):
         with (
-            c1.stream("POST", "/generate_stream", json=body),
-            c2.stream("POST", "/generate_stream", json=body),
+            httpx.Client(base_url=small_server.url, timeout=60) as c1,
+            httpx.Client(base_url=small_server.url, timeout=60) as c2,
+            c1.stream("POST", "/generate_stream", json=body) as s1,
+            c2.stream("POST", "/generate_stream", json=body) as s2,
         ):
-            if small_server.metric("lorafleet_requests_in_flight") < 2:
-                pytest.skip("the two long streams finished before the probe")
-            with pytest.raises(OverloadedError, match="overloaded"):
+            assert s1.status_code == s2.status_code == 200  # both admitted: they hold the 2 slots
+            try:
                 InferenceClient(small_server.url).text_generation("x", max_new_tokens=1)
+            except OverloadedError as e:
+                assert "overloaded" in str(e)
+                return
+            # Admitted: correct only if a long stream had already ended (in flight counts the
+            # streams until their response closes, so a stream still counted means a gate bug).
+            assert small_server.metric("lorafleet_requests_in_flight") < 2, "a third request got in"
+    pytest.fail(f"the two long streams ended before the probe, {ATTEMPTS} times")
 
 
 def test_env_limits_reach_the_engine_and_info(small_server):
