@@ -10,10 +10,17 @@ shapes of Mistral-7B's q/o (K = N = 4096) and MLP (4096 -> 14336) projections, r
     reference   lorafleet.kernels.reference.add_lora, one token at a time (small T only)
 
 and the bandwidth ours achieves, bytes of x, A, B (adapters present) and out (read + write) over
-its time, as a fraction of the device's peak. On a CPU the `ours` rows are the grouped torch path
-(the JSON says so): the Triton figures need a GPU (`benchmarks/gpu_check.sh`).
+its time, as a fraction of the device's peak. On a CPU the `ours` rows are the torch path, grouped
+or gathered as `torch_lora.choose_path` picks (the JSON says so): the Triton figures need a GPU
+(`benchmarks/gpu_check.sh`).
 
     python benchmarks/kernels.py [--quick] [--out benchmarks/results]
+
+`--cpu-paths` instead times the two forms of the CPU torch path (`grouped`, one matmul pair per
+adapter; `gathered`, per-token weights and bmm) at decode shapes, T tokens over D adapters, and
+which one `torch_lora.choose_path` picks (`kernels-cpu-paths.json`):
+
+    OMP_NUM_THREADS=1 python benchmarks/kernels.py --cpu-paths
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from pathlib import Path
 
 import torch
 from lorafleet import kernels
-from lorafleet.kernels import reference
+from lorafleet.kernels import reference, torch_lora
 
 LAYERS = {"qo": (4096, 4096), "mlp": (4096, 14336)}
 NOMINAL_PEAK_GBPS = {"H200": 4800, "H100 NVL": 3900, "H100 PCIe": 2000, "H100": 3350, "A100-SXM4-80GB": 2039,
@@ -174,6 +181,59 @@ def run_case(case: Case, device: torch.device, dtype: torch.dtype, quick: bool) 
     return result
 
 
+# Decode shapes for the CPU forms: the demo model's fused q|k|v (hidden 256, 8 / 4 kv heads) and
+# o_proj, and a 7B-size q|k|v; (T tokens, D adapters) from one adapter to one token per adapter.
+CPU_PATH_LAYERS = {"demo_qkv": (256, (256, 128, 128), 8), "demo_o": (256, (256,), 16),
+                   "7b_qkv": (4096, (4096, 1024, 1024), 16)}
+CPU_PATH_BATCHES = [(32, 1), (32, 4), (32, 8), (32, 16), (32, 32), (64, 32), (96, 32), (128, 32),
+                    (8, 8), (16, 4), (4, 2)]
+
+
+def cpu_path_times(layer: str, num_tokens: int, num_adapters: int, reps: int) -> dict:
+    """µs per call of each forced form of the torch path, each active token on a random slot
+    with every one of the D slots present."""
+    hidden_in, widths, rank = CPU_PATH_LAYERS[layer]
+    gen = torch.Generator().manual_seed(num_tokens * 7 + num_adapters)
+    x = torch.randn(num_tokens, hidden_in, generator=gen)
+    out = torch.randn(num_tokens, sum(widths), generator=gen)
+    lora_a = torch.randn(num_adapters, len(widths), rank, hidden_in, generator=gen) / hidden_in**0.5
+    lora_b = torch.randn(num_adapters, sum(widths), rank, generator=gen) / rank**0.5
+    extra = torch.randint(0, num_adapters, (num_tokens,), generator=gen)
+    slots = torch.cat([torch.arange(num_adapters), extra])  # every slot first, then random ones
+    token_lora = slots[:num_tokens][torch.randperm(num_tokens, generator=gen)]
+    scales = torch.full((len(widths), num_adapters), 2.0)
+    meta = kernels.prepare_lora_batch(token_lora, num_slots=num_adapters)
+    offsets = [0, *torch.tensor(widths).cumsum(0).tolist()]
+    args = (out, x, lora_a, lora_b, token_lora, scales, offsets, meta)
+    times = {path: time_us(lambda p=path: torch_lora.add_lora_sliced(*args, path=p), x.device, reps)
+             for path in torch_lora.PATHS}
+    elements = torch_lora.elements_per_token(lora_a, lora_b)
+    chosen = torch_lora.choose_path(meta.num_active_tokens, meta.num_active_slots, elements)
+    return {"layer": layer, "num_tokens": num_tokens, "num_adapters": meta.num_active_slots, "rank": rank,
+            "elements_per_token": elements,
+            "times_us": times, "chosen": chosen,
+            "grouped_over_gathered": times["grouped"] / times["gathered"],
+            "chosen_over_best": times[chosen] / min(times.values())}
+
+
+def run_cpu_paths(out_dir: Path) -> int:
+    rows = []
+    for layer in CPU_PATH_LAYERS:
+        for num_tokens, num_adapters in CPU_PATH_BATCHES:
+            row = cpu_path_times(layer, num_tokens, num_adapters, reps=20 if layer.startswith("demo") else 3)
+            rows.append(row)
+            print(json.dumps(row | {"times_us": {k: round(v, 1) for k, v in row["times_us"].items()}}),
+                  flush=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = {"device": "cpu", "torch_threads": torch.get_num_threads(),
+              "rule": f"gathered iff D >= 2 and T <= {torch_lora.GATHER_MAX_TOKENS_PER_SLOT} * D "
+                      f"and E <= {torch_lora.GATHER_MAX_ELEMENTS} (E = S*R*K + N*R)",
+              "results": rows}
+    (out_dir / "kernels-cpu-paths.json").write_text(json.dumps(report, indent=2))
+    print(f"wrote {out_dir / 'kernels-cpu-paths.json'}")
+    return 0
+
+
 def peak_bandwidth(device: torch.device) -> tuple[float, str]:
     """(GB/s, where it came from): the nominal HBM figure for a known GPU, else a measured copy."""
     if device.type == "cuda":
@@ -218,7 +278,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a few shapes per phase (CI, CPU)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--cpu-paths", action="store_true", help="time the CPU path's two forms instead")
     args = parser.parse_args(argv)
+    if args.cpu_paths:
+        return run_cpu_paths(args.out)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     backend = kernels.select_backend(device)
@@ -235,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "backend": backend,
         "note": ("Triton kernels on the GPU" if backend == "triton" else
-                 "CPU: `ours` is the grouped torch path, not Triton; run benchmarks/gpu_check.sh on a GPU. "
+                 "CPU: `ours` is the torch path (grouped or gathered), not Triton; "
+                 "run benchmarks/gpu_check.sh on a GPU. "
                  "bandwidth_fraction is relative to a measured DRAM copy: cache-resident shapes exceed 1"),
         "dtype": str(dtype).removeprefix("torch."),
         "quick": args.quick,

@@ -9,14 +9,21 @@ batched matmul-vector (`bmm`) per slice does every token at once: a constant num
 whatever the number of adapters, but it copies the weights once per token (T copies, not D).
 
 `choose_path` picks between them per call from the active token count T and the distinct
-adapter count D, both already counted by `prepare_lora_batch` at its one host sync:
+adapter count D (both counted by `prepare_lora_batch` at its one host sync, so no sync per
+layer) and E = S·R·K + N·R, the weight elements one token gathers (from the shapes, free):
 
-    gathered  iff  D >= 2  and  T <= GATHER_MAX_TOKENS_PER_SLOT * D
-    grouped   otherwise (one adapter, or several tokens per adapter on average, e.g. prefill)
+    gathered  iff  D >= 2  and  T <= GATHER_MAX_TOKENS_PER_SLOT * D  and  E <= GATHER_MAX_ELEMENTS
+    grouped   otherwise (one adapter; several tokens per adapter, e.g. prefill; large weights)
+
+The bound on E exists because on a CPU copying one token's weights (~0.5 ns an element) costs as
+much as the grouped form's fixed per-adapter cost (~30-90 µs) once E nears 10^5: 7B-size q|k|v
+at rank 16 (E = 3·10^5) loses at any T, the demo model's (E = 10^4) wins up to 7x
+(docs/kernels.md, "CPU path", has the measurements). Memory stays bounded for any T: the
+gathered form works in chunks of at most GATHER_CHUNK_ELEMENTS copied elements.
 
 Both forms compute the delta in float32 and add it into `out` with one rounding, on the active
 rows only: rows with slot -1 are never read into the sum nor written, so they stay
-bit-identical in every dtype (adding a zero delta and rounding would not guarantee that).
+bit-identical in every dtype (adding a zero delta and rounding would turn -0.0 into +0.0).
 """
 
 from __future__ import annotations
@@ -27,31 +34,40 @@ from lorafleet.kernels.batch import LoraBatch
 GROUPED = "grouped"
 GATHERED = "gathered"
 PATHS = (GROUPED, GATHERED)
-# Gathered copies one adapter per token; grouped pays ~4 + 3·S ops per adapter. Measured on CPU
-# (docs/kernels.md, "CPU path"): gathered wins up to ~2-4 tokens per adapter at decode shapes.
-GATHER_MAX_TOKENS_PER_SLOT = 2
-# Bound on the gathered weight copies of one chunk of tokens (fp32 elements, 64 MiB): larger
+# Measured on one CPU thread (benchmarks/kernels.py --cpu-paths): at the demo model's shapes the
+# gathered form wins up to 4-8 tokens per adapter, and loses at 7B shapes whatever T is.
+GATHER_MAX_TOKENS_PER_SLOT = 4
+GATHER_MAX_ELEMENTS = 1 << 16  # E: between 10^4 (wins 2-7x) and 3·10^5 (loses 2-6x)
+# Bound on the gathered weight copies of one chunk of tokens (fp32 elements, 16 MiB): larger
 # batches are cut into chunks of tokens so memory stays flat whatever T, R and K are.
-GATHER_CHUNK_ELEMENTS = 1 << 24
+GATHER_CHUNK_ELEMENTS = 1 << 22
 
 
-def choose_path(num_active_tokens: int, num_active_slots: int) -> str:
-    """'gathered' for many adapters with few tokens each (decode), else 'grouped'.
+def choose_path(num_active_tokens: int, num_active_slots: int, elements_per_token: int) -> str:
+    """'gathered' for many adapters with few tokens each and small weights (decode), else 'grouped'.
 
     Args:
         num_active_tokens: T, tokens of the batch that use an adapter.
         num_active_slots: D, distinct adapter slots among them.
+        elements_per_token: E = S·R·K + N·R, the A and B elements the gathered form copies per token.
 
     Returns:
-        `GATHERED` iff D >= 2 and T <= GATHER_MAX_TOKENS_PER_SLOT * D, else `GROUPED`.
+        `GATHERED` iff D >= 2, T <= GATHER_MAX_TOKENS_PER_SLOT * D and E <= GATHER_MAX_ELEMENTS,
+        else `GROUPED`.
 
     Example:
-        >>> choose_path(32, 32), choose_path(300, 3), choose_path(4, 1)
+        >>> choose_path(32, 32, 10240), choose_path(300, 3, 10240), choose_path(4, 1, 10240)
         ('gathered', 'grouped', 'grouped')
     """
-    if num_active_slots >= 2 and num_active_tokens <= GATHER_MAX_TOKENS_PER_SLOT * num_active_slots:
-        return GATHERED
-    return GROUPED
+    if num_active_slots < 2 or num_active_tokens > GATHER_MAX_TOKENS_PER_SLOT * num_active_slots:
+        return GROUPED
+    return GATHERED if elements_per_token <= GATHER_MAX_ELEMENTS else GROUPED
+
+
+def elements_per_token(lora_a: torch.Tensor, lora_b: torch.Tensor) -> int:
+    """E = S·R·K + N·R: weight elements the gathered form copies for one token."""
+    _, num_slices, rank, hidden_in = lora_a.shape
+    return num_slices * rank * hidden_in + lora_b.shape[1] * rank
 
 
 def add_lora_sliced(
@@ -79,7 +95,7 @@ def add_lora_sliced(
         num_active, num_present = torch.stack([counts.sum(), (counts > 0).sum()]).tolist()
     if num_active == 0:
         return out
-    chosen = path or choose_path(num_active, num_present)
+    chosen = path or choose_path(num_active, num_present, elements_per_token(lora_a, lora_b))
     if chosen == GATHERED:
         return _gathered(out, x, lora_a, lora_b, token_lora, scales, slice_offsets, meta, num_active)
     if chosen == GROUPED:
@@ -126,9 +142,7 @@ def _gathered(
     num_active: int,
 ) -> torch.Tensor:
     """Per-token gathered weights and bmm, over chunks of the active rows."""
-    _, num_slices, rank, hidden_in = lora_a.shape
-    per_token = num_slices * rank * hidden_in + lora_b.shape[1] * rank  # gathered elements
-    chunk = max(1, GATHER_CHUNK_ELEMENTS // per_token)
+    chunk = max(1, GATHER_CHUNK_ELEMENTS // elements_per_token(lora_a, lora_b))  # forced on big shapes
     all_active = num_active == meta.num_tokens
     # All rows active (the usual decode step): work on row ranges, no index on x or out.
     rows = None if all_active else meta.sorted_tokens[:num_active].long()  # [n], slot -1 rows excluded

@@ -34,20 +34,34 @@ def _expected(case) -> torch.Tensor:
                                      case.scales, case.slice_widths)
 
 
+DEMO_QKV = 3 * 8 * 256 + 512 * 8  # E of the demo model's fused q|k|v at rank 8
+LARGE_QKV = 3 * 16 * 4096 + 6144 * 16  # E of a 7B-size q|k|v at rank 16
+
+
 @pytest.mark.parametrize(
-    ("tokens", "slots", "path"),
+    ("tokens", "slots", "elements", "path"),
     [
-        (32, 32, "gathered"),  # decode: one token per adapter
-        (64, 32, "gathered"),  # two per adapter: the edge of the rule
-        (65, 32, "grouped"),  # just past it
-        (8, 1, "grouped"),  # one adapter: nothing to save by gathering
-        (1, 1, "grouped"),
-        (2, 2, "gathered"),
-        (300, 3, "grouped"),  # prefill: many tokens per adapter
+        (32, 32, DEMO_QKV, "gathered"),  # decode: one token per adapter
+        (128, 32, 1024, "gathered"),  # four per adapter: the edge of the rule
+        (129, 32, 1024, "grouped"),  # just past it
+        (8, 1, DEMO_QKV, "grouped"),  # one adapter: nothing to save by gathering
+        (1, 1, DEMO_QKV, "grouped"),
+        (2, 2, DEMO_QKV, "gathered"),
+        (300, 3, DEMO_QKV, "grouped"),  # prefill: many tokens per adapter
+        (32, 32, 2**16, "gathered"),  # the edge of the bound on the weights copied per token
+        (32, 32, 2**16 + 1, "grouped"),
+        (2, 2, LARGE_QKV, "grouped"),  # large weights: copying them per token costs more
     ],
 )
-def test_rule_gathers_only_for_many_adapters_with_few_tokens_each(tokens: int, slots: int, path: str) -> None:
-    assert torch_lora.choose_path(tokens, slots) == path
+def test_rule_gathers_only_for_many_adapters_with_few_tokens_and_small_weights(
+    tokens: int, slots: int, elements: int, path: str
+) -> None:
+    assert torch_lora.choose_path(tokens, slots, elements) == path
+
+
+def test_elements_per_token_counts_every_slice_of_a_and_b() -> None:
+    lora_a, lora_b = torch.zeros(5, 3, 8, 256), torch.zeros(5, 512, 8)
+    assert torch_lora.elements_per_token(lora_a, lora_b) == DEMO_QKV
 
 
 @pytest.mark.parametrize("path", torch_lora.PATHS)
@@ -104,7 +118,7 @@ def test_both_forms_agree_to_fp32_rounding_on_a_decode_batch() -> None:
 
 @pytest.mark.parametrize(
     ("pattern", "path"),
-    [([3, 0, 2, 1, -1], "gathered"), ([0, 0, 0, 1, 1, 1, -1], "grouped"), ([2] * 4, "grouped")],
+    [([3, 0, 2, 1, -1], "gathered"), ([0] * 5 + [1] * 4 + [-1], "grouped"), ([2] * 4, "grouped")],
 )
 def test_public_call_runs_the_form_the_rule_chooses(pattern: list[int], path: str,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
