@@ -127,7 +127,17 @@ class Engine:
         max_lora_rank: int = 64,
         max_batch_size: int = 256,
     ) -> Engine:
-        """Loads a Hugging Face checkpoint (local folder or Hub id) and preloads and pins `adapters`."""
+        """Loads a Hugging Face checkpoint (local folder or Hub id) and preloads and pins `adapters`.
+
+        May be called from any thread; the model runs on the engine's own loop thread. On the CPU
+        the loop's speed still depends on the process's threads: torch's OpenMP (libgomp) keeps a
+        worker pool per thread that ran torch work, and its workers only busy-wait while those
+        pools do not outnumber the CPUs. Building on a helper thread that then exits (its pool
+        freed) gives spinning workers: fastest on an idle host, several times slower on a host
+        shared with other jobs. Any other live thread that ran torch work turns spinning off.
+        Set `OMP_NUM_THREADS` / `OMP_WAIT_POLICY` in the environment to choose (docs/runtime.md,
+        "CPU threads").
+        """
         say = progress or (lambda message: logger.info("%s", message))
         model_dir, sha = setup.resolve_model_dir(model_id, revision)
         say(f"model files in {model_dir}")

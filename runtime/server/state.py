@@ -19,8 +19,9 @@ class EngineHolder:
     """Owns the engine while it loads and serves; `/health` reports 503 until `engine` is set.
 
     The HTTP listener answers from the start. The CLI loads the engine on the process's main
-    thread: torch on CPU ran 4-10x slower for us when the model was built on a helper thread
-    that then exited (measured on the demo model), so only embedders use `start_loading`.
+    thread: on the CPU, libgomp then keeps the main thread's OpenMP pool alive next to the
+    engine loop's, which stops the loop's workers from busy-waiting (steady on a shared
+    machine; see docs/runtime.md, "CPU threads"). Only embedders use `start_loading`.
     """
 
     def __init__(self) -> None:
