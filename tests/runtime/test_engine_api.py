@@ -122,7 +122,8 @@ async def test_closing_a_stream_early_cancels_the_request_and_frees_its_blocks(e
     seen = [await stream.__anext__() for _ in range(3)]
     assert [e.index for e in seen] == [1, 2, 3] and engine.stats().num_free_blocks < free
     await stream.aclose()
-    for _ in range(200):
+    deadline = time.monotonic() + 120  # bounds a hang only: the abort is handled asynchronously
+    while time.monotonic() < deadline:
         if engine.stats().num_free_blocks == free and engine.stats().batch_size == 0:
             break
         await asyncio.sleep(0.02)
@@ -236,9 +237,8 @@ def test_generate_needs_a_started_engine() -> None:
         engine.generate([GenerationRequest(PROMPT)])
     with engine:
         assert engine.generate([GenerationRequest(PROMPT, SamplingParams(max_new_tokens=1))])[0].tokens
-    started = time.monotonic()
-    engine.shutdown()  # idempotent
-    assert time.monotonic() - started < 5
+    engine.shutdown()  # idempotent: no thread to stop, returns at once (a hang trips pytest-timeout)
+    assert engine._thread is None
 
 
 def test_dynamic_adapter_is_refused_when_every_slot_is_pinned(adapter_dirs) -> None:  # type: ignore[no-untyped-def]
