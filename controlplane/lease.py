@@ -2,8 +2,9 @@
 
 Several API processes may share one database; only one may reconcile, or two would start
 replicas for the same endpoint. PostgreSQL: a session-level advisory lock held on a dedicated
-connection (released by the server if the process dies). SQLite: an exclusive `flock` on a file
-next to the database (released by the kernel if the process dies).
+connection (released by the server if the process dies; a holder whose connection broke notices at
+its next `try_acquire` and competes again). SQLite: an exclusive `flock` on a file next to the
+database (released by the kernel if the process dies).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ class ReconcilerLease:
         self._lock_file = lock_file
         self._fd: int | None = None
         self._connection: Connection | None = None
+        self.generation = 0  # bumped at each acquisition: the holder re-adopts after a loss
 
     @property
     def held(self) -> bool:
@@ -30,6 +32,8 @@ class ReconcilerLease:
 
     def try_acquire(self) -> bool:
         """Takes the lease if free; True if this process holds it (now or already)."""
+        if self._connection is not None and not self._still_held(self._connection):
+            self._connection = None  # the server dropped the lock with the connection
         if self.held:
             return True
         if self._engine.url.get_backend_name() == "postgresql":
@@ -37,6 +41,7 @@ class ReconcilerLease:
             if connection.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": LOCK_KEY}).scalar():
                 connection.commit()
                 self._connection = connection
+                self.generation += 1
                 return True
             connection.close()
             return False
@@ -48,7 +53,28 @@ class ReconcilerLease:
             os.close(fd)
             return False
         self._fd = fd
+        self.generation += 1
         return True
+
+    @staticmethod
+    def _still_held(connection: Connection) -> bool:
+        """Whether the advisory lock is still ours (False when its connection broke)."""
+        try:
+            held = connection.execute(
+                text(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                    "AND pid = pg_backend_pid() AND objid = :k"
+                ),
+                {"k": LOCK_KEY},
+            ).scalar()
+            connection.commit()
+            return bool(held)
+        except Exception:
+            try:
+                connection.close()
+            except Exception:
+                pass
+            return False
 
     def release(self) -> None:
         if self._connection is not None:

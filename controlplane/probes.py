@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import httpx
 from lorafleet.controlplane.launchers.base import Launcher, ReplicaHandle, ReplicaStatus
@@ -21,12 +21,33 @@ class Probe:
         healthy: the health route answered 200.
         queue_size: the `lorafleet_queue_size` gauge (0 when absent or unreadable).
         requests_seen: sum of request counters in `/metrics` (None when absent), for idleness.
+        logs: the replica's last log lines, fetched only when it may have failed (exited, or
+            unhealthy past its startup deadline) so the failure report needs no launcher call
+            inside a database transaction.
     """
 
     status: ReplicaStatus
     healthy: bool = False
     queue_size: float = 0.0
     requests_seen: float | None = None
+    logs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ProbeJob:
+    """What to probe for one replica.
+
+    Args:
+        handle: the launcher handle.
+        health_route: path that answers 200 when ready.
+        want_metrics: also read `/metrics` (autoscaling, idleness).
+        overdue: past its startup deadline: fetch its logs unless it is healthy.
+    """
+
+    handle: ReplicaHandle
+    health_route: str = "/health"
+    want_metrics: bool = False
+    overdue: bool = False
 
 
 def parse_metrics(text: str) -> tuple[float, float | None]:
@@ -48,19 +69,29 @@ def parse_metrics(text: str) -> tuple[float, float | None]:
     return queue, requests
 
 
-def probe_replica(
-    launcher: Launcher, handle: ReplicaHandle, health_route: str, client: httpx.Client, want_metrics: bool
-) -> Probe:
-    """Asks the launcher, then (if alive) the health route and, if wanted, `/metrics`."""
+def probe_replica(launcher: Launcher, job: ProbeJob, client: httpx.Client, log_tail: int = 40) -> Probe:
+    """Asks the launcher, then (if alive) the health route and, if wanted, `/metrics`; adds the
+    last `log_tail` log lines when the replica exited or is overdue and unhealthy."""
     try:
-        status = launcher.status(handle)
+        status = launcher.status(job.handle)
     except Exception as e:  # a launcher hiccup (e.g. Ray GCS busy) must not kill the pass
         return Probe(ReplicaStatus("starting", None, None, f"status unavailable: {e}"))
+    probe = _probe_routes(status, job, client)
+    if status.phase == "exited" or (job.overdue and not probe.healthy):
+        try:
+            lines = tuple(launcher.logs(job.handle, log_tail))
+        except Exception as e:
+            lines = (f"(logs unavailable: {e})",)
+        probe = replace(probe, logs=lines)
+    return probe
+
+
+def _probe_routes(status: ReplicaStatus, job: ProbeJob, client: httpx.Client) -> Probe:
     if status.phase != "running" or not status.url:
         return Probe(status)
     try:
-        healthy = client.get(status.url.rstrip("/") + health_route).status_code == 200
-        if not (healthy and want_metrics):
+        healthy = client.get(status.url.rstrip("/") + job.health_route).status_code == 200
+        if not (healthy and job.want_metrics):
             return Probe(status, healthy)
         response = client.get(status.url.rstrip("/") + "/metrics")
         if response.status_code != 200:
@@ -73,11 +104,12 @@ def probe_replica(
 
 def probe_all(
     launcher: Launcher,
-    jobs: dict[str, tuple[ReplicaHandle, str, bool]],
+    jobs: dict[str, ProbeJob],
     timeout_s: float,
     max_workers: int = 16,
+    log_tail: int = 40,
 ) -> dict[str, Probe]:
-    """Probes replicas in parallel: `jobs` maps replica_key → (handle, health route, want metrics)."""
+    """Probes replicas in parallel: `jobs` maps replica_key → what to probe."""
     if not jobs:
         return {}
     workers = min(max_workers, len(jobs))
@@ -89,7 +121,6 @@ def probe_all(
         ThreadPoolExecutor(max_workers=workers, thread_name_prefix="probe") as pool,
     ):
         futures = {
-            key: pool.submit(probe_replica, launcher, handle, route, client, metrics)
-            for key, (handle, route, metrics) in jobs.items()
+            key: pool.submit(probe_replica, launcher, job, client, log_tail) for key, job in jobs.items()
         }
         return {key: future.result() for key, future in futures.items()}

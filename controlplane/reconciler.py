@@ -3,6 +3,8 @@
 Each pass (run in a worker thread, the DB and launchers are blocking) loads all endpoints and
 replicas, probes live replicas in parallel, then per endpoint: records crashes, starts or stops
 replicas (scaling, rolling updates, pause, scale-to-zero), and writes the status the API shows.
+No transaction is open while a launcher works (see `endpoints/plan.py`): on SQLite an open write
+transaction would make every API write wait for the launch.
 Only the process holding the `ReconcilerLease` reconciles; on taking it, it first adopts the
 replicas that outlived the previous holder (keeping those in the database, stopping the rest).
 """
@@ -16,13 +18,15 @@ import uuid
 from dataclasses import dataclass, field
 
 from lorafleet.controlplane.catalog.service import Hardware
+from lorafleet.controlplane.clock import utcnow
 from lorafleet.controlplane.db import Database
 from lorafleet.controlplane.endpoints import repository
+from lorafleet.controlplane.endpoints.plan import LaunchOutcome
 from lorafleet.controlplane.endpoints.planner import EndpointPlanner
-from lorafleet.controlplane.launchers.base import Launcher
+from lorafleet.controlplane.launchers.base import Launcher, NoCapacityError, ReplicaHandle
 from lorafleet.controlplane.lease import ReconcilerLease
-from lorafleet.controlplane.models import Replica
-from lorafleet.controlplane.probes import probe_all
+from lorafleet.controlplane.models import Endpoint, Replica
+from lorafleet.controlplane.probes import Probe, ProbeJob, probe_all
 from lorafleet.controlplane.secretbox import SecretBox
 from lorafleet.controlplane.settings import Settings
 from sqlalchemy.orm import Session
@@ -65,7 +69,8 @@ class Reconciler:
         self.planner = EndpointPlanner(settings, launcher, hardware, secret_box)
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._adopted = False
+        self._adopted_generation = 0  # the lease generation adopt() last ran for
+        self._unrecorded: dict[str, ReplicaHandle] = {}  # started replicas whose handle is not saved
 
     # --- loop -----------------------------------------------------------------------------
 
@@ -96,83 +101,177 @@ class Reconciler:
         """One pass if this process holds (or can take) the lease; None otherwise."""
         if not self.lease.try_acquire():
             return None
-        if not self._adopted:
+        if self._adopted_generation != self.lease.generation:  # newly (re)acquired: adopt first
             self.adopt()
-            self._adopted = True
+            self._adopted_generation = self.lease.generation
         return self.run_pass()
 
     # --- adoption -------------------------------------------------------------------------
 
     def adopt(self) -> tuple[int, int]:
-        """Keeps live replicas the DB knows, stops the ones it does not. Returns (kept, stopped)."""
-        handles = self.launcher.adopt()
-        kept = stopped = 0
+        """Reconciles the database with the replicas that outlived the previous leader.
+
+        Keeps live replicas the database knows (recording the handle of one that started but
+        whose handle was never saved), drops `starting` rows without a handle whose replica does
+        not exist (the launch never happened), and stops live replicas it does not know. Launcher
+        calls happen outside any transaction. Returns (kept, stopped).
+        """
+        live = {handle["replica_key"]: handle for handle in self.launcher.adopt()}
+        kept = 0
         with self.database.session() as session:
-            rows = {r.replica_key: r for r in repository.all_replicas(session)}
-            for handle in handles:
-                row = rows.get(handle["replica_key"])
-                if row is None or row.endpoint_id is None:
-                    log.info("stopping orphan replica %s", handle["replica_key"])
-                    self.launcher.stop(handle)
-                    stopped += 1
-                    continue
-                if row.handle is None:  # crashed between start() and saving the handle
-                    row.handle = handle
-                kept += 1
-        log.info("adopted %d live replicas, stopped %d orphans", kept, stopped)
-        return kept, stopped
+            for row in repository.all_replicas(session):
+                handle = live.pop(row.replica_key, None)
+                if handle is not None:
+                    kept += 1
+                    if row.handle is None:  # died between start() and recording the handle
+                        log.info("recording the handle of %s (started before a crash)", row.replica_key)
+                        row.handle = handle
+                elif row.handle is None:
+                    log.info("dropping replica row %s: its launch never happened", row.replica_key)
+                    session.delete(row)
+        for key, handle in live.items():
+            log.info("stopping unknown replica %s", key)
+            self.launcher.stop(handle)
+        log.info("adopted %d live replicas, stopped %d unknown ones", kept, len(live))
+        return kept, len(live)
 
     # --- one pass -------------------------------------------------------------------------
 
     def run_pass(self) -> PassReport:
+        """One pass. No database transaction is open during any launcher call (start, stop,
+        status, logs): decisions and their outcomes are committed in short separate transactions."""
         started_at = time.monotonic()
         report = PassReport()
         with self.database.session() as session:
             endpoints = repository.all_endpoints_with_namespace(session)
             replicas = list(repository.all_replicas(session))
+            replicas = self._settle_unrecorded(session, replicas)
+            session.commit()
             report.endpoints, report.replicas = len(endpoints), len(replicas)
+            doomed = [r for r in replicas if r.endpoint_id is None or r.state == "stopping"]
+            self._stop_rows(session, doomed, report)
             by_endpoint: dict[int, list[Replica]] = {}
             for replica in replicas:
-                if replica.endpoint_id is None:
-                    self._stop(session, replica, report)
-                else:
+                if replica.endpoint_id is not None and replica.state != "stopping":
                     by_endpoint.setdefault(replica.endpoint_id, []).append(replica)
-            specs = {e.id: e.spec for e, _ in endpoints}
-            jobs = {
-                r.replica_key: (
-                    r.handle,
-                    specs[r.endpoint_id].get("healthRoute", "/health"),
-                    self.planner.wants_metrics(specs[r.endpoint_id]),
-                )
-                for r in replicas
-                if r.handle and r.endpoint_id in specs
-            }
-            probes = probe_all(self.launcher, jobs, self.settings.health_timeout_s)
-            session.commit()  # orphans are gone for good
+            probes = probe_all(
+                self.launcher,
+                self._probe_jobs(endpoints, by_endpoint),
+                self.settings.health_timeout_s,
+                log_tail=self.settings.log_tail_lines,
+            )
             for endpoint, namespace in endpoints:
-                # One transaction per endpoint (not a savepoint: pysqlite turns an outer SAVEPOINT
-                # into BEGIN/COMMIT anyway), so one bad endpoint rolls back only its own changes
-                # and an endpoint with nothing to do costs no write at all.
-                name = endpoint.name
-                try:
-                    actions = self.planner.reconcile(
-                        session, endpoint, namespace, by_endpoint.get(endpoint.id, []), probes
-                    )
-                    session.commit()
-                    report.started += actions.started
-                    report.stopped += actions.stopped
-                except Exception as e:  # one bad endpoint must not stall the others
-                    session.rollback()
-                    log.exception("reconciling %s/%s failed", namespace, name)
-                    report.errors.append(f"{namespace}/{name}: {e}")
+                rows = by_endpoint.get(endpoint.id, [])
+                self._reconcile(session, endpoint, namespace, rows, probes, report)
         report.seconds = time.monotonic() - started_at
         return report
 
-    def _stop(self, session: Session, replica: Replica, report: PassReport) -> None:
-        if replica.handle:
-            self.launcher.stop(replica.handle)
-        session.delete(replica)
-        report.stopped += 1
+    def _probe_jobs(
+        self, endpoints: list[tuple[Endpoint, str]], by_endpoint: dict[int, list[Replica]]
+    ) -> dict[str, ProbeJob]:
+        now = utcnow()
+        jobs = {}
+        for endpoint, _ in endpoints:
+            route = endpoint.spec.get("healthRoute", "/health")
+            metrics = self.planner.wants_metrics(endpoint.spec)
+            for r in by_endpoint.get(endpoint.id, []):
+                if r.handle:
+                    overdue = r.state == "starting" and (
+                        (now - r.created_at).total_seconds() > self.settings.startup_timeout_s
+                    )
+                    jobs[r.replica_key] = ProbeJob(r.handle, route, metrics, overdue)
+        return jobs
+
+    def _reconcile(
+        self,
+        session: Session,
+        endpoint: Endpoint,
+        namespace: str,
+        replicas: list[Replica],
+        probes: dict[str, Probe],
+        report: PassReport,
+    ) -> None:
+        """Decide (one transaction), stop and start (none), record the outcome (one or two)."""
+        name = f"{namespace}/{endpoint.name}"
+        try:
+            # One transaction per endpoint, so one bad endpoint rolls back only its own changes and
+            # an endpoint with nothing to do costs no write at all.
+            plan = self.planner.reconcile(session, endpoint, namespace, replicas, probes)
+            session.commit()
+        except Exception as e:  # one bad endpoint must not stall the others
+            session.rollback()
+            log.exception("reconciling %s failed", name)
+            report.errors.append(f"{name}: {e}")
+            return
+        self._stop_rows(session, plan.stops, report)
+        if not plan.launches:
+            return
+        outcomes = []
+        for launch in plan.launches:
+            try:
+                outcomes.append(LaunchOutcome(launch, handle=self.launcher.start(launch.spec)))
+            except Exception as e:
+                if not isinstance(e, NoCapacityError):
+                    log.exception("starting a replica of %s failed", name)
+                outcomes.append(LaunchOutcome(launch, error=e))
+        try:
+            self.planner.record_launches(session, outcomes)
+            session.commit()
+        except Exception as e:
+            session.rollback()
+            for outcome in outcomes:  # the next pass records them (or adopt() after a crash)
+                if outcome.handle is not None:
+                    self._unrecorded[outcome.launch.spec.replica_key] = outcome.handle
+            log.exception("recording the replicas started for %s failed", name)
+            report.errors.append(f"{name}: {e}")
+            return
+        report.started += sum(1 for o in outcomes if o.handle is not None)
+        try:
+            self.planner.after_launches(session, plan, outcomes)
+            session.commit()
+        except Exception as e:
+            session.rollback()
+            log.exception("writing the status of %s after its launches failed", name)
+            report.errors.append(f"{name}: {e}")
+
+    def _settle_unrecorded(self, session: Session, replicas: list[Replica]) -> list[Replica]:
+        """Rows without a handle at the start of a pass: a launch of this process whose handle
+        could not be saved gets it now; any other never launched (adopt() already matched those of
+        a previous leader) and is dropped, so the planner starts a fresh replica."""
+        kept = []
+        for row in replicas:
+            if row.handle is None:
+                handle = self._unrecorded.pop(row.replica_key, None)
+                if handle is None:
+                    log.warning("dropping replica row %s: its launch never happened", row.replica_key)
+                    session.delete(row)
+                    continue
+                row.handle = handle
+            kept.append(row)
+        return kept
+
+    def _stop_rows(self, session: Session, rows: list[Replica], report: PassReport) -> None:
+        """Stops replicas (no transaction open), then deletes the rows of those that stopped; a row
+        whose stop failed stays `stopping` (or orphaned) and the next pass tries again."""
+        stopped = []
+        for row in rows:
+            try:
+                if row.handle:
+                    self.launcher.stop(row.handle)
+                stopped.append(row.replica_key)
+            except Exception as e:
+                log.exception("stopping replica %s failed", row.replica_key)
+                report.errors.append(f"stopping {row.replica_key}: {e}")
+        if not stopped:
+            return
+        try:
+            repository.delete_replicas(session, stopped)
+            session.commit()
+            report.stopped += len(stopped)
+        except Exception as e:
+            session.rollback()
+            log.exception("deleting stopped replica rows failed")
+            report.errors.append(f"deleting stopped replicas: {e}")
 
     def close(self) -> None:
         self.lease.release()

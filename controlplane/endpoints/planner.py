@@ -1,7 +1,10 @@
 """Per-endpoint reconciliation: from (spec, replica rows, probes) to launcher calls and a status.
 
-Called by the reconciler inside a savepoint per endpoint. It owns the in-memory backoff clocks;
-everything else it needs is in the database, so a new leader continues where the last one left.
+`reconcile` runs inside one short transaction per endpoint and makes no launcher call: it returns a
+`Plan` (replicas to stop, replicas to start) that the reconciler carries out after the commit, then
+`record_launches` and `after_launches` write the outcome (see `plan.py` for the crash safety). It
+owns the in-memory backoff clocks; everything else it needs is in the database, so a new leader
+continues where the last one left.
 """
 
 from __future__ import annotations
@@ -12,12 +15,12 @@ import logging
 import math
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 from lorafleet.controlplane.catalog.service import Hardware
 from lorafleet.controlplane.clock import utcnow
 from lorafleet.controlplane.endpoints import repository
+from lorafleet.controlplane.endpoints.plan import Launch, LaunchOutcome, Plan
 from lorafleet.controlplane.endpoints.spec import (
     DEFAULT_PENDING_REQUESTS,
     DEFAULT_SCALE_TO_ZERO_MINUTES,
@@ -34,12 +37,6 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 log = logging.getLogger("lorafleet.controlplane.reconciler")
-
-
-@dataclass
-class Actions:
-    started: int = 0
-    stopped: int = 0
 
 
 def spec_digest(spec: dict[str, Any], secrets: dict[str, str]) -> str:
@@ -75,24 +72,33 @@ class EndpointPlanner:
         namespace: str,
         replicas: list[Replica],
         probes: dict[str, Probe],
-    ) -> Actions:
-        actions = Actions()
-        live = self._observe(session, endpoint, replicas, probes, actions)
+    ) -> Plan:
+        """Decides one endpoint's launcher calls and writes its status; calls no launcher.
+
+        Args:
+            session: the open session; the caller commits (then carries out the plan).
+            endpoint: the endpoint row.
+            namespace: its namespace's name.
+            replicas: its replica rows, none `stopping`.
+            probes: replica_key → probe, for rows with a handle.
+        """
+        plan = Plan(endpoint=endpoint, revision=endpoint.revision)
+        live = self._observe(session, endpoint, replicas, probes, plan)
         if endpoint.desired_state != "running" or endpoint.state == "failed":
             for replica in live:
-                self._stop(session, replica, actions)
+                self._stop(session, replica, plan)
             values: dict[str, Any] = {"ready_replicas": 0, "target_replicas": 0}
             if endpoint.desired_state == "paused":
                 values["url"] = None
             self._write(session, endpoint, values)
-            return actions
+            return plan
         secrets = self.secret_box.open(endpoint.secrets_encrypted) if endpoint.secrets_encrypted else {}
         digest = spec_digest(endpoint.spec, secrets)
         current = [r for r in live if r.spec_digest == digest]
         old = [r for r in live if r.spec_digest != digest]
         if self._idle_too_long(endpoint, live):
             for replica in live:
-                self._stop(session, replica, actions)
+                self._stop(session, replica, plan)
             repository.add_event(
                 session,
                 endpoint_id=endpoint.id,
@@ -110,26 +116,62 @@ class EndpointPlanner:
                     "target_replicas": 0,
                 },
             )
-            return actions
+            return plan
         target = self._target(endpoint, live)
         pending_reason = ""
         if endpoint.failure_count > self.settings.max_restarts:
-            return self._give_up(session, endpoint, current, old, actions)
+            return self._give_up(session, endpoint, current, old, plan)
         if len(current) < target and time.monotonic() >= self._not_before.get(endpoint.id, 0.0):
             pending_reason = self._start(
-                session, endpoint, namespace, secrets, digest, target - len(current), current, actions
+                session, endpoint, namespace, secrets, digest, target - len(current), plan
             )
         elif len(current) > target:
             for replica in sorted(current, key=lambda r: (r.state == "ready", r.id))[: len(current) - target]:
-                self._stop(session, replica, actions)
+                self._stop(session, replica, plan)
                 current.remove(replica)
         ready = [r for r in current if r.state == "ready"]
         if len(ready) >= target:
             for replica in old:
-                self._stop(session, replica, actions)
+                self._stop(session, replica, plan)
             old = []
+        plan.current, plan.old, plan.target = current, old, target
         self._write(session, endpoint, self._status(endpoint, current, old, target, pending_reason))
-        return actions
+        return plan
+
+    # --- after the launches (each step in its own short transaction) ----------------------
+
+    @staticmethod
+    def record_launches(session: Session, outcomes: list[LaunchOutcome]) -> None:
+        """Saves the handles of started replicas; deletes the rows of launches that failed."""
+        for outcome in outcomes:
+            if outcome.handle is not None:
+                outcome.launch.replica.handle = outcome.handle
+            else:
+                session.delete(outcome.launch.replica)
+
+    def after_launches(self, session: Session, plan: Plan, outcomes: list[LaunchOutcome]) -> None:
+        """Events, failure counting and the status once the plan's launches are recorded."""
+        endpoint = plan.endpoint
+        assert endpoint is not None
+        pending_reason = ""
+        for outcome in outcomes:
+            launch, error = outcome.launch, outcome.error
+            if error is None:
+                plan.current.append(launch.replica)
+                repository.add_event(
+                    session,
+                    endpoint_id=endpoint.id,
+                    kind="replica-started",
+                    message=f"replica {launch.spec.replica_key} started on {launch.instance_id}",
+                )
+            elif isinstance(error, NoCapacityError):
+                pending_reason = pending_reason or error.message
+            else:
+                pending_reason = f"could not start a replica: {error}"
+                self._last_failure[endpoint.id] = pending_reason
+                self._write(session, endpoint, {"failure_count": endpoint.failure_count + 1})
+        status = self._status(endpoint, plan.current, plan.old, plan.target, pending_reason)
+        self._write(session, endpoint, status)
 
     # --- observation ----------------------------------------------------------------------
 
@@ -139,7 +181,7 @@ class EndpointPlanner:
         endpoint: Endpoint,
         replicas: list[Replica],
         probes: dict[str, Probe],
-        actions: Actions,
+        plan: Plan,
     ) -> list[Replica]:
         """Applies probes to replica rows; removes crashed ones. Returns the live replicas."""
         live, now = [], utcnow()
@@ -156,8 +198,9 @@ class EndpointPlanner:
                     replica,
                     f"replica {replica.replica_key} exited"
                     f"{'' if probe.status.exit_code is None else f' with code {probe.status.exit_code}'}",
+                    probe.logs,
                 )
-                self._stop(session, replica, actions)
+                self._stop(session, replica, plan)
                 continue
             if probe.healthy:
                 if replica.state != "ready":
@@ -170,7 +213,6 @@ class EndpointPlanner:
                     )
                     if endpoint.failure_count:
                         self._write(session, endpoint, {"failure_count": 0})
-                        endpoint.failure_count = 0
                 replica.queue_size = probe.queue_size
                 self._note_activity(session, endpoint, replica, probe)
             elif replica.state == "ready":
@@ -182,8 +224,9 @@ class EndpointPlanner:
                     replica,
                     f"replica {replica.replica_key} not healthy "
                     f"after {self.settings.startup_timeout_s:.0f} s",
+                    probe.logs,
                 )
-                self._stop(session, replica, actions)
+                self._stop(session, replica, plan)
                 continue
             live.append(replica)
         return live
@@ -195,15 +238,17 @@ class EndpointPlanner:
         if seen is not None:
             self._requests_seen[replica.replica_key] = seen
         if busy:
-            endpoint.last_active_at = utcnow()
-            repository.touch_active(session, endpoint_id=endpoint.id, moment=endpoint.last_active_at)
+            moment = utcnow()
+            repository.touch_active(session, endpoint_id=endpoint.id, moment=moment)
+            set_committed_value(endpoint, "last_active_at", moment)  # no ORM flush: it bumps revision
 
-    def _record_failure(self, session: Session, endpoint: Endpoint, replica: Replica, what: str) -> None:
-        lines = self.launcher.logs(replica.handle, self.settings.log_tail_lines) if replica.handle else []
+    def _record_failure(
+        self, session: Session, endpoint: Endpoint, replica: Replica, what: str, lines: tuple[str, ...]
+    ) -> None:
+        """Counts a crash (the probe fetched its log lines: no launcher call in the transaction)."""
         report = what + (":\n" + "\n".join(lines) if lines else " (no log output)")
         self._last_failure[endpoint.id] = report
-        endpoint.failure_count += 1
-        self._write(session, endpoint, {"failure_count": endpoint.failure_count})
+        self._write(session, endpoint, {"failure_count": endpoint.failure_count + 1})
         delay = min(
             self.settings.backoff_base_s * 2 ** (endpoint.failure_count - 1), self.settings.backoff_max_s
         )
@@ -250,10 +295,10 @@ class EndpointPlanner:
         secrets: dict[str, str],
         digest: str,
         count: int,
-        current: list[Replica],
-        actions: Actions,
+        plan: Plan,
     ) -> str:
-        """Starts `count` replicas; returns why not all could start ('' when they did)."""
+        """Adds `count` replica rows (state `starting`, no handle) and their launches to the plan;
+        returns why none can be placed ('' when they can)."""
         spec = endpoint.spec
         compute, provider = spec["compute"], spec["provider"]
         try:
@@ -283,27 +328,8 @@ class EndpointPlanner:
                 spec_digest=digest,
                 state="starting",
             )
-            session.add(replica)
-            session.flush()  # the row exists before the process: adopt() can always match it
-            try:
-                replica.handle = self.launcher.start(replica_spec)
-            except NoCapacityError as e:
-                session.delete(replica)
-                return e.message
-            except Exception as e:
-                session.delete(replica)
-                self._last_failure[endpoint.id] = f"could not start a replica: {e}"
-                endpoint.failure_count += 1
-                self._write(session, endpoint, {"failure_count": endpoint.failure_count})
-                return f"could not start a replica: {e}"
-            current.append(replica)
-            actions.started += 1
-            repository.add_event(
-                session,
-                endpoint_id=endpoint.id,
-                kind="replica-started",
-                message=f"replica {key} started on {instance.id}",
-            )
+            session.add(replica)  # committed before the launch: adopt() can always match the replica
+            plan.launches.append(Launch(replica, replica_spec, instance.id))
         return ""
 
     def _give_up(
@@ -312,10 +338,10 @@ class EndpointPlanner:
         endpoint: Endpoint,
         current: list[Replica],
         old: list[Replica],
-        actions: Actions,
-    ) -> Actions:
+        plan: Plan,
+    ) -> Plan:
         for replica in current:
-            self._stop(session, replica, actions)
+            self._stop(session, replica, plan)
         report = self._last_failure.get(endpoint.id, "replicas kept failing")
         serving = [r for r in old if r.state == "ready"]
         state = "updateFailed" if serving else "failed"
@@ -328,7 +354,7 @@ class EndpointPlanner:
         if not serving:
             values["url"] = None
         self._write(session, endpoint, values)
-        return actions
+        return plan
 
     def _status(
         self, endpoint: Endpoint, current: list[Replica], old: list[Replica], target: int, pending_reason: str
@@ -360,12 +386,14 @@ class EndpointPlanner:
 
     # --- effects --------------------------------------------------------------------------
 
-    def _stop(self, session: Session, replica: Replica, actions: Actions) -> None:
-        if replica.handle:
-            self.launcher.stop(replica.handle)
+    def _stop(self, session: Session, replica: Replica, plan: Plan) -> None:
+        """Marks the replica `stopping` for the reconciler to stop after the commit."""
         self._requests_seen.pop(replica.replica_key, None)
-        session.delete(replica)
-        actions.stopped += 1
+        if replica.handle:
+            replica.state = "stopping"
+            plan.stops.append(replica)
+        else:
+            session.delete(replica)
 
     @staticmethod
     def _write(session: Session, endpoint: Endpoint, values: dict[str, Any]) -> None:

@@ -73,6 +73,11 @@ def all_replicas(session: Session) -> Sequence[Replica]:
     return session.scalars(select(Replica).order_by(Replica.id)).all()
 
 
+def delete_replicas(session: Session, replica_keys: list[str]) -> None:
+    """Deletes replica rows by key (their loaded objects leave the session too)."""
+    session.execute(delete(Replica).where(Replica.replica_key.in_(replica_keys)))
+
+
 def write_status(session: Session, *, endpoint_id: int, revision: int, values: dict[str, Any]) -> bool:
     """Writes reconciler-owned status columns unless the spec changed since it was read.
 
