@@ -5,6 +5,8 @@ Example:
     >>> with live_controlplane() as cp:
     ...     httpx.get(f"{cp.url}/v2/endpoint/{cp.namespace}", headers=cp.headers)
     ...     cp.restart()                     # same database, same replicas (adopted)
+    ...     with cp.sibling() as other:      # a second server process on the same database
+    ...         httpx.get(f"{other.url}/health")
 
 It runs `python -m lorafleet.controlplane serve` on a free localhost port with a fresh, migrated
 SQLite database in a temporary folder (or `database_url`), creates a token through the CLI, and
@@ -39,16 +41,24 @@ def free_port() -> int:
 
 class LiveControlPlane:
     """A running control plane. `url`, `token`, `namespace`, `env` (to run more processes, e.g.
-    the CLI, against the same database), `headers`, `home`, `restart()`, `cli(...)`."""
+    the CLI, against the same database), `headers`, `home`, `restart()`, `cli(...)`, `sibling()`,
+    `pid`."""
 
-    def __init__(self, home: Path, env: dict[str, str], namespace: str, startup_timeout_s: float) -> None:
+    def __init__(
+        self,
+        home: Path,
+        env: dict[str, str],
+        namespace: str,
+        startup_timeout_s: float,
+        log_name: str = "controlplane.log",
+    ) -> None:
         self.home = home
         self.env = env
         self.namespace = namespace
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.token = ""
-        self.log_path = home / "controlplane.log"
+        self.log_path = home / log_name
         self._startup_timeout_s = startup_timeout_s
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -124,6 +134,26 @@ class LiveControlPlane:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=10)
+
+    @property
+    def pid(self) -> int | None:
+        """The server process's PID while it runs."""
+        return self._process.pid if self._process is not None and self._process.poll() is None else None
+
+    @contextlib.contextmanager
+    def sibling(self) -> Iterator[LiveControlPlane]:
+        """A second, started control-plane process on the same database, home (replica handle
+        files), settings and token, on its own port and log file; stopped at exit (its replicas
+        are left to `live_controlplane`'s clean-up). Two such processes elect one reconciler."""
+        other = LiveControlPlane(
+            self.home, self.env, self.namespace, self._startup_timeout_s, f"controlplane-{free_port()}.log"
+        )
+        other.token = self.token
+        try:
+            other.start()
+            yield other
+        finally:
+            other.stop()
 
     def restart(self, sig: int = signal.SIGTERM) -> None:
         """Stops the server (SIGTERM, or SIGKILL to simulate a crash) and starts it again on the same
