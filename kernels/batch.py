@@ -10,13 +10,16 @@ their programs return at once.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
 
 import torch
 from lorafleet.kernels.errors import LoraKernelError
 
 DECODE_BLOCK_M = 16  # smallest tl.dot tile: decode batches have 1..few tokens per adapter
 PREFILL_BLOCK_M = 64
+_Derived = TypeVar("_Derived")
 DECODE_MAX_TOKENS = 256  # batches up to this many tokens use the decode tile
 
 
@@ -52,6 +55,23 @@ class LoraBatch:
     has_lora_tokens: bool
     num_active_tokens: int | None = None
     num_active_slots: int | None = None
+    # Values derived from this batch by the first layer that needs them (the CPU path's row
+    # lists and bag indices), reused by every later layer of the step. Not part of equality.
+    _derived: dict[Hashable, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def derived(self, key: Hashable, build: Callable[..., _Derived], *args: Any) -> _Derived:
+        """`build(*args)`, computed on the first call with `key` and returned as is afterwards.
+
+        For per-step values that depend only on this batch (e.g. index tensors built from the
+        slots), so a step of many layers builds them once. `key` must name everything `build`
+        depends on beyond the batch itself.
+
+        Example:
+            >>> rows = meta.derived(("active_rows", n), lambda: meta.sorted_tokens[:n].long())
+        """
+        if key not in self._derived:
+            self._derived[key] = build(*args)
+        return self._derived[key]
 
     @property
     def num_tiles(self) -> int:

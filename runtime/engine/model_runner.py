@@ -50,12 +50,16 @@ class ModelRunner:
             dtype=config.dtype,
             device=config.device,
         )
-        num_slots = max(config.max_loaded_adapters, 1)
-        # [groups, L]: does the adapter in slot l target projection group g (in any layer)?
+        self._num_slots = max(config.max_loaded_adapters, 1)
         self._group_names = tuple(dict.fromkeys(LORA_GROUP_OF.values()))
-        self._slot_targets = torch.zeros(
-            len(self._group_names), num_slots, dtype=torch.bool, device=config.device
-        )
+        # Per slot: the projection groups its adapter targets (in any layer). Host-side, so building
+        # a step's per-group slots costs no tensor op and no device sync.
+        self._slot_groups: list[frozenset[str]] = [frozenset()] * self._num_slots
+        # The previous step's per-group metadata by row slots: consecutive decode steps of the same
+        # sequences have the same slots, so their metadata (and the index tensors the CPU path
+        # derives from it) is built once, not every step. It depends on slot numbers only, never
+        # on the weights in the slots, so it stays valid when a slot is given another adapter.
+        self._lora_steps: dict[tuple[int, ...], LoraGroupStep] = {}
 
     def set_adapter(self, slot: int, weights: AdapterWeights) -> None:
         """Writes `weights` into `slot` of every layer's stacked buffers (clearing untargeted ones)."""
@@ -68,9 +72,7 @@ class ModelRunner:
             self.model.lora_linear(layer, module).set_lora(
                 slot, module, w.lora_a.to(self.device), w.lora_b.to(self.device), w.scale
             )
-        targeted = {LORA_GROUP_OF[module] for _, module in weights.modules}
-        for g, group in enumerate(self._group_names):
-            self._slot_targets[g, slot] = group in targeted
+        self._slot_groups[slot] = frozenset(LORA_GROUP_OF[module] for _, module in weights.modules)
 
     @torch.inference_mode()
     def execute(self, batch: ScheduledBatch, wants_prompt_logits: set[int]) -> StepOutput:
@@ -125,27 +127,42 @@ class ModelRunner:
                 block_tables=self._tensor(tables),
                 context_lens=self._tensor([s.num_computed + 1 for s in decode_seqs]),
             )
-        lora = self._lora_step(token_lora) if any(slot >= 0 for slot in token_lora) else None
         return _Inputs(
             input_ids=self._tensor(ids),
             positions=self._tensor(positions),
             attention=AttentionMetadata(self._tensor(slots), tuple(prefills), decode),
-            lora=lora,
+            lora=self._lora_step(token_lora),
         )
 
-    def _lora_step(self, token_lora: list[int]) -> LoraStep:
-        """Per projection group: rows whose adapter does not target the group are set to -1."""
-        slots = self._tensor(token_lora)  # [T]
-        has_slot = slots >= 0
-        targets = self._slot_targets[:, slots.clamp(min=0)] & has_slot  # [G, T]
+    def _lora_step(self, token_lora: list[int]) -> LoraStep | None:
+        """Per projection group, each row's slot, or -1 where its adapter does not target the group.
+
+        Groups whose rows come out the same (an adapter targeting every projection) share one
+        `LoraGroupStep`, and so does the next step when its rows are the same (decode), so its
+        metadata and the index tensors the CPU path derives from it are built once. None when no
+        row uses an adapter.
+        """
+        if all(slot < 0 for slot in token_lora):
+            return None
+        backend = kernels.select_backend(self.device)
+        previous = self._lora_steps
+        shared: dict[tuple[int, ...], LoraGroupStep] = {}
         groups = {}
-        for g, group in enumerate(self._group_names):
-            if bool(targets[g].any()):
-                group_slots = torch.where(targets[g], slots, -1)
-                groups[group] = LoraGroupStep(
-                    group_slots, kernels.prepare_lora_batch(group_slots, self._slot_targets.shape[1])
-                )
-        return LoraStep(groups)
+        for group in self._group_names:
+            group_slots = tuple(
+                slot if slot >= 0 and group in self._slot_groups[slot] else -1 for slot in token_lora
+            )
+            if all(slot < 0 for slot in group_slots):
+                continue  # no row's adapter targets this group: its layers skip LoRA
+            if group_slots not in shared:
+                shared[group_slots] = previous.get(group_slots) or self._group_step(group_slots)
+            groups[group] = shared[group_slots]
+        self._lora_steps = shared
+        return LoraStep(groups, backend)
+
+    def _group_step(self, group_slots: tuple[int, ...]) -> LoraGroupStep:
+        slots = self._tensor(list(group_slots))  # [T]
+        return LoraGroupStep(slots, kernels.prepare_lora_batch(slots, self._num_slots))
 
     def _tensor(self, values: list[int] | list[list[int]]) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.long, device=self.device)

@@ -9,6 +9,11 @@ one shrink and one expand for every adapter of the batch:
 
 with L = adapter slots, S = fused projections (slices), R = max rank (smaller ranks zero-padded),
 N = sum of the slices' widths (B's rows line up with the output's columns).
+
+On the CPU the buffers are stored transposed, A as [L, K, S, R] and B as [L, R, N], and `lora_a`
+/ `lora_b` are [L, S, R, K] / [L, N, R] views of them: the kernels' API shapes, with the rows the
+CPU path's per-token form sums (`torch_lora.is_row_layout`) contiguous, so a decode step reads
+each token's adapter in place instead of copying it.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 from lorafleet import kernels
+from lorafleet.kernels import torch_lora
 from torch import nn
 
 
@@ -35,6 +41,7 @@ class LoraStep:
     """
 
     groups: dict[str, LoraGroupStep]
+    backend: str  # kernels.select_backend of the step's device: "torch" (CPU path) or "triton"
 
 
 class LoRALinear(nn.Module):
@@ -63,6 +70,7 @@ class LoRALinear(nn.Module):
             self.slice_bounds[name] = (offset, offset + width)
             offset += width
         self.out_features = offset
+        self.slice_offsets = [0, *(hi for lo, hi in self.slice_bounds.values())]  # S + 1 column offsets
         self.weight = nn.Parameter(
             torch.empty(offset, in_features, dtype=dtype, device=device), requires_grad=False
         )
@@ -72,31 +80,51 @@ class LoRALinear(nn.Module):
             else None
         )
         self.has_lora = max_loras > 0
-        num_slots = max(max_loras, 1)
-        self.lora_a = _buffer(num_slots, len(slices), max_rank, in_features, dtype=dtype, device=device)
-        self.lora_b = _buffer(num_slots, offset, max_rank, dtype=dtype, device=device)
-        self.lora_scales = _buffer(len(slices), num_slots, dtype=torch.float32, device=device)
+        num_slots, num_slices = max(max_loras, 1), len(slices)
+        self.row_layout = device.type == "cpu"
+        if self.row_layout:  # A [L, K, S, R], B [L, R, N]: the CPU path's per-token rows, contiguous
+            a_shape, b_shape = (num_slots, in_features, num_slices, max_rank), (num_slots, max_rank, offset)
+        else:  # the kernels' own shapes, as the Triton kernels read them best
+            a_shape, b_shape = (num_slots, num_slices, max_rank, in_features), (num_slots, offset, max_rank)
+        self.lora_a_storage = _buffer(*a_shape, dtype=dtype, device=device)
+        self.lora_b_storage = _buffer(*b_shape, dtype=dtype, device=device)
+        self.lora_scales = _buffer(num_slices, num_slots, dtype=torch.float32, device=device)
+
+    @property
+    def lora_a(self) -> torch.Tensor:  # [L, S, R, K], a view on the CPU
+        a = self.lora_a_storage.data
+        return a.permute(0, 2, 3, 1) if self.row_layout else a
+
+    @property
+    def lora_b(self) -> torch.Tensor:  # [L, N, R], a view on the CPU
+        b = self.lora_b_storage.data
+        return b.transpose(1, 2) if self.row_layout else b
 
     def set_lora(
         self, slot: int, name: str, lora_a: torch.Tensor, lora_b: torch.Tensor, scale: float
     ) -> None:
         """Writes one adapter's A [r, K] and B [N_s, r] for slice `name` into `slot`."""
         s, (lo, hi), rank = self.slice_index[name], self.slice_bounds[name], lora_a.shape[0]
-        self.lora_a.data[slot, s].zero_()[:rank].copy_(lora_a)
-        self.lora_b.data[slot, lo:hi].zero_()[:, :rank].copy_(lora_b)
+        self.lora_a[slot, s].zero_()[:rank].copy_(lora_a)
+        self.lora_b[slot, lo:hi].zero_()[:, :rank].copy_(lora_b)
         self.lora_scales.data[s, slot] = scale
 
     def reset_lora(self, slot: int) -> None:
         """Clears `slot`, so an adapter that does not target a slice adds nothing there."""
-        self.lora_a.data[slot].zero_()
-        self.lora_b.data[slot].zero_()
+        self.lora_a_storage.data[slot].zero_()
+        self.lora_b_storage.data[slot].zero_()
         self.lora_scales.data[:, slot] = 0.0
 
     def forward(self, x: torch.Tensor, lora: LoraStep | None) -> torch.Tensor:  # x [T, K] -> [T, N]
         out = torch.nn.functional.linear(x, self.weight, self.bias)
         step = lora.groups.get(self.group) if lora is not None and self.has_lora else None
-        if step is None:
+        if lora is None or step is None:
             return out
+        if lora.backend == "torch":  # the buffers are this layer's own, consistent by construction
+            return torch_lora.add_lora_sliced(
+                out, x, self.lora_a, self.lora_b, step.token_lora, self.lora_scales, self.slice_offsets,
+                step.meta,
+            )
         return kernels.add_lora_sliced(
             out,
             x,
