@@ -18,6 +18,7 @@ STATE_CLASSES = {
     "initializing": "busy",
     "updating": "busy",
     "starting": "busy",
+    "stopping": "busy",
     "paused": "idle",
     "scaledToZero": "idle",
     "exited": "idle",

@@ -63,7 +63,7 @@ def test_endpoint_view_without_url_or_env() -> None:
 
 @pytest.mark.parametrize("state, family", [
     ("running", "ok"), ("initializing", "busy"), ("paused", "idle"), ("scaledToZero", "idle"),
-    ("failed", "bad"), ("updateFailed", "bad"), ("somethingNew", "idle")])
+    ("failed", "bad"), ("updateFailed", "bad"), ("stopping", "busy"), ("somethingNew", "idle")])
 def test_every_state_has_a_colour_family(state: str, family: str) -> None:
     assert state_class(state) == family
 
