@@ -62,6 +62,12 @@ def test_real_replica_starts_with_the_endpoint_env_and_answers_with_its_adapter(
         logs = httpx.get(f"{ep.path}/logs?tail=200", headers=cp.headers).json()
         assert len(logs["replicas"]) == 1
         assert any("model loaded and ready" in line for line in logs["lines"])
+        # The secret reaches the replica's environment and nowhere else we can read.
+        assert "hf_secret_value" not in str(logs) + str(ep.events())
+        assert "hf_secret_value" not in cp.log_path.read_text(errors="replace")
+        replica_logs = [p for p in cp.home.rglob("*.log") if p != cp.log_path]
+        assert replica_logs
+        assert all("hf_secret_value" not in p.read_text(errors="replace") for p in replica_logs)
 
 
 def test_replica_killed_with_sigkill_is_restarted_and_serves_again(cp: LiveControlPlane) -> None:
