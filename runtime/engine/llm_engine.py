@@ -23,6 +23,7 @@ from lorafleet.runtime.adapters.loader import AdapterWeights
 from lorafleet.runtime.engine import setup
 from lorafleet.runtime.engine.block_manager import BlockManager
 from lorafleet.runtime.engine.config import EngineConfig
+from lorafleet.runtime.engine.delivery import DeliveryRegistry
 from lorafleet.runtime.engine.loop import run_loop
 from lorafleet.runtime.engine.model_runner import ModelRunner, kv_bytes_per_block
 from lorafleet.runtime.engine.output import RequestOutput
@@ -103,6 +104,7 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._generated_tokens = 0
+        self._deliveries = DeliveryRegistry()  # stream events reach each event loop in batches
         # (waiting, running, free KV blocks): written by the loop thread after every change,
         # read by `stats()` from any thread
         self._snapshot = (0, 0, config.num_kv_blocks)
@@ -266,9 +268,7 @@ class Engine:
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[TokenEvent | BaseException] = asyncio.Queue()
 
-        def sink(item: TokenEvent | BaseException) -> None:
-            loop.call_soon_threadsafe(events.put_nowait, item)
-
+        sink = self._deliveries.for_loop(loop).sink(events.put_nowait)
         seq = self._make_sequence(request, sink)
         self._submit(seq)
         finished = False
