@@ -17,6 +17,7 @@ import pytest
 from lorafleet import Client, EndpointNotFound, delete_inference_endpoint
 
 from tests.controlplane.live import REPO_ROOT, LiveControlPlane, live_controlplane
+from tests.sdk.scripted_server import ScriptedServer
 
 SEED_CATALOG = REPO_ROOT / "controlplane" / "catalog" / "seed-names.json"
 CPU_INSTANCE = dict(
@@ -69,3 +70,17 @@ def endpoint_name() -> Iterator[EndpointNames]:
     for cp, name in names.made:
         with Client(cp.url, cp.token) as client, contextlib.suppress(EndpointNotFound):
             delete_inference_endpoint(name, client=client)
+
+
+@pytest.fixture(scope="module")
+def shared_server() -> Iterator[ScriptedServer]:
+    """One scripted HTTP server per test module (for status codes the control plane never sends)."""
+    with ScriptedServer() as srv:
+        yield srv
+
+
+@pytest.fixture
+def server(shared_server: ScriptedServer) -> ScriptedServer:
+    """The module's scripted server with its script and request log cleared."""
+    shared_server.reset()
+    return shared_server

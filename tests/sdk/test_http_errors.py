@@ -9,22 +9,10 @@ import lorafleet
 import pytest
 from lorafleet import Client, RetryPolicy
 
-from tests.sdk.scripted_server import Reply, ScriptedServer, endpoint_json
+from tests.sdk.scripted_server import Reply, endpoint_json
 
 NO_WAIT = RetryPolicy(max_attempts=3, backoff=0.0)
 EP = "/v2/endpoint/alice/ep"
-
-
-@pytest.fixture(scope="module")
-def shared_server():
-    with ScriptedServer() as srv:
-        yield srv
-
-
-@pytest.fixture
-def server(shared_server):
-    shared_server.reset()
-    return shared_server
 
 
 @pytest.fixture

@@ -16,18 +16,6 @@ from tests.sdk.scripted_server import Reply, ScriptedServer, endpoint_json
 EP = "/v2/endpoint/alice/ep"
 
 
-@pytest.fixture(scope="module")
-def shared_server():
-    with ScriptedServer() as srv:
-        yield srv
-
-
-@pytest.fixture
-def server(shared_server):
-    shared_server.reset()
-    return shared_server
-
-
 @pytest.fixture
 def client(server):
     with Client(server.url, token="tok", retry=RetryPolicy(max_attempts=1)) as c:
