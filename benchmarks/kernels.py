@@ -203,9 +203,8 @@ def cpu_path_times(layer: str, num_tokens: int, num_adapters: int, reps: int) ->
     token_lora = slots[:num_tokens][torch.randperm(num_tokens, generator=gen)]
     scales = torch.full((len(widths), num_adapters), 2.0)
     meta = kernels.prepare_lora_batch(token_lora, num_slots=num_adapters)
-    offsets = [0, *torch.tensor(widths).cumsum(0).tolist()]
-    args = (out, x, lora_a, lora_b, token_lora, scales, offsets, meta)
-    times = {path: time_us(lambda p=path: torch_lora.add_lora_sliced(*args, path=p), x.device, reps)
+    args = (out, x, lora_a, lora_b, scales, tuple(widths), meta)
+    times = {path: time_us(lambda p=path: torch_lora.apply(*args, path=p), x.device, reps)
              for path in torch_lora.PATHS}
     elements = torch_lora.elements_per_token(lora_a, lora_b)
     chosen = torch_lora.choose_path(meta.num_active_tokens, meta.num_active_slots, elements)

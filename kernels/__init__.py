@@ -25,41 +25,26 @@ and cut into tiles, built on the device with one host sync (the slot range check
 `validate=False` to skip it inside CUDA graph capture). Passing `meta=` skips that work in every
 layer. Without `meta`, each call prepares its own.
 
-Dispatch: CUDA tensors use the Triton kernels (`lorafleet.kernels.lora`); CPU tensors use the
-torch path (`torch_lora`: grouped per adapter, or gathered per token when there are many adapters
-with few tokens each, chosen per call by `torch_lora.choose_path`). `LORAFLEET_KERNELS=triton`
-forces Triton (with `TRITON_INTERPRET=1` it runs on the CPU); `LORAFLEET_KERNELS=torch` forces
-torch. Bad input raises `LoraKernelError` (a `ValueError`) naming the shapes, before anything is launched.
+Dispatch: `backend_for(device)` resolves the implementation once: CUDA tensors use the Triton
+kernels (`lorafleet.kernels.lora`); CPU tensors use the torch path (`torch_lora`: grouped per
+adapter, or gathered per token when there are many adapters with few tokens each, chosen per
+call by `torch_lora.choose_path`). `LORAFLEET_KERNELS=triton` forces Triton (with
+`TRITON_INTERPRET=1` it runs on the CPU); `LORAFLEET_KERNELS=torch` forces torch. The public
+functions here check their inputs and raise `LoraKernelError` (a `ValueError`) naming the shapes
+before anything is launched; a caller that runs many layers with buffers that are consistent by
+construction (the engine) resolves `backend_for` once and calls `backend.apply(...)` directly.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Sequence
 
 import torch
-from lorafleet.kernels import torch_lora
+from lorafleet.kernels.backend import LoraBackend, backend_for
 from lorafleet.kernels.batch import LoraBatch, prepare_lora_batch
 from lorafleet.kernels.errors import LoraKernelError
 from lorafleet.kernels.validation import check_meta, check_sliced_inputs
-
-BACKENDS = ("auto", "triton", "torch")
-
-
-def select_backend(device: torch.device) -> str:
-    """'triton' or 'torch' for tensors on `device`, honouring LORAFLEET_KERNELS."""
-    choice = os.environ.get("LORAFLEET_KERNELS", "auto").strip().lower() or "auto"
-    if choice not in BACKENDS:
-        raise LoraKernelError(f"LORAFLEET_KERNELS must be one of {BACKENDS}, got {choice!r}")
-    if choice == "torch" or (choice == "auto" and device.type != "cuda"):
-        return "torch"
-    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        raise LoraKernelError(
-            f"LORAFLEET_KERNELS=triton on {device} tensors needs TRITON_INTERPRET=1 (set before triton "
-            "is first imported) to run the Triton kernels in the CPU interpreter"
-        )
-    return "triton"
 
 
 def add_lora(
@@ -131,22 +116,17 @@ def add_lora_sliced(
         check_meta(meta, token_lora, num_slots)
     if meta.num_tokens == 0 or not meta.has_lora_tokens:
         return out  # nothing to add: launch nothing
-    if select_backend(x.device) == "torch":
-        offsets = [0]
-        for width in widths:
-            offsets.append(offsets[-1] + width)
-        return torch_lora.add_lora_sliced(out, x, lora_a, lora_b, token_lora, scales_2d, offsets, meta)
-    from lorafleet.kernels import lora  # imported late: TRITON_INTERPRET is read at decoration
-
+    backend = backend_for(x.device)
     with torch.cuda.device(x.device) if x.device.type == "cuda" else contextlib.nullcontext():
-        return lora.add_lora_sliced(out, x, lora_a, lora_b, scales_2d, widths, meta)
+        return backend.apply(out, x, lora_a, lora_b, scales_2d, widths, meta)
 
 
 __all__ = [
+    "LoraBackend",
     "LoraBatch",
     "LoraKernelError",
     "add_lora",
     "add_lora_sliced",
+    "backend_for",
     "prepare_lora_batch",
-    "select_backend",
 ]

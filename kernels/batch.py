@@ -41,6 +41,7 @@ class LoraBatch:
         num_active_tokens: tokens with a slot in [0, L), read at the validation sync; None when
             built with `validate=False`.
         num_active_slots: distinct slots present (D), likewise; None when not validated.
+        token_lora: [T] the slots the batch was built from (the CPU path's gathered form reads them).
     """
 
     num_tokens: int
@@ -55,6 +56,7 @@ class LoraBatch:
     has_lora_tokens: bool
     num_active_tokens: int | None = None
     num_active_slots: int | None = None
+    token_lora: torch.Tensor | None = field(default=None, compare=False)
     # Values derived from this batch by the first layer that needs them (the CPU path's row
     # lists and bag indices), reused by every later layer of the step. Not part of equality.
     _derived: dict[Hashable, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
@@ -180,4 +182,5 @@ def _build(token_lora: torch.Tensor, num_slots: int, block_m: int, has_lora_toke
         tile_start=torch.where(used, tile_start, 0).to(torch.int32),
         tile_end=torch.where(used, tile_end, 0).to(torch.int32),
         has_lora_tokens=has_lora_tokens,
+        token_lora=token_lora,
     )

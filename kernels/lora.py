@@ -171,7 +171,7 @@ def _slice_offsets(widths: tuple[int, ...], device: torch.device) -> torch.Tenso
     return torch.tensor(offsets, dtype=torch.int32, device=device)
 
 
-def add_lora_sliced(
+def apply(
     out: torch.Tensor,  # [T, N]
     x: torch.Tensor,  # [T, K]
     lora_a: torch.Tensor,  # [L, S, R, K]
@@ -182,7 +182,10 @@ def add_lora_sliced(
     *,
     split_k: int | None = None,  # None: chosen by rule; tests force values
 ) -> torch.Tensor:
-    """Launches shrink then expand for inputs already checked by `lorafleet.kernels`."""
+    """The Triton backend's entry: shrink then expand, for inputs already checked (or consistent
+    by construction) on the current CUDA device; launches nothing when no token uses an adapter."""
+    if meta.num_tokens == 0 or not meta.has_lora_tokens:
+        return out
     num_tokens, hidden_in = x.shape
     _, num_slices, rank, _ = lora_a.shape
     sr = num_slices * rank

@@ -36,6 +36,7 @@ bit-identical in every dtype (adding a zero delta and rounding would turn -0.0 i
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -95,23 +96,23 @@ def elements_per_token(lora_a: torch.Tensor, lora_b: torch.Tensor) -> int:
     return num_slices * rank * hidden_in + lora_b.shape[1] * rank
 
 
-def add_lora_sliced(
+def apply(
     out: torch.Tensor,  # [T, N]
     x: torch.Tensor,  # [T, K]
     lora_a: torch.Tensor,  # [L, S, R, K]
     lora_b: torch.Tensor,  # [L, N, R]
-    token_lora: torch.Tensor,  # [T] int, -1 = no adapter
     scales: torch.Tensor,  # [S, L] float32
-    slice_offsets: list[int],  # S + 1 column offsets into N
+    slice_widths: tuple[int, ...],  # S widths summing to N
     meta: LoraBatch,
     *,
     path: str | None = None,  # GROUPED / GATHERED; None = `choose_path`
 ) -> torch.Tensor:
     """Adds each active token's `scale_s * (x @ A_s.T) @ B_s.T` into each slice of `out`, in place.
 
-    Inputs are already validated by `lorafleet.kernels.add_lora_sliced`; `meta` belongs to
-    `token_lora`. `path` forces one form (tests, benchmarks); both give the same result up to
-    the fp32 summation order.
+    The torch backend's entry (`lorafleet.kernels.backend_for` a CPU device): inputs are trusted,
+    checked once by the public `lorafleet.kernels.add_lora_sliced` or consistent by construction
+    (the engine's own buffers); `meta` is `prepare_lora_batch` of this batch. `path` forces one
+    form (tests, benchmarks); both give the same result up to the fp32 summation order.
     """
     counts = meta.slot_counts  # [L]
     num_active = meta.num_active_tokens
@@ -120,15 +121,26 @@ def add_lora_sliced(
         num_active, num_present = torch.stack([counts.sum(), (counts > 0).sum()]).tolist()
     if num_active == 0:
         return out
+    offsets = offsets_of(slice_widths)
     in_place = reads_in_place(x, lora_a, lora_b)
     elements = elements_per_token(lora_a, lora_b)
     chosen = path or choose_path(num_active, num_present, elements, in_place=in_place)
     if chosen == GATHERED:
-        args = (token_lora, scales, slice_offsets, meta, num_active, in_place)
+        assert meta.token_lora is not None  # set by prepare_lora_batch
+        args = (meta.token_lora, scales, offsets, meta, num_active, in_place)
         return _gathered(out, x, lora_a, lora_b, *args)
     if chosen == GROUPED:
-        return _grouped(out, x, lora_a, lora_b, scales, slice_offsets, meta)
+        return _grouped(out, x, lora_a, lora_b, scales, offsets, meta)
     raise ValueError(f"path must be one of {PATHS} or None, got {path!r}")
+
+
+@functools.lru_cache(maxsize=64)
+def offsets_of(slice_widths: tuple[int, ...]) -> tuple[int, ...]:
+    """The S + 1 column offsets of slices of these widths: (0, w0, w0 + w1, ...)."""
+    offsets = [0]
+    for width in slice_widths:
+        offsets.append(offsets[-1] + width)
+    return tuple(offsets)
 
 
 def _grouped(
@@ -137,7 +149,7 @@ def _grouped(
     lora_a: torch.Tensor,  # [L, S, R, K]
     lora_b: torch.Tensor,  # [L, N, R]
     scales: torch.Tensor,  # [S, L] float32
-    slice_offsets: list[int],
+    slice_offsets: tuple[int, ...],
     meta: LoraBatch,
 ) -> torch.Tensor:
     """One shrink matmul for all slices and one expand matmul per slice, per adapter present."""
@@ -170,7 +182,7 @@ def _gathered(
     lora_b: torch.Tensor,  # [L, N, R]
     token_lora: torch.Tensor,  # [T]
     scales: torch.Tensor,  # [S, L] float32
-    slice_offsets: list[int],
+    slice_offsets: tuple[int, ...],
     meta: LoraBatch,
     num_active: int,
     bagged: bool,
@@ -287,7 +299,7 @@ def _bagged_delta(
     return expanded.view(n, -1).index_select(1, slice_columns)  # [n, N]: each slice's own columns
 
 
-def slice_columns(slice_offsets: list[int], device: torch.device) -> torch.Tensor:
+def slice_columns(slice_offsets: tuple[int, ...], device: torch.device) -> torch.Tensor:
     """[N] int64: column c of slice s (offsets[s] <= c < offsets[s+1]) at s*N + c in [S*N]."""
     width, bounds = slice_offsets[-1], zip(slice_offsets[:-1], slice_offsets[1:], strict=True)
     return torch.cat([torch.arange(lo, hi, device=device) + s * width for s, (lo, hi) in enumerate(bounds)])
@@ -299,7 +311,7 @@ def _gathered_delta(
     lora_b: torch.Tensor,  # [L, N, R]
     slots: torch.Tensor,  # [n] int64, all >= 0
     scales: torch.Tensor,  # [S, L] float32
-    slice_offsets: list[int],
+    slice_offsets: tuple[int, ...],
 ) -> torch.Tensor:  # [n, N] float32
     """The fp32 delta of n tokens, each with its own adapter's A and B gathered."""
     n = slots.numel()

@@ -10,7 +10,7 @@ import os
 
 import pytest
 import torch
-from lorafleet.kernels import select_backend
+from lorafleet.kernels import backend_for
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -27,7 +27,7 @@ def device() -> torch.device:
 def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Each test using this fixture runs once per path, forced through LORAFLEET_KERNELS."""
     monkeypatch.setenv("LORAFLEET_KERNELS", request.param)
-    assert select_backend(DEVICE) == request.param
+    assert backend_for(DEVICE).name == request.param
     return request.param
 
 

@@ -19,8 +19,8 @@ def test_every_split_k_gives_the_reference_result(split_k: int, triton_backend: 
     meta = prepare_lora_batch(case.token_lora, num_slots=3)
     expected = reference.add_lora_sliced(case.out.clone(), case.x, case.lora_a, case.lora_b, case.token_lora,
                                          case.scales, case.slice_widths)
-    actual = lora.add_lora_sliced(case.out.clone(), case.x, case.lora_a, case.lora_b, case.scales,
-                                  case.slice_widths, meta, split_k=split_k)
+    actual = lora.apply(case.out.clone(), case.x, case.lora_a, case.lora_b, case.scales,
+                        case.slice_widths, meta, split_k=split_k)
     assert_close_to_reference(actual, expected)
 
 

@@ -27,18 +27,11 @@ def _row_layout(case: LoraCase) -> LoraCase:
     return replace(case, lora_a=lora_a, lora_b=lora_b)
 
 
-def _offsets(widths: tuple[int, ...]) -> list[int]:
-    offsets = [0]
-    for width in widths:
-        offsets.append(offsets[-1] + width)
-    return offsets
-
-
 def _run(case: LoraCase, path: str | None, meta: kernels.LoraBatch | None = None) -> torch.Tensor:
     meta = meta or prepare_lora_batch(case.token_lora, case.lora_a.shape[0])
     scales = case.scales if case.scales.dim() == 2 else case.scales.expand(len(case.slice_widths), -1)
-    return torch_lora.add_lora_sliced(case.out.clone(), case.x, case.lora_a, case.lora_b, case.token_lora,
-                                      scales, _offsets(case.slice_widths), meta, path=path)
+    return torch_lora.apply(case.out.clone(), case.x, case.lora_a, case.lora_b, scales,
+                            tuple(case.slice_widths), meta, path=path)
 
 
 def _expected(case: LoraCase) -> torch.Tensor:

@@ -21,11 +21,8 @@ def _forced(case, path: str, *, meta=None) -> torch.Tensor:
     num_slots = case.lora_a.shape[0]
     meta = meta or prepare_lora_batch(case.token_lora, num_slots)
     scales = case.scales if case.scales.dim() == 2 else case.scales.expand(len(case.slice_widths), -1)
-    offsets = [0]
-    for width in case.slice_widths:
-        offsets.append(offsets[-1] + width)
-    return torch_lora.add_lora_sliced(
-        case.out.clone(), case.x, case.lora_a, case.lora_b, case.token_lora, scales, offsets, meta, path=path
+    return torch_lora.apply(
+        case.out.clone(), case.x, case.lora_a, case.lora_b, scales, tuple(case.slice_widths), meta, path=path
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from lorafleet import kernels
-from lorafleet.kernels import LoraKernelError, prepare_lora_batch, select_backend
+from lorafleet.kernels import LoraKernelError, backend_for, prepare_lora_batch
 
 
 def _args(T: int = 3, K: int = 8, N: int = 6, L: int = 2, R: int = 4, dtype=torch.float32) -> dict:
@@ -75,7 +75,7 @@ def test_meta_prepared_for_another_batch_is_rejected() -> None:
 def test_unknown_backend_name_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LORAFLEET_KERNELS", "cuda")
     with pytest.raises(LoraKernelError, match="LORAFLEET_KERNELS"):
-        select_backend(torch.device("cpu"))
+        backend_for(torch.device("cpu"))
 
 
 def test_forcing_triton_on_cpu_without_interpreter_explains_what_to_set(
@@ -84,10 +84,10 @@ def test_forcing_triton_on_cpu_without_interpreter_explains_what_to_set(
     monkeypatch.setenv("LORAFLEET_KERNELS", "triton")
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(LoraKernelError, match="TRITON_INTERPRET=1"):
-        select_backend(torch.device("cpu"))
+        backend_for(torch.device("cpu"))
 
 
 def test_cpu_tensors_default_to_torch_and_cuda_to_triton(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("LORAFLEET_KERNELS", raising=False)
-    assert select_backend(torch.device("cpu")) == "torch"
-    assert select_backend(torch.device("cuda", 0)) == "triton"
+    assert backend_for(torch.device("cpu")).name == "torch"
+    assert backend_for(torch.device("cuda", 0)).name == "triton"

@@ -1,0 +1,65 @@
+"""Which implementation runs the LoRA math for tensors on a device, resolved once.
+
+`backend_for(device)` reads `LORAFLEET_KERNELS` and returns a `LoraBackend`; callers that run
+many layers (the engine) resolve it when they are built and call `backend.apply(...)` in every
+layer, with no environment read, dispatch or input check on the hot path. Both backends take
+the same arguments:
+
+    apply(out [T, N], x [T, K], lora_a [L, S, R, K], lora_b [L, N, R], scales [S, L] float32,
+          slice_widths (S ints summing to N), meta = prepare_lora_batch(token_lora, L)) -> out
+
+and trust them: the checks live in the public `lorafleet.kernels.add_lora_sliced`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from lorafleet.kernels.batch import LoraBatch
+from lorafleet.kernels.errors import LoraKernelError
+
+BACKENDS = ("auto", "triton", "torch")
+
+ApplyFn = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, ...], LoraBatch],
+    torch.Tensor,
+]
+
+
+@dataclass(frozen=True)
+class LoraBackend:
+    """A resolved implementation: `name` is "torch" (CPU path) or "triton"."""
+
+    name: str
+    apply: ApplyFn
+
+
+def backend_for(device: torch.device) -> LoraBackend:
+    """The backend for tensors on `device`, honouring LORAFLEET_KERNELS (auto | triton | torch).
+
+    Raises:
+        LoraKernelError: an unknown LORAFLEET_KERNELS value, or Triton forced on a non-CUDA
+            device without TRITON_INTERPRET=1.
+
+    Example:
+        >>> backend_for(torch.device("cpu")).name
+        'torch'
+    """
+    choice = os.environ.get("LORAFLEET_KERNELS", "auto").strip().lower() or "auto"
+    if choice not in BACKENDS:
+        raise LoraKernelError(f"LORAFLEET_KERNELS must be one of {BACKENDS}, got {choice!r}")
+    if choice == "torch" or (choice == "auto" and device.type != "cuda"):
+        from lorafleet.kernels import torch_lora
+
+        return LoraBackend("torch", torch_lora.apply)
+    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise LoraKernelError(
+            f"LORAFLEET_KERNELS=triton on {device} tensors needs TRITON_INTERPRET=1 (set before triton "
+            "is first imported) to run the Triton kernels in the CPU interpreter"
+        )
+    from lorafleet.kernels import lora  # imported late: TRITON_INTERPRET is read at decoration
+
+    return LoraBackend("triton", lora.apply)
