@@ -35,8 +35,12 @@ from lorafleet.controlplane.endpoints.schemas import EndpointCreate  # noqa: E40
 from lorafleet.controlplane.launchers.base import ReplicaSpec  # noqa: E402
 from lorafleet.controlplane.models import Endpoint, Replica  # noqa: E402
 
-from tests.controlplane.conftest import FAKE_RUNTIME, SEED_CATALOG, endpoint_body, make_settings, serve_app  # noqa: E402
+from tests.controlplane.conftest import SEED_CATALOG, endpoint_body, make_settings, serve_app  # noqa: E402
 from tests.controlplane.live import free_port, live_controlplane  # noqa: E402
+
+# A stand-in runtime for the 1,000-endpoint reconciler pass only (see fake_runtime.py); tests
+# run the real one.
+FAKE_RUNTIME = f"{sys.executable} {Path(__file__).with_name('fake_runtime.py')}"
 from tests.fixtures import standard_adapters, tiny_model  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import threading
 import time
 import uuid
@@ -27,9 +26,6 @@ from sqlalchemy.engine import make_url
 from tests.controlplane.live import free_port
 
 HERE = Path(__file__).parent
-# Only for benchmarks/controlplane.py's 1,000-endpoint reconciler pass (see fake_runtime.py); no
-# test launches it: lifecycle tests run the real runtime (test_real_lifecycle.py, test_real_restart.py).
-FAKE_RUNTIME = f"{sys.executable} {HERE / 'fake_runtime.py'}"
 SEED_CATALOG = Path(__file__).resolve().parents[2] / "controlplane" / "catalog" / "seed-names.json"
 BACKENDS = ["sqlite"] + (["postgresql"] if os.environ.get("LORAFLEET_TEST_DATABASE_URL") else [])
 
