@@ -8,7 +8,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from lorafleet.runtime.engine.types import EngineError
+from lorafleet.runtime.errors import EngineError
 
 
 class TokenizerLoadError(EngineError):

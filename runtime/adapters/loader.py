@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lorafleet.runtime.engine.types import AdapterLoadError
+from lorafleet.runtime.errors import AdapterLoadError
 from lorafleet.runtime.models.decoder import LORA_MODULES, ModelArgs
 
 logger = logging.getLogger(__name__)

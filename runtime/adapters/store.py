@@ -1,7 +1,9 @@
 """Adapter weights in host memory, by id: loaded on first use, kept LRU, thread-safe.
 
-Requests may name an adapter the engine has never seen: its id is then read as a local folder
-or a Hub repo id (dynamic loading). `register` maps an id to a source (the `LORA_ADAPTERS` list).
+`register` maps an id to a source (the `LORA_ADAPTERS` list); an id that was never registered is
+read as its own source (a local folder or a Hub repo id). Concurrent requests for the same cold
+id trigger one load; an id whose load fails leaves nothing behind (no cache entry, no lock), so
+a flood of bogus ids costs no memory.
 """
 
 from __future__ import annotations
@@ -12,19 +14,21 @@ from collections.abc import Callable
 
 from lorafleet.runtime.adapters.loader import AdapterWeights, resolve_adapter_dir
 
+Loader = Callable[[str, str, str | None], AdapterWeights]  # (adapter_id, source, revision) -> weights
+
 
 class AdapterStore:
-    def __init__(self, load: Callable[[str, str], AdapterWeights], capacity: int) -> None:
-        self._load = load  # (adapter_id, source) -> validated weights
+    def __init__(self, load: Loader, capacity: int) -> None:
+        self._load = load  # validates too: raises AdapterLoadError
         self._capacity = max(1, capacity)
-        self._sources: dict[str, str] = {}
+        self._sources: dict[str, tuple[str, str | None]] = {}
         self._cache: OrderedDict[str, AdapterWeights] = OrderedDict()
         self._lock = threading.Lock()
-        self._loading: dict[str, threading.Lock] = {}
+        self._loading: dict[str, threading.Lock] = {}  # id -> gate, only while a load is in flight
 
-    def register(self, adapter_id: str, source: str) -> None:
+    def register(self, adapter_id: str, source: str, revision: str | None = None) -> None:
         with self._lock:
-            self._sources[adapter_id] = source
+            self._sources[adapter_id] = (source, revision)
 
     def get(self, adapter_id: str) -> AdapterWeights:
         """The adapter's weights, loading (and validating) them if they are not cached."""
@@ -32,19 +36,23 @@ class AdapterStore:
             if adapter_id in self._cache:
                 self._cache.move_to_end(adapter_id)
                 return self._cache[adapter_id]
-            source = self._sources.get(adapter_id, adapter_id)
+            source, revision = self._sources.get(adapter_id, (adapter_id, None))
             gate = self._loading.setdefault(adapter_id, threading.Lock())
         with gate:  # one load per id at a time; others wait for it and then hit the cache
-            with self._lock:
-                if adapter_id in self._cache:
-                    return self._cache[adapter_id]
-            weights = self._load(adapter_id, source)
-            with self._lock:
-                self._cache[adapter_id] = weights
-                while len(self._cache) > self._capacity:
-                    self._cache.popitem(last=False)
-                self._sources.setdefault(adapter_id, source)
-            return weights
+            try:
+                with self._lock:
+                    if adapter_id in self._cache:
+                        return self._cache[adapter_id]
+                weights = self._load(adapter_id, source, revision)
+                with self._lock:
+                    self._cache[adapter_id] = weights
+                    while len(self._cache) > self._capacity:
+                        self._cache.popitem(last=False)
+                return weights
+            finally:
+                with self._lock:
+                    if self._loading.get(adapter_id) is gate:
+                        del self._loading[adapter_id]
 
 
 __all__ = ["AdapterStore", "resolve_adapter_dir"]

@@ -1,4 +1,9 @@
-"""The engine's one configuration object, resolved once in `Engine.from_pretrained`."""
+"""`EngineConfig`: the engine's options resolved once, when the model is loaded.
+
+`EngineArgs` says what the user asked for (None = "choose for me"); this holds what the engine
+runs with: every default filled in from the model and the device, and checked for consistency
+(`setup.resolve_config`). Nothing writes to it afterwards.
+"""
 
 from __future__ import annotations
 
@@ -6,22 +11,46 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from lorafleet.runtime.args import EngineArgs
+from lorafleet.runtime.models.decoder import ModelArgs
 
 
 @dataclass(frozen=True)
 class EngineConfig:
+    args: EngineArgs
     model_dir: Path
-    model_id: str
     model_sha: str | None
+    model: ModelArgs  # the architecture, read once from config.json
     dtype: torch.dtype
     device: torch.device
     max_input_tokens: int
     max_total_tokens: int
     max_batch_prefill_tokens: int  # new prompt tokens per step (longer prompts are chunked)
-    max_batch_total_tokens: int  # = num_kv_blocks * block_size: tokens the KV pool holds
-    block_size: int
     num_kv_blocks: int
-    max_loaded_adapters: int  # adapter slots in the stacked LoRA buffers
-    max_lora_rank: int
-    max_batch_size: int  # running sequences at most
     max_cpu_adapters: int  # adapter weights kept in host memory (LRU)
+    eos_token_ids: frozenset[int]  # the tokenizer's and config.json's
+
+    @property
+    def model_id(self) -> str:
+        return self.args.model_id
+
+    @property
+    def block_size(self) -> int:
+        return self.args.block_size
+
+    @property
+    def max_batch_total_tokens(self) -> int:
+        """Tokens the KV pool holds."""
+        return self.num_kv_blocks * self.args.block_size
+
+    @property
+    def max_loaded_adapters(self) -> int:
+        return self.args.max_loaded_adapters
+
+    @property
+    def max_lora_rank(self) -> int:
+        return self.args.max_lora_rank
+
+    @property
+    def max_batch_size(self) -> int:
+        return self.args.max_batch_size

@@ -1,152 +1,194 @@
-"""The engine's background loop: take commands, schedule, run the model, sample, emit events.
+"""`EngineLoop`: the engine's one background thread and everything only that thread touches.
 
-Runs on the engine's one loop thread; everything it touches (scheduler, block manager, adapter
-slots, model runner) is touched by no other thread.
+It owns the inbox of commands from other threads (add a sequence, abort one), the stop flag,
+the scheduler (queues, KV blocks, adapter slots), the model runner, and the snapshot of counters
+it publishes for other threads. One `step()`: schedule -> write newly placed adapters into their
+slots -> run the model -> sample -> let each request's output decide whether it ended ->
+`scheduler.postprocess` -> send the events.
 """
 
 from __future__ import annotations
 
 import logging
 import queue
-from typing import TYPE_CHECKING
+import threading
+from dataclasses import dataclass, replace
 
-from lorafleet.runtime.engine.scheduler import ScheduledBatch
+import torch
+from lorafleet.runtime.adapters import AdapterStore
+from lorafleet.runtime.engine.model_runner import ModelRunner
+from lorafleet.runtime.engine.scheduler import SampledToken, ScheduledBatch, Scheduler, SchedulerSnapshot
 from lorafleet.runtime.engine.sequence import Sequence, SequenceStatus
-from lorafleet.runtime.engine.types import GenerationError, TokenEvent
+from lorafleet.runtime.errors import GenerationError
 from lorafleet.runtime.layers.sampler import SampleRequest, sample
-
-if TYPE_CHECKING:
-    from lorafleet.runtime.engine.llm_engine import Engine
+from lorafleet.runtime.types import TokenEvent
 
 logger = logging.getLogger(__name__)
 
 
-def run_loop(engine: Engine) -> None:
-    while not engine._stopping.is_set():
-        _drain_inbox(engine, block=not engine.scheduler.has_work())
-        _snapshot(engine)
-        if engine._stopping.is_set() or not engine.scheduler.has_work():
-            continue
-        batch = engine.scheduler.schedule()
+@dataclass(frozen=True)
+class LoopSnapshot:
+    """Counters published by the loop after every change, read by any thread (`Engine.stats`)."""
+
+    scheduler: SchedulerSnapshot
+    generated_tokens: int = 0
+
+
+class EngineLoop:
+    def __init__(self, scheduler: Scheduler, runner: ModelRunner, store: AdapterStore) -> None:
+        self.scheduler = scheduler
+        self.runner = runner
+        self.store = store
+        self._inbox: queue.Queue[tuple[str, Sequence | None]] = queue.Queue()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._generated_tokens = 0
+        # Replaced whole (never mutated) so a reader sees queue, batch and free blocks of one moment.
+        self.snapshot = LoopSnapshot(scheduler.snapshot())
+
+    # --- called from other threads ----------------------------------------------------------
+
+    @property
+    def is_running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def num_queued(self) -> int:
+        """Commands not yet taken from the inbox (requests submitted since the last step)."""
+        return self._inbox.qsize()
+
+    def start(self) -> None:
+        if self.is_running:
+            return
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._run, name="lorafleet-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stops the thread; requests still queued or running fail with `GenerationError`."""
+        if self._thread is None:
+            return
+        self._stopping.set()
+        self._inbox.put(("wake", None))
+        self._thread.join()
+        self._thread = None
+        self._fail_all("the engine shut down before the request finished")  # inbox stragglers too
+
+    def submit(self, seq: Sequence) -> None:
+        self._inbox.put(("add", seq))
+
+    def abort(self, seq: Sequence) -> None:
+        self._inbox.put(("abort", seq))
+
+    # --- before start (the thread is not running yet) ---------------------------------------
+
+    def pin(self, adapter_id: str) -> None:
+        """Places `adapter_id` in a slot for good (the preloaded adapters)."""
+        assert not self.is_running, "pin adapters before the loop starts"
+        weights = self.store.get(adapter_id)
+        self.runner.set_adapter(self.scheduler.pin(adapter_id), weights)
+        self._publish()
+
+    # --- the thread -------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        if self.runner.device.type == "cuda":
+            torch.cuda.set_device(self.runner.device)  # this thread's kernels go to the model's device
+        while not self._stopping.is_set():
+            self._drain_inbox(block=not self.scheduler.has_work())
+            self._publish()
+            if self._stopping.is_set() or not self.scheduler.has_work():
+                continue
+            self.step()
+            self._publish()
+
+    def step(self) -> None:
+        """Schedules and runs one batch; a failure fails that batch's requests, not the loop."""
+        batch = self.scheduler.schedule()
+        if batch.is_empty:
+            stuck = self.scheduler.next_unplaceable()
+            if stuck is not None:
+                self._fail(stuck, GenerationError(
+                    f"adapter {stuck.adapter_id!r} cannot be placed: every adapter slot is pinned "
+                    f"(max_loaded_adapters={self.scheduler.adapter_slots.num_slots})"
+                ))
+            return
         try:
-            if batch.is_empty:
-                _fail_unschedulable(engine)
-            else:
-                _step(engine, batch)
+            self._place_adapters(batch)
+            batch.items = [item for item in batch.items if item.seq.status is SequenceStatus.RUNNING]
+            if batch.items:
+                self._run_batch(batch)
         except Exception as e:  # a bug or device error: fail this batch, keep serving
             logger.exception("engine step failed")
             for item in batch.items:
-                _fail(engine, item.seq, GenerationError(f"generation failed: {e}"))
-        _snapshot(engine)
-    for seq in list(engine.scheduler.running) + _drain_waiting(engine):
-        _fail(engine, seq, GenerationError("the engine shut down before the request finished"))
-    _snapshot(engine)
+                self._fail(item.seq, GenerationError(f"generation failed: {e}"))
 
+    def _place_adapters(self, batch: ScheduledBatch) -> None:
+        for adapter_id, slot in batch.adapter_loads.items():
+            try:
+                self.runner.set_adapter(slot, self.store.get(adapter_id))
+            except Exception as e:  # e.g. the files vanished since validation: fail only its requests
+                error = GenerationError(f"adapter {adapter_id!r} failed to load: {e}")
+                for seq in self.scheduler.drop_adapter(adapter_id):
+                    self._fail(seq, error)
 
-def _drain_inbox(engine: Engine, block: bool) -> None:
-    try:
-        command = engine._inbox.get() if block else engine._inbox.get_nowait()
-        while True:
-            kind, seq = command
-            if kind == "add":
-                engine.scheduler.add(seq)
-            elif kind == "abort" and seq.status is not SequenceStatus.FINISHED:
-                engine.scheduler.remove(seq)  # frees its KV blocks and adapter slot use
-            command = engine._inbox.get_nowait()
-    except queue.Empty:
-        pass
+    def _run_batch(self, batch: ScheduledBatch) -> None:
+        wants = {  # sequences whose prompt log-probs were asked for and are still being prefilled
+            item.seq.seq_id
+            for item in batch.items
+            if item.seq.output.request.decoder_input_details
+            and item.seq.num_computed < item.seq.num_prompt_tokens
+        }
+        out = self.runner.execute(batch, wants)
+        by_id = {item.seq.seq_id: item.seq for item in batch.items}
+        for seq_id, (start, logits) in out.prompt_logits.items():
+            by_id[seq_id].output.add_prompt_logits(start, logits)
+        rows = [SampleRequest(s.params, s.token_ids, s.generator) for s in out.sample_seqs]
+        choices = sample(out.sample_logits, rows) if rows else []
+        events = [seq.output.add_token(choice) for seq, choice in zip(out.sample_seqs, choices, strict=True)]
+        sampled = [
+            SampledToken(seq, choice.token_id, event.finish_reason is not None)
+            for seq, choice, event in zip(out.sample_seqs, choices, events, strict=True)
+        ]
+        self.scheduler.postprocess(batch, sampled)
+        self._generated_tokens += len(sampled)
+        self._publish()  # before the events go out: a caller woken by the last one sees the new state
+        for seq, event in zip(out.sample_seqs, events, strict=True):
+            self._emit(seq, event)
 
-
-def _drain_waiting(engine: Engine) -> list[Sequence]:
-    while True:  # requests submitted while shutting down fail too
+    def _drain_inbox(self, block: bool) -> None:
         try:
-            kind, seq = engine._inbox.get_nowait()
+            kind, seq = self._inbox.get() if block else self._inbox.get_nowait()
+            while True:
+                if kind == "add" and seq is not None:
+                    self.scheduler.add(seq)
+                elif kind == "abort" and seq is not None:
+                    self.scheduler.finish(seq)  # frees its KV blocks and adapter slot use
+                kind, seq = self._inbox.get_nowait()
         except queue.Empty:
-            break
-        if kind == "add":
-            engine.scheduler.add(seq)
-    return engine.scheduler.drain_waiting()
+            pass
 
-
-def _step(engine: Engine, batch: ScheduledBatch) -> None:
-    for adapter_id, slot in batch.adapter_loads.items():
+    def _emit(self, seq: Sequence, event: TokenEvent) -> None:
         try:
-            engine.runner.set_adapter(slot, engine.store.get(adapter_id))
-        except Exception as e:  # e.g. the files vanished since validation: fail only its requests
-            users = [item.seq for item in batch.items if item.seq.adapter_id == adapter_id]
-            for seq in users + [s for s in engine.scheduler.running if s.adapter_id == adapter_id]:
-                if seq.status is not SequenceStatus.FINISHED:
-                    _fail(engine, seq, GenerationError(f"adapter {adapter_id!r} failed to load: {e}"))
-            engine.adapter_slots.discard(adapter_id)
-    batch.items = [item for item in batch.items if item.seq.status is SequenceStatus.RUNNING]
-    if not batch.items:
-        return
-    wants = {
-        item.seq.seq_id
-        for item in batch.items
-        if item.seq.output.request.decoder_input_details
-        and item.seq.num_computed < item.seq.num_prompt_tokens
-    }
-    out = engine.runner.execute(batch, wants)
-    for item in batch.items:
-        item.seq.num_computed += item.num_tokens
-    by_id = {item.seq.seq_id: item.seq for item in batch.items}
-    for seq_id, (start, logits) in out.prompt_logits.items():
-        by_id[seq_id].output.add_prompt_logits(start, logits)
-    if not out.sample_seqs:
-        return
-    rows = [SampleRequest(s.params, s.token_ids, s.generator) for s in out.sample_seqs]
-    events = []
-    for seq, choice in zip(out.sample_seqs, sample(out.sample_logits, rows), strict=True):
-        seq.token_ids.append(choice.token_id)
-        event = seq.output.add_token(choice, engine.eos_token_ids)
-        engine._generated_tokens += 1
-        if event.finish_reason is not None:
-            engine.scheduler.remove(seq)
-        events.append((seq, event))
-    _snapshot(engine)  # before the events go out: a caller woken by the last one sees the new state
-    for seq, event in events:
-        _emit(engine, seq, event)
+            seq.output.sink(event)
+        except Exception:  # the consumer is gone (closed event loop): cancel the request
+            logger.warning("dropping request %s: its consumer is gone", seq.seq_id)
+            self.scheduler.finish(seq)
 
+    def _fail(self, seq: Sequence, error: GenerationError) -> None:
+        self.scheduler.finish(seq)
+        try:
+            seq.output.sink(error)
+        except Exception:
+            logger.warning("request %s failed and its consumer is gone", seq.seq_id)
 
-def _emit(engine: Engine, seq: Sequence, event: TokenEvent) -> None:
-    try:
-        seq.output.sink(event)
-    except Exception:  # the consumer is gone (closed event loop): cancel the request
-        logger.warning("dropping request %s: its consumer is gone", seq.seq_id)
-        if seq.status is not SequenceStatus.FINISHED:
-            engine.scheduler.remove(seq)
+    def _fail_all(self, message: str) -> None:
+        self._drain_inbox(block=False)  # requests submitted while shutting down fail too
+        for seq in self.scheduler.drain():
+            self._fail(seq, GenerationError(message))
+        self._publish()
 
-
-def _fail(engine: Engine, seq: Sequence, error: GenerationError) -> None:
-    if seq.status is not SequenceStatus.FINISHED:
-        engine.scheduler.remove(seq)
-    try:
-        seq.output.sink(error)
-    except Exception:
-        logger.warning("request %s failed and its consumer is gone", seq.seq_id)
-
-
-def _fail_unschedulable(engine: Engine) -> None:
-    # Nothing runs and nothing could be admitted: the head of the queue needs an adapter slot
-    # that pinned adapters hold for good. Fail it rather than spin.
-    if engine.scheduler.running:
-        return
-    head = engine.scheduler.next_waiting()
-    if head is not None:
-        _fail(
-            engine,
-            head,
-            GenerationError(
-                f"adapter {head.adapter_id!r} cannot be placed: every adapter slot is pinned "
-                f"(max_loaded_adapters={engine.config.max_loaded_adapters})"
-            ),
+    def _publish(self) -> None:
+        self.snapshot = replace(
+            self.snapshot, scheduler=self.scheduler.snapshot(), generated_tokens=self._generated_tokens
         )
-
-
-def _snapshot(engine: Engine) -> None:
-    # One tuple, replaced at once: `Engine.stats()` reads queue, batch and free blocks from the
-    # same moment, so a caller that sees the blocks of an aborted request free also sees it gone
-    # from the batch.
-    scheduler = engine.scheduler
-    engine._snapshot = (scheduler.num_waiting, len(scheduler.running), engine.block_manager.num_free_blocks)

@@ -16,8 +16,8 @@ from lorafleet.runtime.engine.config import EngineConfig
 from lorafleet.runtime.engine.scheduler import ScheduledBatch
 from lorafleet.runtime.engine.sequence import Sequence
 from lorafleet.runtime.layers.attention import AttentionMetadata, DecodeGroup, PrefillSpan
-from lorafleet.runtime.layers.lora_linear import LoraGroupStep, LoraStep
-from lorafleet.runtime.models.decoder import LORA_GROUP_OF, LORA_MODULES, DecoderModel, ModelArgs
+from lorafleet.runtime.layers.lora_linear import LoraStep
+from lorafleet.runtime.models.decoder import LORA_GROUP_OF, LORA_MODULES, DecoderModel
 
 
 @dataclass(frozen=True)
@@ -29,17 +29,13 @@ class StepOutput:
     prompt_logits: dict[int, tuple[int, torch.Tensor]]  # seq_id -> (first position, [n, V])
 
 
-def kv_bytes_per_block(args: ModelArgs, block_size: int, dtype: torch.dtype) -> int:
-    element = torch.empty((), dtype=dtype).element_size()
-    return args.num_layers * 2 * block_size * args.num_kv_heads * args.head_dim * element
-
-
 class ModelRunner:
-    def __init__(self, config: EngineConfig, model: DecoderModel, args: ModelArgs) -> None:
+    def __init__(self, config: EngineConfig, model: DecoderModel) -> None:
         self.config = config
         self.model = model
-        self.args = args
+        self.args = args = config.model
         self.device = config.device
+        self.lora_backend = kernels.backend_for(config.device)  # resolved once, used by every layer
         self.kv_cache = torch.zeros(  # [layers, 2, blocks, block_size, KVH, D]
             args.num_layers,
             2,
@@ -59,7 +55,7 @@ class ModelRunner:
         # sequences have the same slots, so their metadata (and the index tensors the CPU path
         # derives from it) is built once, not every step. It depends on slot numbers only, never
         # on the weights in the slots, so it stays valid when a slot is given another adapter.
-        self._lora_steps: dict[tuple[int, ...], LoraGroupStep] = {}
+        self._lora_steps: dict[tuple[int, ...], kernels.LoraBatch] = {}
 
     def set_adapter(self, slot: int, weights: AdapterWeights) -> None:
         """Writes `weights` into `slot` of every layer's stacked buffers (clearing untargeted ones)."""
@@ -88,7 +84,7 @@ class ModelRunner:
                     start,
                     self.model.compute_logits(hidden[row : row + item.num_tokens]),
                 )
-            if start + item.num_tokens == seq.num_tokens:
+            if item.samples:
                 sample_seqs.append(seq)
                 sample_rows.append(row + item.num_tokens - 1)
             row += item.num_tokens
@@ -138,15 +134,14 @@ class ModelRunner:
         """Per projection group, each row's slot, or -1 where its adapter does not target the group.
 
         Groups whose rows come out the same (an adapter targeting every projection) share one
-        `LoraGroupStep`, and so does the next step when its rows are the same (decode), so its
+        `kernels.LoraBatch`, and so does the next step when its rows are the same (decode), so its
         metadata and the index tensors the CPU path derives from it are built once. None when no
         row uses an adapter.
         """
         if all(slot < 0 for slot in token_lora):
             return None
-        backend = kernels.select_backend(self.device)
         previous = self._lora_steps
-        shared: dict[tuple[int, ...], LoraGroupStep] = {}
+        shared: dict[tuple[int, ...], kernels.LoraBatch] = {}
         groups = {}
         for group in self._group_names:
             group_slots = tuple(
@@ -158,11 +153,11 @@ class ModelRunner:
                 shared[group_slots] = previous.get(group_slots) or self._group_step(group_slots)
             groups[group] = shared[group_slots]
         self._lora_steps = shared
-        return LoraStep(groups, backend)
+        return LoraStep(groups, self.lora_backend)
 
-    def _group_step(self, group_slots: tuple[int, ...]) -> LoraGroupStep:
+    def _group_step(self, group_slots: tuple[int, ...]) -> kernels.LoraBatch:
         slots = self._tensor(list(group_slots))  # [T]
-        return LoraGroupStep(slots, kernels.prepare_lora_batch(slots, self._num_slots))
+        return kernels.prepare_lora_batch(slots, self._num_slots)
 
     def _tensor(self, values: list[int] | list[list[int]]) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.long, device=self.device)

@@ -5,15 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from lorafleet.runtime.engine.types import (
-    FinishReason,
-    GenerationRequest,
-    GenerationResult,
-    TokenEvent,
-    TokenInfo,
-)
 from lorafleet.runtime.layers.sampler import SampleOutput
 from lorafleet.runtime.tokenizer import IncrementalDetokenizer, Tokenizer
+from lorafleet.runtime.types import FinishReason, GenerationResult, PreparedRequest, TokenEvent, TokenInfo
 
 Sink = Callable[[TokenEvent | BaseException], None]
 
@@ -22,26 +16,21 @@ class RequestOutput:
     """Collects one request's tokens and emits a `TokenEvent` per token through `sink`."""
 
     def __init__(
-        self,
-        request: GenerationRequest,
-        tokenizer: Tokenizer,
-        prompt_ids: list[int],
-        max_new_tokens: int,
-        seed: int | None,
-        sink: Sink,
+        self, prepared: PreparedRequest, tokenizer: Tokenizer, eos_token_ids: frozenset[int], sink: Sink
     ) -> None:
-        self.request = request
+        self.request = prepared.request
         self.tokenizer = tokenizer
-        self.prompt_ids = prompt_ids
-        self.max_new_tokens = max_new_tokens
-        self.seed = seed
+        self.eos_token_ids = eos_token_ids
+        self.prompt_ids = list(prepared.prompt_ids)
+        self.max_new_tokens = prepared.max_new_tokens
+        self.seed = prepared.seed
         self.sink = sink
-        self.prompt_logprobs: list[float | None] = [None] * len(prompt_ids)
+        self.prompt_logprobs: list[float | None] = [None] * len(self.prompt_ids)
         self.tokens: list[TokenInfo] = []
         self.top_tokens: list[tuple[TokenInfo, ...]] = []
         self.text = ""  # streamed text, special tokens included (what stop sequences match)
         self.finished = False
-        self._detokenizer = IncrementalDetokenizer(tokenizer, prompt_ids)
+        self._detokenizer = IncrementalDetokenizer(tokenizer, self.prompt_ids)
 
     def add_prompt_logits(self, start: int, logits: torch.Tensor) -> None:  # logits [n, V]
         """Log-probs of prompt tokens start+1 .. from the logits at positions start .."""
@@ -51,7 +40,7 @@ class RequestOutput:
             if target < len(self.prompt_ids):
                 self.prompt_logprobs[target] = float(logprobs[j, self.prompt_ids[target]])
 
-    def add_token(self, sample: SampleOutput, eos_token_ids: frozenset[int]) -> TokenEvent:
+    def add_token(self, sample: SampleOutput) -> TokenEvent:
         """Records one sampled token and returns its event (the last one carries the result)."""
         tid = sample.token_id
         special = self.tokenizer.is_special(tid)
@@ -64,7 +53,7 @@ class RequestOutput:
             for i, lp in zip(sample.top_ids, sample.top_logprobs, strict=True)
         )
         self.top_tokens.append(top)
-        reason = self._finish_reason(tid, eos_token_ids)
+        reason = self._finish_reason(tid)
         if reason is None:
             return TokenEvent(len(self.tokens), token, piece, top)
         # The last event carries whatever the detokenizer still holds back (an incomplete
@@ -75,9 +64,9 @@ class RequestOutput:
         self.finished = True
         return TokenEvent(len(self.tokens), token, piece, top, reason, self.result(reason))
 
-    def _finish_reason(self, token_id: int, eos_token_ids: frozenset[int]) -> FinishReason | None:
+    def _finish_reason(self, token_id: int) -> FinishReason | None:
         params = self.request.params
-        if token_id in eos_token_ids and not params.ignore_eos:
+        if token_id in self.eos_token_ids and not params.ignore_eos:
             return FinishReason.EOS_TOKEN
         if any(self.text.endswith(stop) for stop in params.stop if stop):
             return FinishReason.STOP_SEQUENCE

@@ -1,12 +1,15 @@
 """Continuous batching: decides, before every step, which tokens of which sequences run.
 
-Each step:
+The scheduler owns the waiting and running queues, the KV block manager and the adapter slots;
+only the engine loop's thread calls it. Each step:
 1. every running sequence gets its next tokens: one for those decoding, the next chunk of the
    prompt (within `max_batch_prefill_tokens`) for those still prefilling; when the KV pool
    cannot hold them, the most recently admitted sequence is preempted (its blocks freed, to be
    recomputed later) until it can;
 2. waiting sequences are admitted while prefill budget, free KV blocks, a batch seat and an
    adapter slot are available. Preempted sequences come back first.
+After the model ran, `postprocess` advances every sequence by what was computed, appends the
+sampled tokens and frees the sequences that finished.
 
 Fairness: waiting requests are queued per adapter (base model included) and admission takes the
 head of each adapter's queue in turn (round-robin), so a flood of requests for one adapter
@@ -16,23 +19,32 @@ cannot starve another adapter's requests; within an adapter the order is first c
 from __future__ import annotations
 
 from collections import OrderedDict, deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from lorafleet.runtime.adapters.slots import AdapterSlots, SlotGrant
+from lorafleet.runtime.adapters.slots import AdapterSlots
 from lorafleet.runtime.engine.block_manager import BlockManager
 from lorafleet.runtime.engine.sequence import Sequence, SequenceStatus
 
 
 @dataclass(frozen=True)
 class SchedulerConfig:
+    num_kv_blocks: int
+    block_size: int
     max_batch_prefill_tokens: int
     max_batch_size: int
+    num_adapter_slots: int
 
 
 @dataclass(frozen=True)
 class ScheduledSeq:
     seq: Sequence
     num_tokens: int  # tokens computed this step, from seq.num_computed
+
+    @property
+    def samples(self) -> bool:
+        """Whether this step computes the sequence's last known token, so its next one is sampled."""
+        return self.seq.num_computed + self.num_tokens == self.seq.num_tokens
 
 
 @dataclass
@@ -46,17 +58,40 @@ class ScheduledBatch:
         return not self.items
 
 
+@dataclass(frozen=True)
+class SampledToken:
+    """One sequence's new token; `finished` when its request ends with it (eos, stop, length)."""
+
+    seq: Sequence
+    token_id: int
+    finished: bool
+
+
+@dataclass(frozen=True)
+class SchedulerSnapshot:
+    """The scheduler's counters at one moment, for readers on other threads."""
+
+    num_waiting: int = 0
+    num_running: int = 0
+    num_free_blocks: int = 0
+    num_preemptions: int = 0
+    adapter_loads: int = 0
+    adapter_evictions: int = 0
+    loaded_adapters: tuple[str, ...] = ()  # in a device slot, least recently used first
+    pinned_adapters: frozenset[str] = frozenset()
+
+
 class Scheduler:
-    def __init__(
-        self, config: SchedulerConfig, block_manager: BlockManager, adapter_slots: AdapterSlots
-    ) -> None:
+    def __init__(self, config: SchedulerConfig) -> None:
         self.config = config
-        self.block_manager = block_manager
-        self.adapter_slots = adapter_slots
+        self.block_manager = BlockManager(config.num_kv_blocks, config.block_size)
+        self.adapter_slots = AdapterSlots(config.num_adapter_slots)
         self._waiting: OrderedDict[str | None, deque[Sequence]] = OrderedDict()
         self._preempted: deque[Sequence] = deque()
         self.running: list[Sequence] = []  # in admission order
         self.num_preemptions = 0
+
+    # --- queues -----------------------------------------------------------------------------
 
     @property
     def num_waiting(self) -> int:
@@ -69,8 +104,10 @@ class Scheduler:
         seq.status = SequenceStatus.WAITING
         self._waiting.setdefault(seq.adapter_id, deque()).append(seq)
 
-    def remove(self, seq: Sequence) -> None:
+    def finish(self, seq: Sequence) -> None:
         """Takes `seq` out for good (finished, aborted or failed) and frees what it holds."""
+        if seq.status is SequenceStatus.FINISHED:
+            return
         if seq.status is SequenceStatus.RUNNING:
             self.running.remove(seq)
             self._release(seq)
@@ -82,20 +119,57 @@ class Scheduler:
                 del self._waiting[seq.adapter_id]
         seq.status = SequenceStatus.FINISHED
 
-    def drain_waiting(self) -> list[Sequence]:
-        """Takes every waiting sequence out (shutdown), preempted ones first."""
-        drained = list(self._preempted)
+    def drain(self) -> list[Sequence]:
+        """Takes every sequence out (shutdown): running ones, then preempted, then waiting."""
+        drained = list(self.running) + list(self._preempted)
         for queue in self._waiting.values():
             drained.extend(queue)
-        self._preempted.clear()
-        self._waiting.clear()
         for seq in drained:
-            seq.status = SequenceStatus.FINISHED
+            self.finish(seq)
         return drained
 
-    def next_waiting(self) -> Sequence | None:
-        """The sequence admission would consider first (preempted ones, then round-robin)."""
-        return self._next_waiting(set())
+    def snapshot(self) -> SchedulerSnapshot:
+        slots = self.adapter_slots
+        return SchedulerSnapshot(
+            num_waiting=self.num_waiting,
+            num_running=len(self.running),
+            num_free_blocks=self.block_manager.num_free_blocks,
+            num_preemptions=self.num_preemptions,
+            adapter_loads=slots.num_loads,
+            adapter_evictions=slots.num_evictions,
+            loaded_adapters=tuple(slots.loaded()),
+            pinned_adapters=frozenset(slots.pinned),
+        )
+
+    # --- adapters ---------------------------------------------------------------------------
+
+    def pin(self, adapter_id: str) -> int:
+        """A slot that holds `adapter_id` for good (adapters preloaded at start); raises when full."""
+        grant = self.adapter_slots.acquire(adapter_id, pin=True)
+        if grant is None:
+            raise RuntimeError(f"no free adapter slot to pin {adapter_id!r}")
+        return grant.slot
+
+    def drop_adapter(self, adapter_id: str) -> list[Sequence]:
+        """Frees the slot of an adapter whose weights could not be written, and takes out the
+        sequences that use it (returned, for the caller to fail)."""
+        users = [s for s in self.running if s.adapter_id == adapter_id]
+        for seq in users:
+            self.finish(seq)
+        self.adapter_slots.discard(adapter_id)
+        return users
+
+    def next_unplaceable(self) -> Sequence | None:
+        """The head of the queue when nothing runs and it cannot be admitted because every adapter
+        slot is pinned by other adapters (it would wait forever); else None."""
+        if self.running:
+            return None
+        head = self._next_waiting(set())
+        if head is None or head.adapter_id is None or self.adapter_slots.can_ever_place(head.adapter_id):
+            return None
+        return head
+
+    # --- a step -----------------------------------------------------------------------------
 
     def schedule(self) -> ScheduledBatch:
         batch = ScheduledBatch()
@@ -103,6 +177,19 @@ class Scheduler:
         if not batch.preempted:
             self._admit(batch, budget)
         return batch
+
+    def postprocess(self, batch: ScheduledBatch, sampled: Iterable[SampledToken]) -> list[Sequence]:
+        """Records a step: each item's tokens are now computed, each sampled token is appended,
+        and the sequences whose request ended are freed. Returns those finished sequences."""
+        for item in batch.items:
+            item.seq.num_computed += item.num_tokens
+        finished = []
+        for token in sampled:
+            token.seq.token_ids.append(token.token_id)
+            if token.finished:
+                self.finish(token.seq)
+                finished.append(token.seq)
+        return finished
 
     def _schedule_running(self, batch: ScheduledBatch) -> int:
         budget = self.config.max_batch_prefill_tokens
@@ -140,7 +227,9 @@ class Scheduler:
                 if grant is None:
                     skipped.add(seq.adapter_id)
                     continue
-                self._bind(seq, grant, batch)
+                seq.adapter_slot = grant.slot
+                if grant.is_new:
+                    batch.adapter_loads[seq.adapter_id] = grant.slot
             self._pop_waiting(seq)
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
@@ -165,11 +254,6 @@ class Scheduler:
         self._waiting.move_to_end(seq.adapter_id)  # round-robin: this adapter goes to the back
         if not queue:
             del self._waiting[seq.adapter_id]
-
-    def _bind(self, seq: Sequence, grant: SlotGrant, batch: ScheduledBatch) -> None:
-        seq.adapter_slot = grant.slot
-        if grant.is_new:
-            batch.adapter_loads[seq.adapter_id] = grant.slot  # type: ignore[index]
 
     def _preempt(self, seq: Sequence, batch: ScheduledBatch) -> None:
         # Recompute: drop the cached keys/values; the tokens (prompt + generated) stay.

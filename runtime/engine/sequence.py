@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from lorafleet.runtime.engine.types import SamplingParams
+from lorafleet.runtime.types import SamplingParams
 
 
 class SequenceStatus(enum.Enum):

@@ -1,4 +1,4 @@
-"""Resolves `Engine.from_pretrained`'s arguments into an `EngineConfig` (defaults as TGI's)."""
+"""Resolves `EngineArgs` into an `EngineConfig` (defaults as TGI's) and finds the model's files."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import os
 from pathlib import Path
 
 import torch
+from lorafleet.runtime.args import EngineArgs
 from lorafleet.runtime.engine.config import EngineConfig
-from lorafleet.runtime.engine.types import EngineError
+from lorafleet.runtime.errors import EngineError
 from lorafleet.runtime.models.decoder import ModelArgs
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -38,9 +39,19 @@ def resolve_model_dir(model_id: str | os.PathLike[str], revision: str | None) ->
 
 
 def resolve_device(device: str | None) -> torch.device:
+    """The device to run on, with an explicit index on CUDA (tensors of every thread land there)."""
     if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+        resolved = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            resolved = torch.device(device)
+        except RuntimeError as e:
+            raise EngineError(f"device {device!r} is not a torch device: {e}") from e
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise EngineError(f"device {device!r}: this torch build or host has no CUDA device")
+    if resolved.type == "cuda" and resolved.index is None:
+        resolved = torch.device("cuda", torch.cuda.current_device())
+    return resolved
 
 
 def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
@@ -51,63 +62,69 @@ def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def build_config(
+def check_args(args: EngineArgs) -> None:
+    """Checks what can be checked before loading anything; raises `EngineError` naming the option."""
+    if args.block_size <= 0:
+        raise EngineError("block_size must be positive")
+    if args.max_loaded_adapters < 0 or args.max_lora_rank <= 0:
+        raise EngineError("max_loaded_adapters must be >= 0 and max_lora_rank > 0")
+    if len(args.adapters) > args.max_loaded_adapters:
+        raise EngineError(
+            f"{len(args.adapters)} preloaded adapters exceed max_loaded_adapters={args.max_loaded_adapters}"
+        )
+
+
+def resolve_config(
+    args: EngineArgs,
     *,
     model_dir: Path,
-    model_id: str,
     model_sha: str | None,
-    args: ModelArgs,
+    model: ModelArgs,
     dtype: torch.dtype,
     device: torch.device,
-    max_input_tokens: int | None,
-    max_total_tokens: int | None,
-    max_batch_prefill_tokens: int | None,
-    max_batch_total_tokens: int | None,
-    max_loaded_adapters: int,
-    max_lora_rank: int,
-    max_batch_size: int,
-    block_size: int,
-    num_kv_blocks: int | None,
-    kv_bytes_per_block: int,
+    eos_token_ids: frozenset[int],
 ) -> EngineConfig:
-    """Fills in defaults and checks that the limits are consistent; raises `EngineError` naming the flag."""
-    total = max_total_tokens or min(args.max_position_embeddings, 4096)
-    max_input = max_input_tokens or total - 1
+    """Fills in defaults (after the weights are loaded, so free device memory is known) and checks
+    that the limits are consistent; raises `EngineError` naming the option."""
+    total = args.max_total_tokens or min(model.max_position_embeddings, 4096)
+    max_input = args.max_input_tokens or total - 1
     if max_input >= total:
         raise EngineError(f"max_input_tokens ({max_input}) must be < max_total_tokens ({total})")
-    prefill = max_batch_prefill_tokens or max_input + 50
-    if block_size <= 0:
-        raise EngineError("block_size must be positive")
-    if num_kv_blocks is None:
-        if max_batch_total_tokens:
-            num_kv_blocks = -(-max_batch_total_tokens // block_size)
-        elif device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(device)
-            num_kv_blocks = int(free * GPU_MEMORY_FRACTION) // kv_bytes_per_block
-        else:
-            wanted = -(-max(16 * total, 16384) // block_size)
-            num_kv_blocks = min(wanted, CPU_KV_BYTES // kv_bytes_per_block)
-    if num_kv_blocks * block_size < total:
+    num_kv_blocks = args.num_kv_blocks or _default_kv_blocks(args, model, dtype, device, total)
+    if num_kv_blocks * args.block_size < total:
         raise EngineError(
-            f"the KV pool ({num_kv_blocks} blocks of {block_size} tokens) cannot hold one request of "
+            f"the KV pool ({num_kv_blocks} blocks of {args.block_size} tokens) cannot hold one request of "
             f"max_total_tokens={total}; raise num_kv_blocks/max_batch_total_tokens or lower max_total_tokens"
         )
-    if max_loaded_adapters < 0 or max_lora_rank <= 0:
-        raise EngineError("max_loaded_adapters must be >= 0 and max_lora_rank > 0")
     return EngineConfig(
+        args=args,
         model_dir=model_dir,
-        model_id=model_id,
         model_sha=model_sha,
+        model=model,
         dtype=dtype,
         device=device,
         max_input_tokens=max_input,
         max_total_tokens=total,
-        max_batch_prefill_tokens=prefill,
-        max_batch_total_tokens=num_kv_blocks * block_size,
-        block_size=block_size,
+        max_batch_prefill_tokens=args.max_batch_prefill_tokens or max_input + 50,
         num_kv_blocks=num_kv_blocks,
-        max_loaded_adapters=max_loaded_adapters,
-        max_lora_rank=max_lora_rank,
-        max_batch_size=max_batch_size,
-        max_cpu_adapters=max(4 * max_loaded_adapters, 16),
+        max_cpu_adapters=max(4 * args.max_loaded_adapters, 16),
+        eos_token_ids=eos_token_ids,
     )
+
+
+def kv_bytes_per_block(model: ModelArgs, block_size: int, dtype: torch.dtype) -> int:
+    element = torch.empty((), dtype=dtype).element_size()
+    return model.num_layers * 2 * block_size * model.num_kv_heads * model.head_dim * element
+
+
+def _default_kv_blocks(
+    args: EngineArgs, model: ModelArgs, dtype: torch.dtype, device: torch.device, total: int
+) -> int:
+    if args.max_batch_total_tokens:
+        return -(-args.max_batch_total_tokens // args.block_size)
+    per_block = kv_bytes_per_block(model, args.block_size, dtype)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * GPU_MEMORY_FRACTION) // per_block
+    wanted = -(-max(16 * total, 16384) // args.block_size)
+    return min(wanted, CPU_KV_BYTES // per_block)

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import random
 
 from lorafleet.runtime.engine.config import EngineConfig
-from lorafleet.runtime.engine.types import EngineValidationError, GenerationRequest, SamplingParams
+from lorafleet.runtime.errors import EngineValidationError
+from lorafleet.runtime.layers.sampler import is_greedy
 from lorafleet.runtime.tokenizer import Tokenizer
+from lorafleet.runtime.types import GenerationRequest, PreparedRequest, SamplingParams
 
 MAX_STOP_SEQUENCES = 4
 MAX_TOP_N_TOKENS = 5
-
-
-@dataclass(frozen=True)
-class ValidatedRequest:
-    prompt_ids: list[int]
-    max_new_tokens: int
 
 
 def check_params(p: SamplingParams) -> None:
@@ -44,10 +40,10 @@ def check_params(p: SamplingParams) -> None:
         raise EngineValidationError("`seed` must be >= 0 and < 2**64")
 
 
-def validate_request(
+def prepare_request(
     request: GenerationRequest, config: EngineConfig, tokenizer: Tokenizer
-) -> ValidatedRequest:
-    """Tokenizes and checks one request (not its adapter); returns its prompt ids and token budget."""
+) -> PreparedRequest:
+    """Checks and tokenizes one request (not its adapter); chooses the seed of a sampled request."""
     check_params(request.params)
     if isinstance(request.prompt, str):
         ids = tokenizer.encode(request.prompt, add_special_tokens=request.add_special_tokens)
@@ -84,4 +80,7 @@ def validate_request(
             f"`inputs` tokens + `max_new_tokens` must be <= {config.max_total_tokens}. "
             f"Given: {len(ids)} `inputs` tokens and {max_new} `max_new_tokens`"
         )
-    return ValidatedRequest(ids, max_new)
+    seed = None
+    if not is_greedy(request.params):
+        seed = request.params.seed if request.params.seed is not None else random.randrange(2**63)
+    return PreparedRequest(request, tuple(ids), max_new, seed)

@@ -22,14 +22,7 @@ from dataclasses import dataclass
 
 import torch
 from lorafleet import kernels
-from lorafleet.kernels import torch_lora
 from torch import nn
-
-
-@dataclass(frozen=True)
-class LoraGroupStep:
-    token_lora: torch.Tensor  # [T] int64 slot per row, -1 = base model or adapter not targeting the group
-    meta: kernels.LoraBatch  # kernels.prepare_lora_batch(token_lora, L), built once for all layers
 
 
 @dataclass(frozen=True)
@@ -40,8 +33,8 @@ class LoraStep:
     layers skip LoRA entirely: q/v-only adapters cost nothing in the MLP.
     """
 
-    groups: dict[str, LoraGroupStep]
-    backend: str  # kernels.select_backend of the step's device: "torch" (CPU path) or "triton"
+    groups: dict[str, kernels.LoraBatch]  # prepare_lora_batch of the group's row slots, for all layers
+    backend: kernels.LoraBackend  # kernels.backend_for the model's device, resolved once
 
 
 class LoRALinear(nn.Module):
@@ -70,7 +63,6 @@ class LoRALinear(nn.Module):
             self.slice_bounds[name] = (offset, offset + width)
             offset += width
         self.out_features = offset
-        self.slice_offsets = [0, *(hi for lo, hi in self.slice_bounds.values())]  # S + 1 column offsets
         self.weight = nn.Parameter(
             torch.empty(offset, in_features, dtype=dtype, device=device), requires_grad=False
         )
@@ -117,24 +109,11 @@ class LoRALinear(nn.Module):
 
     def forward(self, x: torch.Tensor, lora: LoraStep | None) -> torch.Tensor:  # x [T, K] -> [T, N]
         out = torch.nn.functional.linear(x, self.weight, self.bias)
-        step = lora.groups.get(self.group) if lora is not None and self.has_lora else None
-        if lora is None or step is None:
+        meta = lora.groups.get(self.group) if lora is not None and self.has_lora else None
+        if lora is None or meta is None:
             return out
-        if lora.backend == "torch":  # the buffers are this layer's own, consistent by construction
-            return torch_lora.add_lora_sliced(
-                out, x, self.lora_a, self.lora_b, step.token_lora, self.lora_scales, self.slice_offsets,
-                step.meta,
-            )
-        return kernels.add_lora_sliced(
-            out,
-            x,
-            self.lora_a,
-            self.lora_b,
-            step.token_lora,
-            self.lora_scales,
-            slice_widths=self.slice_widths,
-            meta=step.meta,
-        )
+        # The buffers are this layer's own, consistent by construction: no checks on this path.
+        return lora.backend.apply(out, x, self.lora_a, self.lora_b, self.lora_scales, self.slice_widths, meta)
 
 
 def _buffer(*shape: int, dtype: torch.dtype, device: torch.device) -> nn.Parameter:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from lorafleet.runtime.engine.types import SamplingParams
+from lorafleet.runtime.types import SamplingParams
 
 
 def is_greedy(params: SamplingParams) -> bool:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lorafleet.runtime.engine.types import EngineError
+from lorafleet.runtime.errors import ModelLoadError
 from lorafleet.runtime.models import llama, mistral, qwen2
 from lorafleet.runtime.models.decoder import DecoderModel, LoraCapacity, ModelArgs
 
@@ -22,10 +22,6 @@ _ARCHITECTURES = {
 }
 _LAYER_KEY = re.compile(r"^model\.layers\.(\d+)\.(self_attn|mlp)\.(\w+)\.(weight|bias)$")
 _IGNORED = re.compile(r"rotary_emb\.inv_freq$")
-
-
-class ModelLoadError(EngineError):
-    """A checkpoint that cannot be read: missing or corrupt file, unsupported architecture."""
 
 
 def read_config(model_dir: Path) -> tuple[dict[str, Any], ModelArgs]:
@@ -85,14 +81,14 @@ def iter_tensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
 
 def load_model(
     model_dir: Path,
+    args: ModelArgs,
     *,
     dtype: torch.dtype,
     device: torch.device,
     lora: LoraCapacity,
     progress: Callable[[str], None] | None = None,
-) -> tuple[DecoderModel, ModelArgs]:
-    """Builds the model for `model_dir` and fills it from its safetensors files."""
-    _, args = read_config(model_dir)
+) -> DecoderModel:
+    """Builds the model `args` (from `read_config(model_dir)`) and fills it from its safetensors files."""
     files = weight_files(model_dir)
     if progress:
         progress(
@@ -114,7 +110,7 @@ def load_model(
         raise ModelLoadError(f"{model_dir}: tensors missing from the checkpoint: {sorted(expected)[:5]}")
     if progress:
         progress(f"loaded weights from {len(files)} file(s)")
-    return model, args
+    return model
 
 
 def _expected_names(args: ModelArgs) -> set[str]:

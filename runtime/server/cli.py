@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from lorafleet.runtime.args import EngineArgs
 from lorafleet.runtime.server.config import ConfigError, ServerConfig, parse_adapter_list
 
 logger = logging.getLogger("lorafleet.runtime.server")
@@ -71,10 +72,17 @@ class Flag:
     parse: Callable[[str], Any]
     help: str
     aliases: tuple[str, ...] = ()
+    field: str = ""  # "engine.<EngineArgs field>" or a ServerConfig field; default: from the name
 
     @property
     def dest(self) -> str:
         return self.name.removeprefix("--").replace("-", "_")
+
+    @property
+    def target(self) -> tuple[str, str]:
+        """("engine" | "server", field name) this flag sets."""
+        owner, _, name = (self.field or f"engine.{self.dest}").rpartition(".")
+        return (owner or "server"), name
 
     def label(self) -> str:
         return "/".join((self.name, *self.env))
@@ -88,6 +96,7 @@ FLAGS = (
         ("LORA_ADAPTERS",),
         lambda v: parse_adapter_list(v),
         "comma list of adapters to preload: `id`, `id@rev`, `name=path`",
+        field="engine.adapters",
     ),
     Flag("--dtype", ("DTYPE",), _choice(DTYPES), "weights and activations dtype"),
     Flag("--device", ("DEVICE",), _text, "torch device (default: cuda when available, else cpu)"),
@@ -97,6 +106,7 @@ FLAGS = (
         _positive_int,
         "longest prompt in tokens",
         aliases=("--max-input-tokens",),
+        field="engine.max_input_tokens",
     ),
     Flag("--max-total-tokens", ("MAX_TOTAL_TOKENS",), _positive_int, "longest prompt + output in tokens"),
     Flag(
@@ -116,6 +126,7 @@ FLAGS = (
         ("MAX_CONCURRENT_REQUESTS",),
         _positive_int,
         "requests in flight before answering 429 (default 128)",
+        field="max_concurrent_requests",
     ),
     Flag(
         "--max-loaded-adapters",
@@ -127,11 +138,10 @@ FLAGS = (
     Flag(
         "--num-kv-blocks", ("NUM_KV_BLOCKS",), _positive_int, "KV-cache blocks (default: sized by the engine)"
     ),
-    Flag("--hostname", ("HOSTNAME",), _text, "address to listen on (default 0.0.0.0)"),
-    Flag("--port", ("PORT",), _port, "port to listen on (default 3000)"),
-    Flag("--log-level", ("LOG_LEVEL",), _choice(LOG_LEVELS), "log level (default info)"),
+    Flag("--hostname", ("HOSTNAME",), _text, "address to listen on (default 0.0.0.0)", field="hostname"),
+    Flag("--port", ("PORT",), _port, "port to listen on (default 3000)", field="port"),
+    Flag("--log-level", ("LOG_LEVEL",), _choice(LOG_LEVELS), "log level (default info)", field="log_level"),
 )
-_FLAG_FIELDS = {"max_input_length": "max_input_tokens"}  # flag name → ServerConfig field
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -151,23 +161,24 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
     """Flags and env vars → `ServerConfig`; raises `ConfigError` naming the bad flag."""
     env = os.environ if env is None else env
     args = vars(build_parser().parse_args(argv))
-    values: dict[str, Any] = {}
+    values: dict[str, dict[str, Any]] = {"engine": {}, "server": {}}
     for flag in FLAGS:
         raw, origin = args[flag.dest], flag.name
         if raw is None:
             origin, raw = next(((e, env[e]) for e in flag.env if env.get(e, "").strip()), (origin, None))
         if raw is None:
             continue
+        owner, field = flag.target
         try:
-            values[_FLAG_FIELDS.get(flag.dest, flag.dest)] = flag.parse(raw)
+            values[owner][field] = flag.parse(raw)
         except ConfigError:
             raise
         except ValueError as e:
             raise ConfigError(f"{flag.label()}: invalid value {raw!r} (from {origin}): {e}") from e
-    if "model_id" not in values:
+    if "model_id" not in values["engine"]:
         raise ConfigError("--model-id/MODEL_ID is required: a local model directory or a Hub repo id")
-    _check_limits(values)
-    return ServerConfig(**values)
+    _check_limits(values["engine"])
+    return ServerConfig(engine=EngineArgs(**values["engine"]), **values["server"])
 
 
 def _check_limits(values: Mapping[str, Any]) -> None:
@@ -178,7 +189,7 @@ def _check_limits(values: Mapping[str, Any]) -> None:
             f"--max-input-length ({max_input}) must be < --max-total-tokens ({max_total}): "
             "no room is left for output tokens"
         )
-    max_loaded, preloaded = values.get("max_loaded_adapters"), len(values.get("lora_adapters", ()))
+    max_loaded, preloaded = values.get("max_loaded_adapters"), len(values.get("adapters", ()))
     if max_loaded is not None and max_loaded < preloaded:
         raise ConfigError(
             f"--max-loaded-adapters ({max_loaded}) must be >= the number of --lora-adapters ({preloaded}): "
@@ -228,7 +239,7 @@ def serve(config: ServerConfig) -> int:
         http.join(0.05)
     if not http.is_alive():  # uvicorn logged why (e.g. the port is taken)
         return 1
-    logger.info("listening on http://%s:%d; loading %s", config.hostname, config.port, config.model_id)
+    logger.info("listening on http://%s:%d; loading %s", config.hostname, config.port, config.engine.model_id)
     try:
         if not stop.is_set():
             app.state.context.holder.load(lambda progress: load_engine(config, progress))

@@ -1,9 +1,15 @@
-"""The server's configuration: one frozen dataclass, built by the CLI from flags and env vars."""
+"""The server's configuration: one frozen dataclass, built by the CLI from flags and env vars.
+
+The engine's options are an `EngineArgs` inside it (listed once, in `lorafleet.runtime.args`);
+the fields here are the HTTP server's own.
+"""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+
+from lorafleet.runtime.args import AdapterSource, EngineArgs
 
 
 class ConfigError(ValueError):
@@ -11,29 +17,9 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
-class AdapterSource:
-    """One entry of `--lora-adapters`: `id`, `id@revision`, `name=path` or `name=repo@revision`."""
-
-    adapter_id: str
-    source: str  # a local directory or a Hub repo id
-    revision: str | None = None
-
-
-@dataclass(frozen=True)
 class ServerConfig:
-    model_id: str
-    revision: str | None = None
-    lora_adapters: tuple[AdapterSource, ...] = ()
-    dtype: str | None = None
-    device: str | None = None
-    max_input_tokens: int | None = None
-    max_total_tokens: int | None = None
-    max_batch_prefill_tokens: int | None = None
-    max_batch_total_tokens: int | None = None
+    engine: EngineArgs
     max_concurrent_requests: int = 128
-    max_loaded_adapters: int | None = None
-    block_size: int = 16
-    num_kv_blocks: int | None = None
     hostname: str = "0.0.0.0"
     port: int = 3000
     log_level: str = "info"

@@ -12,13 +12,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
-from lorafleet.runtime.engine.types import (
-    EngineValidationError,
-    GenerationError,
-    GenerationRequest,
-    GenerationResult,
-    TokenEvent,
-)
+from lorafleet.runtime.errors import EngineValidationError, GenerationError
 from lorafleet.runtime.server.errors import (
     GenerationFailedError,
     IncompleteGenerationError,
@@ -27,6 +21,7 @@ from lorafleet.runtime.server.errors import (
 )
 from lorafleet.runtime.server.metrics import ServerMetrics
 from lorafleet.runtime.server.state import AdmissionGate, EngineHolder
+from lorafleet.runtime.types import GenerationRequest, GenerationResult, PreparedRequest, TokenEvent
 
 logger = logging.getLogger("lorafleet.runtime.server")
 
@@ -39,7 +34,7 @@ class ClientDisconnected(Exception):
 class RunningRequest:
     """What the server knows about one admitted request while it runs."""
 
-    request: GenerationRequest
+    prepared: PreparedRequest  # checked and tokenized once, at admission
     release: Callable[[], None]
     started: float = field(default_factory=time.perf_counter)
 
@@ -51,7 +46,7 @@ class GenerationService:
         self.holder, self.gate, self.metrics = holder, gate, metrics
 
     async def admit(self, request: GenerationRequest) -> RunningRequest:
-        """Checks readiness, takes an admission slot and validates; raises a `ServerError`.
+        """Checks readiness, takes an admission slot, validates and tokenizes; raises a `ServerError`.
 
         The caller must eventually call `.release()` of the returned request (streams do it
         when the response closes); on error nothing is held.
@@ -63,8 +58,8 @@ class GenerationService:
             self.metrics.record_failure(e.error_type)
             raise
         try:
-            # May load the adapter from disk or the Hub: keep it off the event loop.
-            await asyncio.to_thread(engine.validate, request)
+            # Tokenizing, and loading the adapter from disk or the Hub: keep it off the event loop.
+            prepared = await asyncio.to_thread(engine.prepare, request)
         except EngineValidationError as e:
             release()
             self.metrics.record_failure("validation")
@@ -72,7 +67,7 @@ class GenerationService:
         except BaseException:
             release()
             raise
-        return RunningRequest(request, release)
+        return RunningRequest(prepared, release)
 
     async def events(
         self, running: RunningRequest, disconnected: Awaitable[None] | None = None
@@ -83,9 +78,9 @@ class GenerationService:
         engine. Engine failures of this request become `GenerationFailedError`.
         """
         engine = self.holder.require()
-        request = running.request
+        request = running.prepared.request
         watcher = asyncio.ensure_future(disconnected) if disconnected is not None else None
-        stream = engine.stream(request).__aiter__()
+        stream = engine.stream(running.prepared).__aiter__()
         num_generated, first_token_at, outcome = 0, None, "cancelled"
         result: GenerationResult | None = None
         try:

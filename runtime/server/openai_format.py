@@ -11,18 +11,18 @@ import time
 import uuid
 from typing import Any
 
-from lorafleet.runtime.engine.types import (
-    FinishReason,
-    GenerationRequest,
-    GenerationResult,
-    SamplingParams,
-    TokenInfo,
-)
 from lorafleet.runtime.server.openai_schemas import (
     BASE_MODEL_ALIASES,
     ChatCompletionRequest,
     CompletionRequest,
     OpenAISamplingFields,
+)
+from lorafleet.runtime.types import (
+    FinishReason,
+    GenerationRequest,
+    GenerationResult,
+    SamplingParams,
+    TokenInfo,
 )
 
 SYSTEM_FINGERPRINT = "lorafleet-runtime"

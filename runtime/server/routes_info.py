@@ -89,5 +89,5 @@ def info_payload(ctx: ServerContext) -> dict[str, Any]:
         "sha": None,
         "docker_label": None,
         "adapters": list(engine.loaded_adapters()),
-        "lora_adapters": [s.adapter_id for s in ctx.config.lora_adapters],
+        "lora_adapters": [s.adapter_id for s in ctx.config.engine.adapters],
     }

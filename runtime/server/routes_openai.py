@@ -7,13 +7,13 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from lorafleet.runtime.engine.types import GenerationRequest, GenerationResult, TokenEvent
 from lorafleet.runtime.server import openai_format as fmt
 from lorafleet.runtime.server.context import ServerContext
 from lorafleet.runtime.server.errors import InputValidationError, ServerError
 from lorafleet.runtime.server.generation import ClientDisconnected, RunningRequest, wait_for_disconnect
 from lorafleet.runtime.server.openai_schemas import ChatCompletionRequest, CompletionRequest
 from lorafleet.runtime.server.sse import DONE, EventStreamResponse, sse_event
+from lorafleet.runtime.types import GenerationRequest, GenerationResult, TokenEvent
 
 CLIENT_CLOSED_REQUEST = 499
 

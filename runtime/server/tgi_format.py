@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from lorafleet.runtime.engine.types import (
+from lorafleet.runtime.server.schemas import GenerateParameters, GenerateRequest
+from lorafleet.runtime.types import (
     GenerationRequest,
     GenerationResult,
     SamplingParams,
     TokenEvent,
     TokenInfo,
 )
-from lorafleet.runtime.server.schemas import GenerateParameters, GenerateRequest
 
 
 def sampling_params(p: GenerateParameters) -> SamplingParams:

@@ -8,10 +8,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from lorafleet.runtime.engine import Engine
+from lorafleet.runtime.engine import Engine, SamplingParams
 from lorafleet.runtime.engine.scheduler import ScheduledBatch, ScheduledSeq
 from lorafleet.runtime.engine.sequence import Sequence, SequenceStatus
-from lorafleet.runtime.engine.types import SamplingParams
 
 from tests.fixtures import standard_adapters, tiny_model
 
@@ -81,21 +80,21 @@ def engine_prefill_logits(
         status=SequenceStatus.RUNNING,
     )
     if adapter is not None:
-        slot = engine.adapter_slots.slot_of(adapter)
+        slot = engine.loop.scheduler.adapter_slots.slot_of(adapter)
         assert slot is not None
         seq.adapter_slot = slot
     pieces = []
     try:
         while seq.num_computed < len(ids):
             n = min(chunk or len(ids), len(ids) - seq.num_computed)
-            engine.block_manager.allocate(seq, n)
-            out = engine.runner.execute(ScheduledBatch([ScheduledSeq(seq, n)]), {seq.seq_id})
+            engine.loop.scheduler.block_manager.allocate(seq, n)
+            out = engine.loop.runner.execute(ScheduledBatch([ScheduledSeq(seq, n)]), {seq.seq_id})
             start, logits = out.prompt_logits[seq.seq_id]
             assert start == seq.num_computed
             pieces.append(logits)
             seq.num_computed += n
     finally:
-        engine.block_manager.free(seq)
+        engine.loop.scheduler.block_manager.free(seq)
     return torch.cat(pieces)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from lorafleet.runtime.adapters.loader import load_adapter, resolve_adapter_dir
-from lorafleet.runtime.engine.types import AdapterLoadError
+from lorafleet.runtime.engine import AdapterLoadError
 from lorafleet.runtime.models.loader import read_config
 from safetensors.torch import load_file, save_file
 

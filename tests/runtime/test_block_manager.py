@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from lorafleet.runtime.engine import SamplingParams
 from lorafleet.runtime.engine.block_manager import BlockManager
 from lorafleet.runtime.engine.sequence import Sequence
-from lorafleet.runtime.engine.types import SamplingParams
 
 
 def _seq(n: int) -> Sequence:

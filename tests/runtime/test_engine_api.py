@@ -62,13 +62,13 @@ def adapter_dirs():  # type: ignore[no-untyped-def]
 )
 def test_bad_parameters_are_refused_naming_the_parameter(engine, params, name) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(EngineValidationError, match=f"`{name}`"):
-        engine.validate(GenerationRequest(PROMPT, params))
+        engine.prepare(GenerationRequest(PROMPT, params))
 
 
 def test_input_length_limits_and_truncate(engine) -> None:  # type: ignore[no-untyped-def]
     long_ids = list(range(10, 80))  # 70 > max_input_tokens=64
     with pytest.raises(EngineValidationError, match="`inputs`"):
-        engine.validate(GenerationRequest(long_ids, SamplingParams(max_new_tokens=4)))
+        engine.prepare(GenerationRequest(long_ids, SamplingParams(max_new_tokens=4)))
     [result] = engine.generate([GenerationRequest(long_ids, SamplingParams(max_new_tokens=4), truncate=20)])
     assert result.num_prompt_tokens == 20
     [result] = engine.generate([GenerationRequest(list(range(10, 40)), SamplingParams(ignore_eos=True))])
@@ -79,7 +79,7 @@ def test_input_length_limits_and_truncate(engine) -> None:  # type: ignore[no-un
 
 def test_unknown_adapter_is_an_adapter_load_error(engine) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(AdapterLoadError, match="no-such"):
-        engine.validate(GenerationRequest(PROMPT, adapter_id="/nonexistent/no-such-adapter"))
+        engine.prepare(GenerationRequest(PROMPT, adapter_id="/nonexistent/no-such-adapter"))
     with pytest.raises(AdapterLoadError):
         engine.generate([GenerationRequest(PROMPT, adapter_id="/nonexistent/no-such-adapter")])
 
@@ -238,7 +238,7 @@ def test_generate_needs_a_started_engine() -> None:
     with engine:
         assert engine.generate([GenerationRequest(PROMPT, SamplingParams(max_new_tokens=1))])[0].tokens
     engine.shutdown()  # idempotent: no thread to stop, returns at once (a hang trips pytest-timeout)
-    assert engine._thread is None
+    assert not engine.loop.is_running
 
 
 def test_dynamic_adapter_is_refused_when_every_slot_is_pinned(adapter_dirs) -> None:  # type: ignore[no-untyped-def]
@@ -248,7 +248,7 @@ def test_dynamic_adapter_is_refused_when_every_slot_is_pinned(adapter_dirs) -> N
     )
     with engine:
         with pytest.raises(AdapterLoadError, match="pinned"):
-            engine.validate(GenerationRequest(PROMPT, adapter_id=adapter_dirs["r16-all"]))
+            engine.prepare(GenerationRequest(PROMPT, adapter_id=adapter_dirs["r16-all"]))
         [result] = engine.generate(
             [GenerationRequest(PROMPT, SamplingParams(max_new_tokens=2), adapter_id="qv")]
         )

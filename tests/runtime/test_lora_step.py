@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from lorafleet import kernels
 from lorafleet.kernels import torch_lora
-from lorafleet.runtime.layers.lora_linear import LoraGroupStep, LoRALinear, LoraStep
+from lorafleet.runtime.layers.lora_linear import LoRALinear, LoraStep
 
 from tests.runtime.oracle import engine_for
 
@@ -13,8 +13,9 @@ CPU = torch.device("cpu")
 
 
 def test_runner_builds_per_group_slots_shares_equal_groups_and_reuses_them_next_step() -> None:
+    # token_lora is Optional on LoraBatch only for dataclass ordering: prepare_lora_batch always sets it
     engine = engine_for("mistral", max_loaded_adapters=4)
-    runner = engine.runner
+    runner = engine.loop.runner
     runner.set_adapter(0, engine.store.get("r8-qv"))  # q and v only: the qkv group
     runner.set_adapter(1, engine.store.get("r16-all"))  # every projection
     step = runner._lora_step([0, 1, -1, 1])
@@ -22,7 +23,7 @@ def test_runner_builds_per_group_slots_shares_equal_groups_and_reuses_them_next_
     assert step.groups["qkv"].token_lora.tolist() == [0, 1, -1, 1]
     assert step.groups["o"].token_lora.tolist() == [-1, 1, -1, 1]  # slot 0's adapter skips o_proj
     assert step.groups["o"] is step.groups["gate_up"] is step.groups["down"]  # one metadata for all three
-    assert step.groups["o"].meta.num_active_tokens == 2
+    assert step.groups["o"].num_active_tokens == 2
     again = runner._lora_step([0, 1, -1, 1])  # the next decode step of the same sequences
     assert again is not None and again.groups["qkv"] is step.groups["qkv"]
     changed = runner._lora_step([0, 1, -1])  # a sequence finished: new metadata
@@ -32,7 +33,7 @@ def test_runner_builds_per_group_slots_shares_equal_groups_and_reuses_them_next_
 
 def test_slot_given_an_adapter_with_other_targets_changes_its_groups() -> None:
     engine = engine_for("mistral", max_loaded_adapters=4)
-    runner = engine.runner
+    runner = engine.loop.runner
     runner.set_adapter(1, engine.store.get("r16-all"))
     first = runner._lora_step([1, 1])
     assert first is not None and set(first.groups) == {"qkv", "o", "gate_up", "down"}
@@ -70,7 +71,7 @@ def test_cpu_layer_forward_adds_each_rows_adapter_and_leaves_base_rows_exact() -
         layer.set_lora(slot, "q_proj", a, b, 2.0)
     x = torch.randn(4, 16, generator=gen)
     slots = torch.tensor([2, -1, 0, 2])
-    step = LoraStep({"qkv": LoraGroupStep(slots, kernels.prepare_lora_batch(slots, 3))}, "torch")
+    step = LoraStep({"qkv": kernels.prepare_lora_batch(slots, 3)}, kernels.backend_for(CPU))
     out = layer(x, step)
     base = x @ layer.weight.T
     expected = base.clone()

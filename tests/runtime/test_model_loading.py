@@ -8,15 +8,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from lorafleet.runtime.engine.types import EngineError
+from lorafleet.runtime.errors import EngineError
 from lorafleet.runtime.layers.rotary import rope_inv_freq
-from lorafleet.runtime.models.decoder import LoraCapacity
-from lorafleet.runtime.models.loader import ModelLoadError, load_model
+from lorafleet.runtime.models.decoder import DecoderModel, LoraCapacity
+from lorafleet.runtime.models.loader import ModelLoadError, load_model, read_config
 
 from tests.fixtures import tiny_model
 
 CPU = torch.device("cpu")
 NO_LORA = LoraCapacity(0, 8)
+
+
+def _load(folder: Path, **kwargs) -> DecoderModel:  # type: ignore[no-untyped-def]
+    return load_model(folder, read_config(folder)[1], **kwargs)
 
 
 def _copy(tmp_path: Path, arch: str = "mistral") -> Path:
@@ -35,14 +39,14 @@ def test_sharded_checkpoint_loads_the_same_weights(tmp_path: Path) -> None:
     assert (sharded / "model.safetensors.index.json").is_file() and not (
         sharded / "model.safetensors"
     ).exists()
-    ours, _ = load_model(sharded, dtype=torch.float32, device=CPU, lora=NO_LORA)
-    single, _ = load_model(source, dtype=torch.float32, device=CPU, lora=NO_LORA)
+    ours = _load(sharded, dtype=torch.float32, device=CPU, lora=NO_LORA)
+    single = _load(source, dtype=torch.float32, device=CPU, lora=NO_LORA)
     for (name, a), (_, b) in zip(ours.state_dict().items(), single.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
 
 
 def test_half_precision_dtypes_load(tmp_path: Path) -> None:
-    model, _ = load_model(tiny_model("llama"), dtype=torch.bfloat16, device=CPU, lora=NO_LORA)
+    model = _load(tiny_model("llama"), dtype=torch.bfloat16, device=CPU, lora=NO_LORA)
     assert model.embed_tokens.weight.dtype is torch.bfloat16
     assert model.lm_head_weight is model.embed_tokens.weight  # llama fixture ties embeddings
 
@@ -51,14 +55,14 @@ def test_missing_weights_name_the_file(tmp_path: Path) -> None:
     folder = _copy(tmp_path)
     (folder / "model.safetensors").unlink()
     with pytest.raises(ModelLoadError, match="model.safetensors"):
-        load_model(folder, dtype=torch.float32, device=CPU, lora=NO_LORA)
+        _load(folder, dtype=torch.float32, device=CPU, lora=NO_LORA)
 
 
 def test_corrupt_weights_name_the_file(tmp_path: Path) -> None:
     folder = _copy(tmp_path)
     (folder / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken}")
     with pytest.raises(ModelLoadError, match="model.safetensors"):
-        load_model(folder, dtype=torch.float32, device=CPU, lora=NO_LORA)
+        _load(folder, dtype=torch.float32, device=CPU, lora=NO_LORA)
 
 
 def test_unsupported_architecture_is_named(tmp_path: Path) -> None:
@@ -67,12 +71,12 @@ def test_unsupported_architecture_is_named(tmp_path: Path) -> None:
     config["architectures"] = ["GPT2LMHeadModel"]
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(ModelLoadError, match="GPT2LMHeadModel"):
-        load_model(folder, dtype=torch.float32, device=CPU, lora=NO_LORA)
+        _load(folder, dtype=torch.float32, device=CPU, lora=NO_LORA)
 
 
 def test_missing_config_is_named(tmp_path: Path) -> None:
     with pytest.raises(EngineError, match="config.json"):
-        load_model(tmp_path, dtype=torch.float32, device=CPU, lora=NO_LORA)
+        _load(tmp_path, dtype=torch.float32, device=CPU, lora=NO_LORA)
 
 
 def test_llama3_rope_scaling_matches_transformers() -> None:

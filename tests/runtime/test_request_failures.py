@@ -57,7 +57,7 @@ async def _one_attempt(engine: Engine, adapters: dict[str, Path], tmp_path: Path
     weights = broken / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
     for other in _copies(adapters["r8-mlp-patterns"], tmp_path / "others", HOST_CACHE):
-        engine.validate(GenerationRequest(PROMPT, adapter_id=other))
+        engine.prepare(GenerationRequest(PROMPT, adapter_id=other))
     holder_alive = engine.stats().batch_size >= 1 and not victim_first.done()
     bystander = asyncio.ensure_future(_collect(engine.stream(GenerationRequest(PROMPT, BYSTANDER))))
     await holder.aclose()  # frees the slot: the victim is admitted next to the bystander

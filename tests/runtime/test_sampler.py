@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import torch
+from lorafleet.runtime.engine import FinishReason, GenerationRequest, PreparedRequest, SamplingParams
 from lorafleet.runtime.engine.output import RequestOutput
-from lorafleet.runtime.engine.types import FinishReason, GenerationRequest, SamplingParams
 from lorafleet.runtime.layers.sampler import SampleOutput, SampleRequest, is_greedy, sample
 from lorafleet.runtime.tokenizer import Tokenizer
 
@@ -71,15 +71,10 @@ def test_eos_finishes_unless_ignored() -> None:
     eos = tokenizer.eos_token_id
     assert eos is not None
     for ignore, expected in ((False, FinishReason.EOS_TOKEN), (True, None)):
-        output = RequestOutput(
-            GenerationRequest("x", SamplingParams(ignore_eos=ignore)),
-            tokenizer,
-            [1, 50],
-            10,
-            None,
-            lambda _: None,
-        )
-        event = output.add_token(SampleOutput(eos, -0.1, (), ()), frozenset({eos}))
+        request = GenerationRequest("x", SamplingParams(ignore_eos=ignore))
+        prepared = PreparedRequest(request, (1, 50), 10, None)
+        output = RequestOutput(prepared, tokenizer, frozenset({eos}), lambda _: None)
+        event = output.add_token(SampleOutput(eos, -0.1, (), ()))
         assert event.finish_reason is expected
         if expected is not None:
             assert event.result is not None and event.result.generated_text == ""  # EOS text is skipped

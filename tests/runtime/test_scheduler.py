@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from lorafleet.runtime.adapters.slots import AdapterSlots
-from lorafleet.runtime.engine.block_manager import BlockManager
-from lorafleet.runtime.engine.scheduler import ScheduledBatch, Scheduler, SchedulerConfig
+from lorafleet.runtime.engine import SamplingParams
+from lorafleet.runtime.engine.scheduler import SampledToken, ScheduledBatch, Scheduler, SchedulerConfig
 from lorafleet.runtime.engine.sequence import Sequence, SequenceStatus
-from lorafleet.runtime.engine.types import SamplingParams
 
 _ids = iter(range(10**6))
 
@@ -25,15 +23,21 @@ def _seq(prompt: int, adapter: str | None = None) -> Sequence:
 def _scheduler(
     blocks: int = 64, block_size: int = 4, prefill: int = 32, batch: int = 64, slots: int = 4
 ) -> Scheduler:
-    return Scheduler(SchedulerConfig(prefill, batch), BlockManager(blocks, block_size), AdapterSlots(slots))
+    return Scheduler(
+        SchedulerConfig(
+            num_kv_blocks=blocks,
+            block_size=block_size,
+            max_batch_prefill_tokens=prefill,
+            max_batch_size=batch,
+            num_adapter_slots=slots,
+        )
+    )
 
 
-def _run(batch: ScheduledBatch) -> None:
-    """What the engine does after a step: advance, and sample a token where the prompt is done."""
-    for item in batch.items:
-        item.seq.num_computed += item.num_tokens
-        if item.seq.num_computed == item.seq.num_tokens:
-            item.seq.token_ids.append(7)
+def _run(scheduler: Scheduler, batch: ScheduledBatch) -> list[Sequence]:
+    """What the engine loop does after a step: a token is sampled where the prompt is done."""
+    sampled = [SampledToken(item.seq, 7, False) for item in batch.items if item.samples]
+    return scheduler.postprocess(batch, sampled)
 
 
 def test_long_prompt_is_prefilled_in_chunks_within_the_token_budget() -> None:
@@ -44,7 +48,7 @@ def test_long_prompt_is_prefilled_in_chunks_within_the_token_budget() -> None:
     while seq.num_generated == 0:
         batch = scheduler.schedule()
         chunks.append(batch.items[0].num_tokens)
-        _run(batch)
+        _run(scheduler, batch)
     assert chunks == [8, 8, 4]
 
 
@@ -52,7 +56,7 @@ def test_new_requests_join_while_others_decode() -> None:
     scheduler = _scheduler()
     first = _seq(4)
     scheduler.add(first)
-    _run(scheduler.schedule())
+    _run(scheduler, scheduler.schedule())
     second = _seq(6)
     scheduler.add(second)
     batch = scheduler.schedule()
@@ -73,13 +77,13 @@ def test_running_out_of_blocks_preempts_the_newest_sequence_and_it_resumes_by_re
     old, new = _seq(7), _seq(7)
     scheduler.add(old)
     scheduler.add(new)
-    _run(scheduler.schedule())  # both prefilled: 2 blocks each, pool full
+    _run(scheduler, scheduler.schedule())  # both prefilled: 2 blocks each, pool full
     batch = scheduler.schedule()  # both decode token 8 (fits), then token 9 needs a new block
-    _run(batch)
+    _run(scheduler, batch)
     batch = scheduler.schedule()
     assert batch.preempted == [new] and [i.seq for i in batch.items] == [old]
     assert new.num_computed == 0 and new.block_table == [] and new.num_generated == 2
-    scheduler.remove(old)
+    scheduler.finish(old)
     batch = scheduler.schedule()
     assert [(i.seq, i.num_tokens) for i in batch.items] == [(new, 9)]  # prompt + generated, recomputed
 
@@ -95,9 +99,9 @@ def test_one_adapters_flood_does_not_starve_another_adapter() -> None:
     while late.status is SequenceStatus.WAITING:
         batch = scheduler.schedule()
         admitted += [i.seq for i in batch.items if i.num_tokens > 1]
-        _run(batch)
+        _run(scheduler, batch)
         for seq in list(scheduler.running):
-            scheduler.remove(seq)  # finish immediately
+            scheduler.finish(seq)  # finish immediately
     assert admitted.index(late) <= 1  # served right after the flood's first request
 
 
@@ -109,8 +113,8 @@ def test_adapter_without_a_free_slot_waits_without_blocking_others() -> None:
     batch = scheduler.schedule()
     assert {i.seq.seq_id for i in batch.items} == {a1.seq_id, base.seq_id}
     assert batch.adapter_loads == {"a": a1.adapter_slot}
-    scheduler.remove(a1)
-    _run(batch)
+    scheduler.finish(a1)
+    _run(scheduler, batch)
     batch = scheduler.schedule()
     assert b1 in [i.seq for i in batch.items] and batch.adapter_loads == {"b": 0}
 
@@ -120,7 +124,23 @@ def test_removing_a_sequence_frees_its_blocks_and_adapter_use() -> None:
     seq = _seq(10, "a")
     scheduler.add(seq)
     scheduler.schedule()
-    scheduler.remove(seq)
+    scheduler.finish(seq)
     assert scheduler.block_manager.num_free_blocks == 8
     assert scheduler.adapter_slots.acquire("b") is not None  # "a" had no users left
     assert not scheduler.has_work()
+
+
+def test_postprocess_advances_appends_and_frees_the_sequences_that_finished() -> None:
+    scheduler = _scheduler(blocks=8, slots=1)
+    done, going = _seq(4, "a"), _seq(4)
+    for seq in (done, going):
+        scheduler.add(seq)
+    batch = scheduler.schedule()
+    assert all(item.samples for item in batch.items)
+    finished = scheduler.postprocess(batch, [SampledToken(done, 5, True), SampledToken(going, 6, False)])
+    assert finished == [done] and done.status is SequenceStatus.FINISHED
+    assert going.token_ids[-1] == 6 and going.num_computed == 4 and going.num_generated == 1
+    assert scheduler.running == [going]
+    assert scheduler.block_manager.num_free_blocks == 8 - len(going.block_table)
+    assert scheduler.snapshot().loaded_adapters == ("a",)  # the slot stays loaded, without users
+    assert scheduler.adapter_slots.acquire("b") is not None

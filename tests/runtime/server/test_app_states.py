@@ -11,13 +11,20 @@ import json
 from collections.abc import AsyncIterator
 
 import httpx
-from lorafleet.runtime.engine.types import GenerationError, GenerationRequest, TokenEvent, TokenInfo
+from lorafleet.runtime.args import EngineArgs
+from lorafleet.runtime.engine import (
+    GenerationError,
+    GenerationRequest,
+    PreparedRequest,
+    TokenEvent,
+    TokenInfo,
+)
 from lorafleet.runtime.server.app import create_app
 from lorafleet.runtime.server.config import ServerConfig
 
 
 def make_client(engine: object | None = None) -> httpx.AsyncClient:
-    app = create_app(ServerConfig(model_id="unused"))
+    app = create_app(ServerConfig(EngineArgs("unused")))
     app.state.context.holder.engine = engine
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
 
@@ -37,10 +44,10 @@ class FailingEngine:
 
     info = type("Info", (), {"model_id": "stand-in"})()
 
-    def validate(self, request: GenerationRequest) -> None:
-        return None
+    def prepare(self, request: GenerationRequest) -> PreparedRequest:
+        return PreparedRequest(request, (1, 2), max_new_tokens=4, seed=None)
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
+    async def stream(self, request: PreparedRequest) -> AsyncIterator[TokenEvent]:
         yield TokenEvent(index=1, token=TokenInfo(id=5, text="a", logprob=-1.0), text="a")
         raise GenerationError("device fell over")
 

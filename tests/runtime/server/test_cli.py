@@ -6,8 +6,9 @@ import subprocess
 import sys
 
 import pytest
+from lorafleet.runtime.args import AdapterSource
 from lorafleet.runtime.server.cli import parse_config
-from lorafleet.runtime.server.config import AdapterSource, ConfigError, parse_adapter_list
+from lorafleet.runtime.server.config import ConfigError, parse_adapter_list
 
 
 def test_env_vars_configure_the_server_as_tgi_names_them():
@@ -21,12 +22,13 @@ def test_env_vars_configure_the_server_as_tgi_names_them():
         "HOSTNAME": "127.0.0.1",
     }
     config = parse_config([], env=env)
-    assert config.model_id == "/repository"
-    assert [a.adapter_id for a in config.lora_adapters] == [
+    assert config.engine.model_id == "/repository"
+    assert [a.adapter_id for a in config.engine.adapters] == [
         "predibase/customer_support",
         "predibase/magicoder",
     ]
-    assert (config.max_input_tokens, config.max_total_tokens, config.max_batch_prefill_tokens) == (
+    engine = config.engine
+    assert (engine.max_input_tokens, engine.max_total_tokens, engine.max_batch_prefill_tokens) == (
         1024,
         1512,
         2048,
@@ -38,18 +40,18 @@ def test_flags_win_over_env_vars():
     config = parse_config(
         ["--model-id", "flag-model", "--port", "9000"], env={"MODEL_ID": "env", "PORT": "1"}
     )
-    assert (config.model_id, config.port) == ("flag-model", 9000)
+    assert (config.engine.model_id, config.port) == ("flag-model", 9000)
 
 
 def test_max_input_tokens_is_accepted_as_an_alias_of_max_input_length():
-    assert parse_config(["--model-id", "m"], env={"MAX_INPUT_TOKENS": "77"}).max_input_tokens == 77
-    assert parse_config(["--model-id", "m", "--max-input-tokens", "78"], env={}).max_input_tokens == 78
+    assert parse_config(["--model-id", "m"], env={"MAX_INPUT_TOKENS": "77"}).engine.max_input_tokens == 77
+    assert parse_config(["--model-id", "m", "--max-input-tokens", "78"], env={}).engine.max_input_tokens == 78
 
 
 def test_defaults_match_tgi_port_and_concurrency():
     config = parse_config(["--model-id", "m"], env={})
     assert (config.hostname, config.port, config.max_concurrent_requests) == ("0.0.0.0", 3000, 128)
-    assert config.lora_adapters == ()
+    assert config.engine.adapters == ()
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from huggingface_hub import InferenceClient
 from huggingface_hub.errors import ValidationError as HubValidationError
-from lorafleet.runtime.engine.types import GenerationRequest, SamplingParams
+from lorafleet.runtime.engine import GenerationRequest, SamplingParams
 
 ADAPTER_IDS = [None, "r8-qv", "r16-all", "r64-rslora", "r8-mlp-patterns"]
 

@@ -6,7 +6,7 @@ import httpx
 import openai
 import pytest
 from huggingface_hub import InferenceClient
-from lorafleet.runtime.engine.types import GenerationRequest, SamplingParams
+from lorafleet.runtime.engine import GenerationRequest, SamplingParams
 
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a color."}]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from lorafleet.runtime.engine.types import FinishReason, GenerationResult, TokenEvent, TokenInfo
+from lorafleet.runtime.engine import FinishReason, GenerationResult, TokenEvent, TokenInfo
 from lorafleet.runtime.server import tgi_format
 from lorafleet.runtime.server.openai_format import adapter_for_model, sampling_params
 from lorafleet.runtime.server.openai_schemas import ChatCompletionRequest, CompletionRequest

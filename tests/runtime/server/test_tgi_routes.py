@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 from huggingface_hub import InferenceClient
-from lorafleet.runtime.engine.types import GenerationRequest, SamplingParams
+from lorafleet.runtime.engine import GenerationRequest, SamplingParams
 from text_generation import Client as TGIClient
 
 PROMPT = "The quick brown fox"

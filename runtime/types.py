@@ -1,31 +1,16 @@
 """The engine's request and output types: the contract between the engine and the server.
 
-The server turns HTTP bodies into `GenerationRequest`s, hands them to `Engine`, and turns the
-`TokenEvent`s / `GenerationResult`s that come back into TGI and OpenAI JSON. Validation of
-values against the model's limits happens in the engine (it knows them) and raises
-`EngineValidationError` with a message that names the parameter.
+The server turns HTTP bodies into `GenerationRequest`s, has the engine check and tokenize each
+once (`Engine.prepare` -> `PreparedRequest`, off the event loop), hands the prepared request to
+the engine, and turns the `TokenEvent`s / `GenerationResult`s that come back into TGI and OpenAI
+JSON. Validation of values against the model's limits happens in `prepare` (the engine knows
+them) and raises `EngineValidationError` with a message that names the parameter.
 """
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-
-
-class EngineError(Exception):
-    """Root of the engine's errors."""
-
-
-class EngineValidationError(EngineError):
-    """A request the engine refuses before running it (bad parameter, too long, ...)."""
-
-
-class AdapterLoadError(EngineValidationError):
-    """An adapter id that cannot be found, downloaded or validated against the base model."""
-
-
-class GenerationError(EngineError):
-    """A request that failed while running; other requests of the batch are unaffected."""
 
 
 class FinishReason(str, enum.Enum):
@@ -62,6 +47,20 @@ class GenerationRequest:
     truncate: int | None = None  # keep only the last `truncate` prompt tokens
     decoder_input_details: bool = False  # return log-probs of the prompt tokens
     add_special_tokens: bool = True
+
+
+@dataclass(frozen=True)
+class PreparedRequest:
+    """A request checked and tokenized once by `Engine.prepare`; running it checks nothing again."""
+
+    request: GenerationRequest
+    prompt_ids: tuple[int, ...]  # after truncation
+    max_new_tokens: int  # resolved against max_total_tokens
+    seed: int | None  # None = greedy; else the seed of the request's own generator
+
+    @property
+    def adapter_id(self) -> str | None:
+        return self.request.adapter_id
 
 
 @dataclass(frozen=True)
