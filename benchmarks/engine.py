@@ -83,7 +83,12 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--targets", choices=sorted(TARGETS), default="qv")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--shared-prefix", action="store_true",
+                        help="the prefix-cache scenario instead (benchmarks/engine_prefix.py)")
     args = parser.parse_args()
+    if args.shared_prefix:
+        shared_prefix(args)
+        return
 
     model_dir = tiny_model("mistral", size="demo")
     adapter_dirs = {
@@ -143,6 +148,37 @@ def main() -> None:
     (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2))
     plot(report, args.out / f"{stem}.png")
     print(json.dumps(report, indent=2))
+
+
+def shared_prefix(args: argparse.Namespace) -> None:
+    from engine_prefix import run_shared_prefix
+
+    report = run_shared_prefix(requests=64, adapters=8, system_tokens=512, question_tokens=16,
+                               new_tokens=16, repeats=args.repeats)
+    report["load_average"] = os.getloadavg()[0]
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "engine-shared-prefix.json").write_text(json.dumps(report, indent=2))
+    _plot_prefix(report, args.out / "engine-shared-prefix.png")
+    print(json.dumps(report, indent=2))
+
+
+def _plot_prefix(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(report["results"])
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
+    for ax, key, label in ((axes[0], "prompt_tokens_computed", "prompt tokens computed"),
+                           (axes[1], "tokens_per_s", "(prompt + output) tokens / s")):
+        bars = ax.bar(names, [report["results"][n][key] for n in names], color=["#4c72b0", "#888888"])
+        ax.bar_label(bars, fmt="%.0f")
+        ax.set_title(label)
+    fig.suptitle(f"{report['requests']} requests, {report['system_tokens']}-token shared prompt, "
+                 f"{report['adapters']} adapters (speed-up {report['speedup']:.2f}x)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 def plot(report: dict, path: Path) -> None:

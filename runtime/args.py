@@ -42,6 +42,8 @@ class EngineArgs:
         max_batch_size: running sequences at most.
         block_size: tokens per KV-cache block.
         num_kv_blocks: KV-cache blocks (overrides max_batch_total_tokens).
+        prefix_caching: reuse the KV blocks of a prompt prefix already computed with the same
+            adapter version (or the base); see `engine/block_manager.py`.
 
     Example:
         >>> EngineArgs("/models/mistral", adapters=(AdapterSource("sql", "/adapters/sql"),))
@@ -61,3 +63,4 @@ class EngineArgs:
     max_batch_size: int = 256
     block_size: int = 16
     num_kv_blocks: int | None = None
+    prefix_caching: bool = True

@@ -57,6 +57,7 @@ class PreparedRequest:
     prompt_ids: tuple[int, ...]  # after truncation
     max_new_tokens: int  # resolved against max_total_tokens
     seed: int | None  # None = greedy; else the seed of the request's own generator
+    adapter_digest: str | None = None  # content digest of the adapter version it runs with
 
     @property
     def adapter_id(self) -> str | None:

@@ -38,6 +38,7 @@ class AdapterWeights:
     source: str
     max_rank: int
     modules: dict[tuple[int, str], LoraModuleWeights]  # (layer, module) -> weights
+    digest: str = ""  # adapters.digest.adapter_digest of its files (set by whoever read the folder)
 
 
 def resolve_adapter_dir(source: str | os.PathLike[str], revision: str | None = None) -> Path:

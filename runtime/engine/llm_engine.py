@@ -15,11 +15,12 @@ import logging
 import os
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from lorafleet.runtime.adapters import AdapterStore, load_adapter, resolve_adapter_dir
+from lorafleet.runtime.adapters.digest import adapter_digest
 from lorafleet.runtime.adapters.loader import AdapterWeights
 from lorafleet.runtime.args import AdapterSource, EngineArgs
 from lorafleet.runtime.engine import setup
@@ -65,6 +66,8 @@ class EngineStats:
     adapter_evictions: int
     generated_tokens: int
     preemptions: int = 0  # cumulative: sequences sent back to recompute when the KV pool ran out
+    prefix_cache_query_tokens: int = 0  # cumulative: prompt tokens looked up in the prefix cache
+    prefix_cache_hit_tokens: int = 0  # cumulative: of which found cached (not recomputed)
 
 
 class Engine:
@@ -87,6 +90,7 @@ class Engine:
                 max_batch_prefill_tokens=config.max_batch_prefill_tokens,
                 max_batch_size=config.max_batch_size,
                 num_adapter_slots=config.max_loaded_adapters,
+                enable_prefix_caching=config.args.prefix_caching,
             )
         )
         self.loop = EngineLoop(scheduler, ModelRunner(config, model), self.store)
@@ -199,6 +203,8 @@ class Engine:
             adapter_evictions=counters.adapter_evictions,
             generated_tokens=snapshot.generated_tokens,
             preemptions=counters.num_preemptions,
+            prefix_cache_query_tokens=counters.prefix_cache_query_tokens,
+            prefix_cache_hit_tokens=counters.prefix_cache_hit_tokens,
         )
 
     def prepare(self, request: GenerationRequest) -> PreparedRequest:
@@ -208,9 +214,9 @@ class Engine:
         `EngineValidationError` (or `AdapterLoadError`) for a request the engine would refuse.
         """
         prepared = prepare_request(request, self.config, self.tokenizer)
-        if request.adapter_id is not None:
-            self._check_adapter(request.adapter_id)
-        return prepared
+        if request.adapter_id is None:
+            return prepared
+        return replace(prepared, adapter_digest=self._check_adapter(request.adapter_id))
 
     def generate(self, requests: Sequence[GenerationRequest | PreparedRequest]) -> list[GenerationResult]:
         """Runs `requests` together and blocks until all finish; validation errors raise before any runs."""
@@ -268,26 +274,32 @@ class Engine:
             generator=generator,
         )
         seq.output = RequestOutput(prepared, self.tokenizer, self.config.eos_token_ids, sink)
+        if not prepared.request.decoder_input_details:  # prompt log-probs need every prompt token run
+            seq.cache_identity = (prepared.adapter_digest or "base").encode()
         return seq
 
-    def _check_adapter(self, adapter_id: str) -> None:
-        self.store.get(adapter_id)
+    def _check_adapter(self, adapter_id: str) -> str:
+        """Loads the adapter into host memory (raising `AdapterLoadError`); returns its digest."""
+        weights = self.store.get(adapter_id)
         pinned = self.loop.snapshot.scheduler.pinned_adapters
         if adapter_id not in pinned and len(pinned) >= self.config.max_loaded_adapters:
             raise AdapterLoadError(
                 f"adapter {adapter_id!r} cannot be served: all max_loaded_adapters="
                 f"{self.config.max_loaded_adapters} slots hold preloaded (pinned) adapters"
             )
+        return weights.digest
 
     def _load_adapter_weights(self, adapter_id: str, source: str, revision: str | None) -> AdapterWeights:
-        return load_adapter(
+        folder = resolve_adapter_dir(source, revision)
+        weights = load_adapter(
             adapter_id,
-            resolve_adapter_dir(source, revision),
+            folder,
             self.config.model,
             max_rank=self.config.max_lora_rank,
             dtype=self.config.dtype,
             base_model_id=self.config.model_id,
         )
+        return replace(weights, digest=adapter_digest(folder))
 
 
 def _ids(value: Any) -> set[int]:

@@ -34,6 +34,7 @@ class SchedulerConfig:
     max_batch_prefill_tokens: int
     max_batch_size: int
     num_adapter_slots: int
+    enable_prefix_caching: bool = False
 
 
 @dataclass(frozen=True)
@@ -79,17 +80,23 @@ class SchedulerSnapshot:
     adapter_evictions: int = 0
     loaded_adapters: tuple[str, ...] = ()  # in a device slot, least recently used first
     pinned_adapters: frozenset[str] = frozenset()
+    prefix_cache_query_tokens: int = 0  # prompt tokens looked up in the prefix cache (cumulative)
+    prefix_cache_hit_tokens: int = 0  # of which found cached
 
 
 class Scheduler:
     def __init__(self, config: SchedulerConfig) -> None:
         self.config = config
-        self.block_manager = BlockManager(config.num_kv_blocks, config.block_size)
+        self.block_manager = BlockManager(
+            config.num_kv_blocks, config.block_size, enable_prefix_caching=config.enable_prefix_caching
+        )
         self.adapter_slots = AdapterSlots(config.num_adapter_slots)
         self._waiting: OrderedDict[str | None, deque[Sequence]] = OrderedDict()
         self._preempted: deque[Sequence] = deque()
         self.running: list[Sequence] = []  # in admission order
         self.num_preemptions = 0
+        self.num_prefix_query_tokens = 0  # prompt tokens of admitted sequences looked up in the cache
+        self.num_prefix_hit_tokens = 0  # of which found there (not recomputed)
 
     # --- queues -----------------------------------------------------------------------------
 
@@ -139,6 +146,8 @@ class Scheduler:
             adapter_evictions=slots.num_evictions,
             loaded_adapters=tuple(slots.loaded()),
             pinned_adapters=frozenset(slots.pinned),
+            prefix_cache_query_tokens=self.num_prefix_query_tokens,
+            prefix_cache_hit_tokens=self.num_prefix_hit_tokens,
         )
 
     # --- adapters ---------------------------------------------------------------------------
@@ -183,6 +192,7 @@ class Scheduler:
         and the sequences whose request ended are freed. Returns those finished sequences."""
         for item in batch.items:
             item.seq.num_computed += item.num_tokens
+            self.block_manager.cache_full_blocks(item.seq)  # before a finish frees them
         finished = []
         for token in sampled:
             token.seq.token_ids.append(token.token_id)
@@ -219,18 +229,23 @@ class Scheduler:
             seq = self._next_waiting(skipped)
             if seq is None:
                 return
+            queried, hit = self.block_manager.adopt_cached_prefix(seq) if seq.num_computed == 0 else (0, 0)
             n = min(seq.num_uncomputed, budget)
             if not self.block_manager.can_allocate(seq, n):
+                self._release_blocks(seq)
                 return  # admission by free KV blocks: wait for running sequences to finish
             if seq.adapter_id is not None:
                 grant = self.adapter_slots.acquire(seq.adapter_id)
                 if grant is None:
+                    self._release_blocks(seq)
                     skipped.add(seq.adapter_id)
                     continue
                 seq.adapter_slot = grant.slot
                 if grant.is_new:
                     batch.adapter_loads[seq.adapter_id] = grant.slot
             self._pop_waiting(seq)
+            self.num_prefix_query_tokens += queried
+            self.num_prefix_hit_tokens += hit
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
             self.block_manager.allocate(seq, n)
@@ -266,6 +281,11 @@ class Scheduler:
         self._preempted.appendleft(seq)
         batch.preempted.append(seq)
         batch.items = [item for item in batch.items if item.seq is not seq]
+
+    def _release_blocks(self, seq: Sequence) -> None:
+        """Gives back what admission took before it gave up on `seq` (its adopted cached prefix)."""
+        self.block_manager.free(seq)
+        seq.num_computed = 0
 
     def _release(self, seq: Sequence) -> None:
         self.block_manager.free(seq)

@@ -33,6 +33,11 @@ class Sequence:
     adapter_slot: int = -1  # valid while RUNNING with an adapter
     num_preemptions: int = 0
     output: Any = None  # the engine's per-request output state (opaque to the scheduler)
+    # Prefix cache: what the keys/values depend on besides the tokens (the adapter's content digest,
+    # or the base model's); None = this sequence neither reuses nor offers cached blocks.
+    cache_identity: bytes | None = None
+    block_hashes: list[bytes] = field(default_factory=list)  # hash chain of its full blocks (memo)
+    num_named_blocks: int = 0  # leading blocks of block_table already entered in the cache
 
     @property
     def num_tokens(self) -> int:

@@ -59,6 +59,15 @@ def _choice(choices: Sequence[str]) -> Callable[[str], str]:
     return parse
 
 
+def _bool(value: str) -> bool:
+    text = value.strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be true or false")
+
+
 def _text(value: str) -> str:
     if not value.strip():
         raise ValueError("must not be empty")
@@ -137,6 +146,12 @@ FLAGS = (
     Flag("--block-size", ("BLOCK_SIZE",), _positive_int, "tokens per KV-cache block (default 16)"),
     Flag(
         "--num-kv-blocks", ("NUM_KV_BLOCKS",), _positive_int, "KV-cache blocks (default: sized by the engine)"
+    ),
+    Flag(
+        "--prefix-caching",
+        ("PREFIX_CACHING",),
+        _bool,
+        "reuse the KV cache of prompt prefixes already computed with the same adapter (default true)",
     ),
     Flag("--hostname", ("HOSTNAME",), _text, "address to listen on (default 0.0.0.0)", field="hostname"),
     Flag("--port", ("PORT",), _port, "port to listen on (default 3000)", field="port"),

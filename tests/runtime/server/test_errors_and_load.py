@@ -237,3 +237,14 @@ def test_metrics_expose_queue_batch_throughput_adapters_and_latencies(server):
     assert server.metric("lorafleet_requests_total", 'adapter="r8-qv",outcome="ok"') >= 1
     assert server.metric("lorafleet_generated_tokens_total", 'adapter="r8-qv"') >= 3
     assert server.metric("lorafleet_request_failures_total", 'error_type="validation"') >= 1
+
+
+def test_a_repeated_long_prompt_shows_up_in_the_prefix_cache_metrics(server):
+    prompt = "the same long system prompt, " * 12
+    body = {"inputs": prompt, "parameters": {"max_new_tokens": 2, "adapter_id": "r16-all"}}
+    queried = server.metric("lorafleet_prefix_cache_queries_tokens_total")
+    hits = server.metric("lorafleet_prefix_cache_hit_tokens_total")
+    post(server, "/generate", body)
+    post(server, "/generate", body)
+    assert server.metric("lorafleet_prefix_cache_queries_tokens_total") > queried
+    assert server.metric("lorafleet_prefix_cache_hit_tokens_total") >= hits + 16  # at least one block reused
