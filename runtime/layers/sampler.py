@@ -4,6 +4,13 @@ Order as in TGI: repetition penalty, frequency penalty, then temperature, top-k,
 typical-p warpers, then greedy argmax or a draw from the sequence's own seeded generator (so a
 seeded request repeats exactly whatever else shares its batch). Log-probs are those of the final
 distribution the token was chosen from.
+
+Batched: every step is a fixed handful of tensor ops over the whole batch, whatever mix of
+parameters its rows use (per-row values become per-row tensors; a row without a warper gets its
+neutral value), and the host waits for the device once, when the chosen tokens and their
+log-probs come back together. A sampled row draws by the exponential race (`argmax(p / E)` with
+`E ~ Exp(1)` from its own generator, one draw per vocabulary entry), which picks token i with
+probability p_i and consumes the same amount of its generator whatever the batch.
 """
 
 from __future__ import annotations
@@ -39,84 +46,98 @@ class SampleOutput:
 
 def sample(logits: torch.Tensor, rows: list[SampleRequest]) -> list[SampleOutput]:  # logits [B, V] float32
     """Chooses one token per row."""
-    plain = [i for i, row in enumerate(rows) if row.generator is None and not _has_penalty(row.params)]
-    outputs: dict[int, SampleOutput] = {}
-    if plain:  # greedy rows without penalties: one batched argmax / log_softmax
-        index = torch.tensor(plain, device=logits.device)
-        logprobs = torch.log_softmax(logits[index], dim=-1)  # [P, V]
-        chosen = logprobs.argmax(dim=-1)
-        chosen_logprobs = logprobs.gather(1, chosen[:, None])[:, 0].tolist()
-        for j, (i, token) in enumerate(zip(plain, chosen.tolist(), strict=True)):
-            outputs[i] = _with_top(logprobs[j], token, chosen_logprobs[j], rows[i].params.top_n_tokens)
-    for i, row in enumerate(rows):
-        if i not in outputs:
-            outputs[i] = _sample_row(logits[i], row)
-    return [outputs[i] for i in range(len(rows))]
-
-
-def _sample_row(logits: torch.Tensor, row: SampleRequest) -> SampleOutput:  # logits [V]
-    scores = _penalize(logits, row)
-    if row.generator is not None:
-        scores = _warp(scores, row.params)
-    logprobs = torch.log_softmax(scores, dim=-1)
-    if row.generator is None:
-        token = int(torch.argmax(scores))
+    scores = _penalize(logits, rows)
+    drawn = [i for i, row in enumerate(rows) if row.generator is not None]
+    if drawn:
+        index = torch.tensor(drawn, device=logits.device)
+        warped = _warp(scores.index_select(0, index), [rows[i].params for i in drawn])
+        scores = scores.index_copy(0, index, warped)
+    logprobs = torch.log_softmax(scores, dim=-1)  # [B, V]
+    chosen = logprobs.argmax(dim=-1)  # greedy rows keep this
+    if drawn:
+        race = torch.empty(len(drawn), logits.shape[1], device=logits.device)
+        for j, i in enumerate(drawn):
+            race[j].exponential_(generator=rows[i].generator)
+        picks = (logprobs.index_select(0, index).exp() / race).argmax(dim=-1)
+        chosen = chosen.index_copy(0, index, picks)
+    chosen_logprobs = logprobs.gather(1, chosen[:, None])[:, 0]
+    top_n = max(row.params.top_n_tokens for row in rows)
+    if top_n > 0:
+        top_values, top_ids = torch.topk(logprobs, top_n, dim=-1)
+        columns = [chosen[:, None].float(), chosen_logprobs[:, None], top_ids.float(), top_values]
+        packed = torch.cat(columns, 1)
     else:
-        token = int(torch.multinomial(logprobs.exp(), 1, generator=row.generator))
-    return _with_top(logprobs, token, float(logprobs[token]), row.params.top_n_tokens)
-
-
-def _with_top(logprobs: torch.Tensor, token: int, logprob: float, top_n: int) -> SampleOutput:
-    if top_n <= 0:
-        return SampleOutput(token, logprob, (), ())
-    values, ids = torch.topk(logprobs, top_n)
-    return SampleOutput(token, logprob, tuple(ids.tolist()), tuple(values.tolist()))
+        packed = torch.stack([chosen.float(), chosen_logprobs], 1)
+    host = packed.tolist()  # the one device -> host wait of the step (ids < 2^24 are exact in fp32)
+    outputs = []
+    for row, values in zip(rows, host, strict=True):
+        n = row.params.top_n_tokens
+        ids = tuple(int(v) for v in values[2 : 2 + n])
+        top_logprobs = tuple(values[2 + top_n : 2 + top_n + n])
+        outputs.append(SampleOutput(int(values[0]), values[1], ids, top_logprobs))
+    return outputs
 
 
 def _has_penalty(p: SamplingParams) -> bool:
     return p.repetition_penalty not in (None, 1.0) or bool(p.frequency_penalty)
 
 
-def _penalize(scores: torch.Tensor, row: SampleRequest) -> torch.Tensor:  # [V]
-    p = row.params
-    if not _has_penalty(p):
+def _penalize(scores: torch.Tensor, rows: list[SampleRequest]) -> torch.Tensor:  # [B, V]
+    penalized = [i for i, row in enumerate(rows) if _has_penalty(row.params)]
+    if not penalized:
         return scores
-    scores = scores.clone()
-    ids = torch.tensor(row.token_ids, dtype=torch.long, device=scores.device)
-    if p.repetition_penalty not in (None, 1.0):
-        seen = scores[ids]
-        scores[ids] = torch.where(seen < 0, seen * p.repetition_penalty, seen / p.repetition_penalty)
-    if p.frequency_penalty:
-        counts = torch.bincount(ids, minlength=scores.shape[0]).to(scores.dtype)
-        scores -= p.frequency_penalty * counts
-    return scores
+    device, width = scores.device, max(len(rows[i].token_ids) for i in penalized)
+    ids = torch.tensor(  # [P, width], padded with -1 (dropped below)
+        [rows[i].token_ids + [-1] * (width - len(rows[i].token_ids)) for i in penalized], device=device
+    )
+    valid = ids >= 0
+    ids = ids.clamp(min=0)
+    index = torch.tensor(penalized, device=device)
+    picked = scores.index_select(0, index)  # [P, V]
+    counts = torch.zeros_like(picked).scatter_add_(1, ids, valid.to(picked.dtype))  # occurrences per token
+    repetition = _column([rows[i].params.repetition_penalty or 1.0 for i in penalized], device)
+    frequency = _column([rows[i].params.frequency_penalty or 0.0 for i in penalized], device)
+    seen = counts > 0
+    repeated = torch.where(picked < 0, picked * repetition, picked / repetition)
+    picked = torch.where(seen, repeated, picked) - frequency * counts
+    return scores.index_copy(0, index, picked)
 
 
-def _warp(scores: torch.Tensor, p: SamplingParams) -> torch.Tensor:  # [V]
-    if p.temperature is not None and p.temperature != 1.0:
-        scores = scores / p.temperature
-    if p.top_k is not None and p.top_k < scores.shape[0]:
-        kth = torch.topk(scores, p.top_k).values[-1]
+def _warp(scores: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:  # [S, V], one row per param
+    device, vocab = scores.device, scores.shape[1]
+    temperature = _column([p.temperature or 1.0 for p in params], device)
+    scores = scores / temperature
+    if any(p.top_k is not None and p.top_k < vocab for p in params):
+        k = [min(p.top_k or vocab, vocab) for p in params]
+        kth = torch.topk(scores, max(k), dim=-1).values.gather(1, torch.tensor(k, device=device)[:, None] - 1)
         scores = scores.masked_fill(scores < kth, float("-inf"))
-    if p.top_p is not None and p.top_p < 1.0:
-        sorted_scores, order = torch.sort(scores, descending=False)
+    if any(p.top_p is not None and p.top_p < 1.0 for p in params):
+        top_p = _column([p.top_p if p.top_p is not None else 1.0 for p in params], device)
+        sorted_scores, order = torch.sort(scores, dim=-1, descending=False)
         cumulative = sorted_scores.softmax(-1).cumsum(-1)
-        remove = cumulative <= (1 - p.top_p)
-        remove[-1] = False  # always keep the most likely token
-        scores = scores.masked_fill(remove.scatter(0, order, remove), float("-inf"))
-    if p.typical_p is not None and p.typical_p < 1.0:
-        scores = _typical(scores, p.typical_p)
+        remove = (cumulative <= (1 - top_p)) & (top_p < 1.0)
+        remove[:, -1] = False  # always keep the most likely token
+        scores = scores.masked_fill(remove.scatter(1, order, remove), float("-inf"))
+    typical = [i for i, p in enumerate(params) if p.typical_p is not None and p.typical_p < 1.0]
+    if typical:
+        index = torch.tensor(typical, device=device)
+        mass = _column([params[i].typical_p or 1.0 for i in typical], device)
+        scores = scores.index_copy(0, index, _typical(scores.index_select(0, index), mass))
     return scores
 
 
-def _typical(scores: torch.Tensor, mass: float) -> torch.Tensor:
+def _column(values: list[float], device: torch.device) -> torch.Tensor:  # [n, 1]
+    return torch.tensor(values, dtype=torch.float32, device=device)[:, None]
+
+
+def _typical(scores: torch.Tensor, mass: torch.Tensor) -> torch.Tensor:  # [T, V], mass [T, 1]
     # Keep the tokens whose surprisal is closest to the entropy until `mass` is covered (HF's warper).
     logp = torch.log_softmax(scores, dim=-1)
     probs = logp.exp()
-    entropy = -torch.nansum(probs * logp)
+    entropy = -torch.nansum(probs * logp, dim=-1, keepdim=True)
     shifted = (-logp - entropy).abs()
-    sorted_shifted, order = torch.sort(shifted)
-    cumulative = probs[order].cumsum(-1)
-    last = int((cumulative < mass).sum().clamp(max=scores.shape[0] - 1))
-    remove_sorted = sorted_shifted > sorted_shifted[last]
-    return scores.masked_fill(remove_sorted.scatter(0, order, remove_sorted), float("-inf"))
+    sorted_shifted, order = torch.sort(shifted, dim=-1)
+    cumulative = probs.gather(1, order).cumsum(-1)
+    last = (cumulative < mass).sum(-1, keepdim=True).clamp(max=scores.shape[1] - 1)
+    remove_sorted = sorted_shifted > sorted_shifted.gather(1, last)
+    return scores.masked_fill(remove_sorted.scatter(1, order, remove_sorted), float("-inf"))
