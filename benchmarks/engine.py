@@ -85,9 +85,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     parser.add_argument("--shared-prefix", action="store_true",
                         help="the prefix-cache scenario instead (benchmarks/engine_prefix.py)")
+    parser.add_argument("--shape", choices=("smollm2-135m", "qwen2.5-0.5b"),
+                        help="a real-sized model vs server, transformers+peft and the linear bound "
+                             "(benchmarks/engine_shapes.py); --repeats rounds")
     args = parser.parse_args()
     if args.shared_prefix:
         shared_prefix(args)
+        return
+    if args.shape:
+        real_shape(args)
         return
 
     model_dir = tiny_model("mistral", size="demo")
@@ -148,6 +154,39 @@ def main() -> None:
     (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2))
     plot(report, args.out / f"{stem}.png")
     print(json.dumps(report, indent=2))
+
+
+def real_shape(args: argparse.Namespace) -> None:
+    from engine_shapes import run_shape
+
+    report = run_shape(args.shape, args.repeats)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"engine-{args.shape}.json").write_text(json.dumps(report, indent=2))
+    _plot_shape(report, args.out / f"engine-{args.shape}.png")
+    print(json.dumps(report, indent=2))
+
+
+def _plot_shape(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    systems = ["engine", "server", "peft"]
+    rates = report["tokens_per_s"]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    width = 0.38
+    for offset, scenario, color in ((-width / 2, "base", "#888888"), (width / 2, "mixed", "#dd8452")):
+        bars = ax.bar([i + offset for i in range(len(systems))], [rates[s][scenario] for s in systems],
+                      width, label=scenario, color=color)
+        ax.bar_label(bars, fmt="%.0f")
+    ax.axhline(rates["bound"]["base"], color="#4c72b0", linestyle="--", label="linear-layer bound")
+    ax.set_xticks(range(len(systems)), systems)
+    ax.set_ylabel("generated tokens / s")
+    ax.set_title(f"{report['shape']}: {report['requests']} requests x {report['new_tokens']} tokens")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 def shared_prefix(args: argparse.Namespace) -> None:
