@@ -99,9 +99,10 @@ def test_pause_stops_the_replica_process_and_resume_serves_again(cp: LiveControl
         assert ep.generate(second)
 
 
-def _broken_adapter(tmp_path: Path) -> Path:
+def _broken_adapter(folder: Path) -> Path:
     _, adapter = model_and_adapter()
-    broken = tmp_path / "broken-adapter"
+    broken = folder / "broken-adapter"
+    shutil.rmtree(broken, ignore_errors=True)
     shutil.copytree(adapter, broken)
     (broken / "adapter_model.safetensors").write_bytes(b"not a safetensors file")
     return broken
@@ -109,14 +110,15 @@ def _broken_adapter(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("case", ["bad-repository", "broken-adapter"])
 def test_replica_that_cannot_start_ends_failed_with_its_last_log_lines(
-    cp: LiveControlPlane, tmp_path: Path, case: str
+    cp: LiveControlPlane, case: str
 ) -> None:
-    if case == "bad-repository":
+    if case == "bad-repository":  # under LOCAL_ROOTS, but not there
+        missing = cp.local_models / "nonexistent-base-model"
         body = real_body(f"ep-{case}")
-        body["model"]["repository"] = "/nonexistent/base-model"  # type: ignore[index]
-        expected = "model '/nonexistent/base-model': no such directory"  # the runtime's own error
+        body["model"]["repository"] = str(missing)  # type: ignore[index]
+        expected = f"model '{missing}': no such directory"  # the runtime's own error
     else:
-        body = real_body(f"ep-{case}", adapter=_broken_adapter(tmp_path))
+        body = real_body(f"ep-{case}", adapter=_broken_adapter(cp.local_models))
         expected = "adapter_model.safetensors: corrupt or unreadable safetensors file"
     with endpoint(cp, body) as ep:
         raw = wait_for(lambda: (r := ep.get())["status"]["state"] == "failed" and r, 120, "failed")
