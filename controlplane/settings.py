@@ -72,6 +72,11 @@ class Settings(BaseSettings):
     quota_replicas: int = Field(8, ge=0, description="replicas per namespace")
     quota_accelerators: int = Field(8, ge=0, description="accelerators (GPUs) per namespace")
 
+    @field_validator("secret_key", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        return None if value == "" else value  # LORAFLEET_SECRET_KEY= means "use the key file"
+
     @field_validator("isolation")
     @classmethod
     def _known_isolation(cls, value: str) -> str:

@@ -107,7 +107,7 @@ async def test_async_functions_deploy_wait_and_serve(live_cp, endpoint_name):
         )  # fmt: skip
         assert isinstance(endpoint, lorafleet.AsyncInferenceEndpoint) and endpoint.status == "pending"
         with pytest.raises(lorafleet.Conflict):
-            await aio.create_inference_endpoint(name, repository="/elsewhere", client=client, **CPU_INSTANCE)
+            await aio.create_inference_endpoint(name, repository="org/other", client=client, **CPU_INSTANCE)
         await endpoint.wait(timeout=240, refresh_every=0.5)
         text = await endpoint.async_client.text_generation("Hello", max_new_tokens=4, adapter_id="qv")
         assert isinstance(text, str)
