@@ -37,7 +37,7 @@ import ray
 RUNTIME_MODULE = "lorafleet.runtime"
 LOG_LINES = 2000  # the ring buffer `logs()` reads; the control plane shows the tail
 NODE_ENV = ("PATH", "LD_LIBRARY_PATH", "LANG", "LC_ALL", "TZ", "VIRTUAL_ENV", "CONDA_PREFIX")
-LAUNCHER_ENV = ("PORT", "HOSTNAME", "CUDA_VISIBLE_DEVICES", "HOME", "HF_HOME", "TMPDIR")
+LAUNCHER_ENV = ("PORT", "HOSTNAME", "CUDA_VISIBLE_DEVICES", "HOME", "TMPDIR")
 _PR_SET_PDEATHSIG = 1
 
 
@@ -62,8 +62,9 @@ class ReplicaServer:
             interpreter, which is the node's lorafleet environment (or the `runtime_env`'s).
         env: the server's settings from the launcher (TGI names: `MODEL_ID`, `LORA_ADAPTERS`,
             `MAX_INPUT_LENGTH`, ..., and `API_KEY`). `PORT`, `HOSTNAME`, `CUDA_VISIBLE_DEVICES`,
-            `HOME`, `HF_HOME` and `TMPDIR` are set here: a free port of this node, its address,
-            the GPUs Ray assigned, a folder of this replica's own.
+            `HOME` and `TMPDIR` are set here: a free port of this node, its address, the GPUs Ray
+            assigned, a folder of this replica's own, which also holds the Hub cache unless the
+            operator's environment names a shared `HF_HOME` (tenants cannot set it).
         args: extra command-line arguments (the endpoint's `model.args`).
         spec_digest: fingerprint of the replica spec, so that a launcher finding this actor
             by name can tell whether it still runs the spec it wants.
@@ -80,8 +81,8 @@ class ReplicaServer:
         self._folder = tempfile.mkdtemp(prefix="lorafleet-replica-")  # 0700
         child_env = {k: os.environ[k] for k in NODE_ENV if k in os.environ}
         child_env.update({k: v for k, v in env.items() if k not in LAUNCHER_ENV})
-        child_env.update(PORT=str(self._port), HOSTNAME=self._host, HOME=self._folder,
-                         HF_HOME=os.path.join(self._folder, "huggingface"), TMPDIR=self._folder)
+        child_env.update(PORT=str(self._port), HOSTNAME=self._host, HOME=self._folder, TMPDIR=self._folder)
+        child_env.setdefault("HF_HOME", os.path.join(self._folder, "huggingface"))
         # Without GPUs from Ray the replica must not grab a GPU some other actor holds.
         child_env["CUDA_VISIBLE_DEVICES"] = ",".join(self._gpu_ids)
         command = [*(command or [sys.executable, "-m", RUNTIME_MODULE]), *args]

@@ -18,7 +18,9 @@ from tests.controlplane.conftest import BACKENDS
 from tests.controlplane.live import LiveControlPlane
 from tests.controlplane.replicas import (
     ADAPTER_ID,
+    api_key_of,
     endpoint,
+    environ,
     gone,
     model_and_adapter,
     real_body,
@@ -35,11 +37,6 @@ def cp(request: pytest.FixtureRequest) -> Iterator[LiveControlPlane]:
         yield live
 
 
-def _environ(pid: int) -> dict[str, str]:
-    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
-
-
 def test_real_replica_starts_with_the_endpoint_env_and_answers_with_its_adapter(cp: LiveControlPlane) -> None:
     model_dir, adapter = model_and_adapter()
     body = real_body("ep-env")
@@ -51,11 +48,12 @@ def test_real_replica_starts_with_the_endpoint_env_and_answers_with_its_adapter(
         assert "initializing" in seen
         assert raw["status"]["readyReplica"] == 1 and raw["status"]["targetReplica"] == 1
         assert httpx.get(url + raw["healthRoute"]).status_code == 200
-        info = httpx.get(f"{url}/info").json()
+        replica_key = {"Authorization": f"Bearer {api_key_of(cp, url)}"}
+        info = httpx.get(f"{url}/info", headers=replica_key).json()
         assert info["model_id"] == str(model_dir)  # MODEL_ID=/repository became the repository
         assert ep.generate(url)
         (pid,) = ep.pids().values()
-        env = _environ(pid)
+        env = environ(pid)
         assert env["MODEL_ID"] == str(model_dir) and env["LORA_ADAPTERS"] == f"{ADAPTER_ID}={adapter}"
         assert env["HF_TOKEN"] == "hf_secret_value" and env["CUDA_VISIBLE_DEVICES"] == ""
         assert "hf_secret_value" not in str(ep.get())
@@ -161,7 +159,7 @@ def test_queue_depth_of_the_real_runtime_scales_the_endpoint_up(cp: LiveControlP
     body["compute"]["scaling"] = {"minReplica": 1, "maxReplica": 2, "measure": {"pendingRequests": 2}}  # type: ignore[index]
     with endpoint(cp, body) as ep:
         url = ep.wait_running()["status"]["url"]
-        metrics = httpx.get(f"{url}/metrics").text
+        metrics = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {api_key_of(cp, url)}"}).text
         assert "lorafleet_queue_size 0.0" in metrics
         stop, answered = threading.Event(), []
         clients = [threading.Thread(target=_load, args=(url, stop, answered)) for _ in range(12)]
