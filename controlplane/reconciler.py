@@ -24,6 +24,7 @@ from lorafleet.controlplane.endpoints import repository
 from lorafleet.controlplane.endpoints.plan import LaunchOutcome
 from lorafleet.controlplane.endpoints.planner import EndpointPlanner
 from lorafleet.controlplane.endpoints.quota import Quota, QuotaTally
+from lorafleet.controlplane.errors import ControlPlaneError
 from lorafleet.controlplane.launchers.base import Launcher, NoCapacityError, ReplicaHandle
 from lorafleet.controlplane.lease import ReconcilerLease
 from lorafleet.controlplane.models import Endpoint, Replica
@@ -245,8 +246,15 @@ class Reconciler:
             report.errors.append(f"{name}: {e}")
 
     def _api_key(self, row: Replica) -> str | None:
+        """The replica's key for probes; None if it has none (started before keys) or it cannot be
+        opened (another SECRET_KEY): the probe then goes without, and the replica refuses it."""
         if row.replica_key not in self._api_keys and row.api_key_encrypted:
-            self._api_keys[row.replica_key] = self.planner.secret_box.open(row.api_key_encrypted)["api_key"]
+            try:
+                opened = self.planner.secret_box.open(row.api_key_encrypted)
+                self._api_keys[row.replica_key] = opened["api_key"]
+            except ControlPlaneError as e:
+                log.warning("cannot open the key of replica %s: %s", row.replica_key, e.message)
+                return None
         return self._api_keys.get(row.replica_key)
 
     def _settle_unrecorded(self, session: Session, replicas: list[Replica]) -> list[Replica]:

@@ -129,10 +129,11 @@ class ProcessLauncher:
     @classmethod
     def from_settings(cls, settings: Settings) -> ProcessLauncher:
         config = ProcessConfig.from_settings(settings)
-        if config.isolation.note:
-            level = logging.WARNING if not config.isolation.sandbox else logging.INFO
-            log.log(level, "replica isolation: %s (%s); see docs/security.md",
-                    config.isolation.label, config.isolation.note)
+        isolation = config.isolation
+        if isolation.note:  # something is missing: replicas can reach more than they should
+            log.warning("replica isolation: %s (%s); see docs/security.md", isolation.label, isolation.note)
+        else:
+            log.info("replica isolation: %s", isolation.label)
         return cls(config, detect_gpus())
 
     # --- capacity -------------------------------------------------------------------------

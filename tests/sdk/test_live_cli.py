@@ -31,10 +31,11 @@ def run(static_cp, capsys):
 
 def test_every_endpoints_command_round_trip(static_cp, run, endpoint_name):
     name = endpoint_name(static_cp)
-    code, out, _ = run("create", name, *CREATE_FLAGS, "--env", "LORA_ADAPTERS=a=/x", "--tag", "dev", "-ojson")
+    adapters = "LORA_ADAPTERS=a=o/x"
+    code, out, _ = run("create", name, *CREATE_FLAGS, "--env", adapters, "--tag", "dev", "-ojson")
     created = json.loads(out)
     assert code == 0 and created["name"] == name and created["status"]["state"] == "pending"
-    assert created["model"]["env"] == {"LORA_ADAPTERS": "a=/x"} and created["tags"] == ["dev"]
+    assert created["model"]["env"] == {"LORA_ADAPTERS": "a=o/x"} and created["tags"] == ["dev"]
 
     code, out, _ = run("list")
     row = next(line for line in out.splitlines() if line.startswith(name))
