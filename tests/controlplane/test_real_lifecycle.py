@@ -140,10 +140,10 @@ def test_update_rolls_to_a_new_replica_serving_the_new_adapter_set(cp: LiveContr
         assert ep.generate(new, adapter_id="second")
 
 
-def _load(url: str, stop: threading.Event, answered: list[int]) -> None:
+def _load(url: str, key: str, stop: threading.Event, answered: list[int]) -> None:
     """Back-to-back long requests to one replica until `stop` (error answers are recorded, not raised)."""
     request = {"inputs": "Hello there", "parameters": {"max_new_tokens": 40, "adapter_id": ADAPTER_ID}}
-    with httpx.Client(timeout=120) as client:
+    with httpx.Client(timeout=120, headers={"Authorization": f"Bearer {key}"}) as client:
         while not stop.is_set():
             try:
                 response = client.post(f"{url}/generate", json=request)
@@ -159,10 +159,11 @@ def test_queue_depth_of_the_real_runtime_scales_the_endpoint_up(cp: LiveControlP
     body["compute"]["scaling"] = {"minReplica": 1, "maxReplica": 2, "measure": {"pendingRequests": 2}}  # type: ignore[index]
     with endpoint(cp, body) as ep:
         url = ep.wait_running()["status"]["url"]
-        metrics = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {api_key_of(cp, url)}"}).text
+        key = api_key_of(cp, url)
+        metrics = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {key}"}).text
         assert "lorafleet_queue_size 0.0" in metrics
         stop, answered = threading.Event(), []
-        clients = [threading.Thread(target=_load, args=(url, stop, answered)) for _ in range(12)]
+        clients = [threading.Thread(target=_load, args=(url, key, stop, answered)) for _ in range(12)]
         for thread in clients:
             thread.start()
         try:
