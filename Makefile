@@ -6,9 +6,9 @@ EXTRAS := controlplane,runtime,dev,ray
 STAMP := $(VENV)/.installed
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: setup test demo lint bench browser clean
+.PHONY: setup test demo lint bench browser sandbox clean
 
-setup: $(STAMP) browser
+setup: $(STAMP) browser sandbox
 
 $(STAMP): pyproject.toml constraints.txt setup.py
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,13 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || { \
 		echo "installing Debian chromium for the dashboard tests"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+# Replicas run tenants' input: the process launcher confines each in a bubblewrap sandbox
+# (docs/security.md). Without bwrap it falls back to unconfined replicas and says so.
+sandbox:
+	@command -v bwrap >/dev/null 2>&1 || { \
+		echo "installing Debian bubblewrap for the replica sandbox"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null; }
 
 test: setup
 	$(BIN)/python -m pytest

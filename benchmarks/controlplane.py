@@ -140,7 +140,10 @@ def api_and_reconciler(count: int, clients: int, requests: int) -> dict[str, flo
     tmp = Path(tempfile.mkdtemp(prefix="lorafleet-bench-"))
     url_db = f"sqlite:///{tmp / 'cp.db'}"
     migrate(url_db)
-    settings = make_settings(tmp, url_db, reconciler_enabled=False, runtime_command=FAKE_RUNTIME)
+    # Quotas sized for the benchmark's one namespace; the sandbox shows the fake runtime's file.
+    settings = make_settings(tmp, url_db, reconciler_enabled=False, runtime_command=FAKE_RUNTIME,
+                             sandbox_paths=FAKE_RUNTIME.split()[-1], quota_endpoints=count,
+                             quota_replicas=count, quota_accelerators=count)
     for _url, app in serve_app(settings):
         _seed(app, count)
         results = _reconciler_pass(app)

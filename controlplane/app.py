@@ -7,45 +7,24 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse
+from lorafleet.controlplane import error_handlers
 from lorafleet.controlplane.auth.router import router as auth_router
 from lorafleet.controlplane.catalog.loader import load_catalog
 from lorafleet.controlplane.catalog.router import router as catalog_router
 from lorafleet.controlplane.catalog.service import Hardware
 from lorafleet.controlplane.db import Database, check_migrated
+from lorafleet.controlplane.endpoints.local_paths import LocalRoots
+from lorafleet.controlplane.endpoints.quota import Quota
 from lorafleet.controlplane.endpoints.router import router as endpoints_router
 from lorafleet.controlplane.endpoints.service import EndpointService
-from lorafleet.controlplane.errors import ControlPlaneError
 from lorafleet.controlplane.launchers import create_launcher
 from lorafleet.controlplane.reconciler import Reconciler
 from lorafleet.controlplane.secretbox import SecretBox
-from lorafleet.controlplane.settings import Settings
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from lorafleet.controlplane.settings import Settings, private_home
 
 log = logging.getLogger("lorafleet.controlplane")
-
-
-def _field_path(location: tuple[object, ...]) -> str:
-    parts = [str(p) for p in location if p not in ("body",)]
-    return ".".join(parts) or "body"
-
-
-async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    errors = [
-        {"field": _field_path(tuple(e.get("loc", ()))), "message": e.get("msg", "")} for e in exc.errors()
-    ]
-    summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
-    return JSONResponse(status_code=422, content={"error": f"invalid request: {summary}", "errors": errors})
-
-
-async def _control_plane_error(request: Request, exc: ControlPlaneError) -> JSONResponse:
-    return JSONResponse(status_code=exc.status_code, content=exc.to_json())
-
-
-async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    return JSONResponse(status_code=exc.status_code, content={"error": str(exc.detail)}, headers=exc.headers)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -56,7 +35,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         >>> uvicorn.run(app, port=8000)
     """
     settings = settings or Settings()
-    database = Database(settings.resolved_database_url)
+    private_home(settings)
+    database = Database(settings.resolved_database_url, settings.sqlite_busy_timeout_s)
     check_migrated(database.engine)
     launcher = create_launcher(settings)
     hardware = Hardware(load_catalog(settings.catalog), launcher)
@@ -91,11 +71,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.launcher = launcher
     app.state.hardware = hardware
     app.state.reconciler = reconciler
-    app.state.endpoint_service = EndpointService(hardware, secret_box)
+    app.state.endpoint_service = EndpointService(
+        hardware, secret_box, roots=LocalRoots(settings.local_root_paths), quota=Quota.from_settings(settings)
+    )
     app.state.wake_reconciler = reconciler.wake
-    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
-    app.add_exception_handler(ControlPlaneError, _control_plane_error)  # type: ignore[arg-type]
-    app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
+    error_handlers.install(app)
     app.include_router(endpoints_router)
     app.include_router(catalog_router)
     app.include_router(auth_router)

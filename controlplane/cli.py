@@ -67,10 +67,13 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
                 "  lorafleet controlplane create-token --namespace <your-name>",
                 flush=True,
             )
+    isolation = getattr(app.state.launcher, "isolation", None)
     print(
         f"lorafleet control plane on http://{args.host}:{args.port} "
         f"(database {database.engine.url.render_as_string(hide_password=True)}, "
-        f"launcher {settings.launcher})",
+        f"launcher {settings.launcher}"
+        + (f", replica isolation: {isolation.label}" if isolation is not None else "")
+        + ")",
         flush=True,
     )
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)

@@ -2,11 +2,13 @@
 
 One `Database` per process. Requests get one session each (committed or rolled back by the
 `session` dependency in `app.py`); the reconciler opens its own per pass. SQLite runs in WAL
-mode with a busy timeout so API threads and the reconciler can share the file.
+mode with a busy timeout so API threads and the reconciler can share the file; its file is only
+the control plane's to read (0600, folder 0700 when created here), since replicas run tenants' code.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,22 +24,34 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 
-def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=10000")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
+def _sqlite_pragmas(busy_timeout_s: float):  # type: ignore[no-untyped-def]
+    def apply(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    return apply
 
 
-def make_engine(url: str) -> Engine:
-    """Creates an engine; for SQLite, creates the folder and turns on WAL + foreign keys."""
+def private_file(path: Path) -> None:
+    """Creates `path` (and missing folders, 0700) readable by this user only; narrows an existing
+    file of ours to 0600. SQLite gives its -wal and -shm files the database file's mode."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    if path.stat().st_uid == os.getuid():
+        path.chmod(0o600)
+
+
+def make_engine(url: str, busy_timeout_s: float = 10.0) -> Engine:
+    """Creates an engine; for SQLite, creates the file (0600) and turns on WAL + foreign keys."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
-        event.listen(engine, "connect", _sqlite_pragmas)
+            private_file(Path(parsed.database).expanduser())
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": busy_timeout_s})
+        event.listen(engine, "connect", _sqlite_pragmas(busy_timeout_s))
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
@@ -81,9 +95,9 @@ def check_migrated(engine: Engine) -> None:
 class Database:
     """Owns the engine and the session factory of one process."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, busy_timeout_s: float = 10.0) -> None:
         self.url = url
-        self.engine = make_engine(url)
+        self.engine = make_engine(url, busy_timeout_s)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @property

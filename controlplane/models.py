@@ -46,8 +46,14 @@ class ApiToken(Base):
 
 
 class Endpoint(Base):
+    """An endpoint. Its id is never reused (SQLite AUTOINCREMENT; PostgreSQL sequences never go
+    back), so state kept by id (the reconciler's backoff clocks) cannot pass to a later endpoint."""
+
     __tablename__ = "endpoints"
-    __table_args__ = (UniqueConstraint("namespace_id", "name", name="uq_endpoints_namespace_name"),)
+    __table_args__ = (
+        UniqueConstraint("namespace_id", "name", name="uq_endpoints_namespace_name"),
+        {"sqlite_autoincrement": True},
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     namespace_id: Mapped[int] = mapped_column(ForeignKey("namespaces.id", ondelete="CASCADE"), index=True)
@@ -75,7 +81,8 @@ class Endpoint(Base):
 
 class Replica(Base):
     """One launched replica. `endpoint_id` is NULL once its endpoint is deleted: an orphan the
-    reconciler stops and removes."""
+    reconciler stops and removes. `api_key_encrypted` is the replica's own API key, sealed with
+    the secret key: the control plane's probes and proxies use it; no API answer shows it."""
 
     __tablename__ = "replicas"
 
@@ -93,6 +100,7 @@ class Replica(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     ready_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     queue_size: Mapped[float] = mapped_column(default=0.0)
+    api_key_encrypted: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     endpoint: Mapped[Endpoint | None] = relationship(lazy="raise")
 

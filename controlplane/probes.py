@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import httpx
 from lorafleet.controlplane.launchers.base import Launcher, ReplicaHandle, ReplicaStatus
@@ -42,12 +42,18 @@ class ProbeJob:
         health_route: path that answers 200 when ready.
         want_metrics: also read `/metrics` (autoscaling, idleness).
         overdue: past its startup deadline: fetch its logs unless it is healthy.
+        api_key: the replica's own key, sent as a bearer token (its routes but `/health` need it).
     """
 
     handle: ReplicaHandle
     health_route: str = "/health"
     want_metrics: bool = False
     overdue: bool = False
+    api_key: str | None = field(default=None, repr=False)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
 
 def parse_metrics(text: str) -> tuple[float, float | None]:
@@ -90,10 +96,11 @@ def _probe_routes(status: ReplicaStatus, job: ProbeJob, client: httpx.Client) ->
     if status.phase != "running" or not status.url:
         return Probe(status)
     try:
-        healthy = client.get(status.url.rstrip("/") + job.health_route).status_code == 200
+        base = status.url.rstrip("/")
+        healthy = client.get(base + job.health_route, headers=job.headers).status_code == 200
         if not (healthy and job.want_metrics):
             return Probe(status, healthy)
-        response = client.get(status.url.rstrip("/") + "/metrics")
+        response = client.get(base + "/metrics", headers=job.headers)
         if response.status_code != 200:
             return Probe(status, healthy)
         queue, requests = parse_metrics(response.text)

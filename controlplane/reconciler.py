@@ -23,6 +23,8 @@ from lorafleet.controlplane.db import Database
 from lorafleet.controlplane.endpoints import repository
 from lorafleet.controlplane.endpoints.plan import LaunchOutcome
 from lorafleet.controlplane.endpoints.planner import EndpointPlanner
+from lorafleet.controlplane.endpoints.quota import Quota, QuotaTally
+from lorafleet.controlplane.errors import ControlPlaneError
 from lorafleet.controlplane.launchers.base import Launcher, NoCapacityError, ReplicaHandle
 from lorafleet.controlplane.lease import ReconcilerLease
 from lorafleet.controlplane.models import Endpoint, Replica
@@ -67,6 +69,9 @@ class Reconciler:
             settings.home / "reconciler.lock" if not database.is_sqlite else _lock_path(database),
         )
         self.planner = EndpointPlanner(settings, launcher, hardware, secret_box)
+        self.hardware = hardware
+        self.quota = Quota.from_settings(settings)
+        self._api_keys: dict[str, str] = {}  # replica_key → its key, opened once (probes send it)
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._adopted_generation = 0  # the lease generation adopt() last ran for
@@ -160,9 +165,10 @@ class Reconciler:
                 self.settings.health_timeout_s,
                 log_tail=self.settings.log_tail_lines,
             )
+            tally = QuotaTally(self.quota, self.hardware.catalog, endpoints, by_endpoint)
             for endpoint, namespace in endpoints:
                 rows = by_endpoint.get(endpoint.id, [])
-                self._reconcile(session, endpoint, namespace, rows, probes, report)
+                self._reconcile(session, endpoint, namespace, rows, probes, report, tally)
         report.seconds = time.monotonic() - started_at
         return report
 
@@ -171,6 +177,8 @@ class Reconciler:
     ) -> dict[str, ProbeJob]:
         now = utcnow()
         jobs = {}
+        live = {r.replica_key for rows in by_endpoint.values() for r in rows}
+        self._api_keys = {k: v for k, v in self._api_keys.items() if k in live}
         for endpoint, _ in endpoints:
             route = endpoint.spec.get("healthRoute", "/health")
             metrics = self.planner.wants_metrics(endpoint.spec)
@@ -179,7 +187,7 @@ class Reconciler:
                     overdue = r.state == "starting" and (
                         (now - r.created_at).total_seconds() > self.settings.startup_timeout_s
                     )
-                    jobs[r.replica_key] = ProbeJob(r.handle, route, metrics, overdue)
+                    jobs[r.replica_key] = ProbeJob(r.handle, route, metrics, overdue, self._api_key(r))
         return jobs
 
     def _reconcile(
@@ -190,14 +198,17 @@ class Reconciler:
         replicas: list[Replica],
         probes: dict[str, Probe],
         report: PassReport,
+        tally: QuotaTally,
     ) -> None:
         """Decide (one transaction), stop and start (none), record the outcome (one or two)."""
         name = f"{namespace}/{endpoint.name}"
         try:
             # One transaction per endpoint, so one bad endpoint rolls back only its own changes and
             # an endpoint with nothing to do costs no write at all.
-            plan = self.planner.reconcile(session, endpoint, namespace, replicas, probes)
+            room = tally.room(endpoint, namespace)
+            plan = self.planner.reconcile(session, endpoint, namespace, replicas, probes, room)
             session.commit()
+            tally.launched(endpoint, namespace, len(plan.launches))
         except Exception as e:  # one bad endpoint must not stall the others
             session.rollback()
             log.exception("reconciling %s failed", name)
@@ -233,6 +244,18 @@ class Reconciler:
             session.rollback()
             log.exception("writing the status of %s after its launches failed", name)
             report.errors.append(f"{name}: {e}")
+
+    def _api_key(self, row: Replica) -> str | None:
+        """The replica's key for probes; None if it has none (started before keys) or it cannot be
+        opened (another SECRET_KEY): the probe then goes without, and the replica refuses it."""
+        if row.replica_key not in self._api_keys and row.api_key_encrypted:
+            try:
+                opened = self.planner.secret_box.open(row.api_key_encrypted)
+                self._api_keys[row.replica_key] = opened["api_key"]
+            except ControlPlaneError as e:
+                log.warning("cannot open the key of replica %s: %s", row.replica_key, e.message)
+                return None
+        return self._api_keys.get(row.replica_key)
 
     def _settle_unrecorded(self, session: Session, replicas: list[Replica]) -> list[Replica]:
         """Rows without a handle at the start of a pass: a launch of this process whose handle

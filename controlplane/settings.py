@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 from functools import cached_property
@@ -48,6 +49,40 @@ class Settings(BaseSettings):
     scale_down_cooldown_s: float = Field(60.0, ge=0)
     reconciler_enabled: bool = Field(True, description="false: serve the API only")
     log_tail_lines: int = Field(40, ge=1, description="log lines in a failed endpoint's message")
+    sqlite_busy_timeout_s: float = Field(10.0, ge=0, description="wait for a SQLite write lock, then 503")
+    # --- tenant isolation (docs/security.md) ---------------------------------------------------
+    local_roots: str = Field(
+        "", description="os.pathsep-separated host folders specs may take models/adapters from by path"
+    )
+    isolation: str = Field("auto", description="`auto`, `sandbox` (required) or `none` (replicas unconfined)")
+    replica_uid_base: int = Field(2_000_000_000, ge=1000, description="first uid given to a namespace")
+    replica_uid_count: int = Field(100_000, ge=1, description="how many namespace uids there are")
+    replica_max_processes: int = Field(8192, ge=64, description="RLIMIT_NPROC of a namespace's uid")
+    sandbox_paths: str = Field(
+        "", description="os.pathsep-separated host paths bound read-only into every replica sandbox"
+    )
+    replica_env: dict[str, str] = Field(
+        default_factory=dict, description="operator's environment for every replica (JSON object)"
+    )
+    replica_log_max_bytes: int = Field(10_000_000, ge=10_000, description="LOG_MAX_BYTES for replicas")
+    replica_output_max_bytes: int = Field(
+        1_000_000, ge=10_000, description="cap of a replica's captured stdout/stderr"
+    )
+    quota_endpoints: int = Field(20, ge=0, description="endpoints per namespace")
+    quota_replicas: int = Field(8, ge=0, description="replicas per namespace")
+    quota_accelerators: int = Field(8, ge=0, description="accelerators (GPUs) per namespace")
+
+    @field_validator("secret_key", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        return None if value == "" else value  # LORAFLEET_SECRET_KEY= means "use the key file"
+
+    @field_validator("isolation")
+    @classmethod
+    def _known_isolation(cls, value: str) -> str:
+        if value not in ("auto", "sandbox", "none"):
+            raise ValueError(f"LORAFLEET_ISOLATION must be 'auto', 'sandbox' or 'none', got {value!r}")
+        return value
 
     @field_validator("launcher")
     @classmethod
@@ -69,3 +104,26 @@ class Settings(BaseSettings):
     @cached_property
     def secret_key_file(self) -> Path:
         return self.home / "secret.key"
+
+    @cached_property
+    def local_root_paths(self) -> tuple[Path, ...]:
+        """`LOCAL_ROOTS` resolved (symlinks and `..` gone), so containment checks compare real paths."""
+        return _path_list(self.local_roots)
+
+    @cached_property
+    def sandbox_path_list(self) -> tuple[Path, ...]:
+        return _path_list(self.sandbox_paths)
+
+
+def _path_list(text: str) -> tuple[Path, ...]:
+    return tuple(Path(os.path.realpath(Path(p).expanduser())) for p in text.split(os.pathsep) if p.strip())
+
+
+def private_home(settings: Settings) -> Path:
+    """Creates `home` readable by this user only (0700; an existing folder of ours is narrowed):
+    it holds the database, the secret key and the replicas' handles, and replicas run tenants' code."""
+    home = settings.home
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if home.stat().st_uid == os.getuid():
+        home.chmod(0o700)
+    return home

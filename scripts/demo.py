@@ -33,6 +33,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # `python scripts/demo.py` without PYTHONPATH works too
     sys.path.insert(0, str(REPO_ROOT))
 
+from tests.fixtures import fixtures_dir  # noqa: E402
 from tests.fixtures.trained import DEMO_INPUTS, TASKS, demo_prompt, expected_answer, trained_demo  # noqa: E402
 
 NAMESPACE = "demo"
@@ -98,6 +99,9 @@ class ControlPlane:
             "LORAFLEET_HOME": str(config.demo_dir / "home"),
             "LORAFLEET_DATABASE_URL": f"sqlite:///{config.demo_dir / 'controlplane.db'}",
             "LORAFLEET_LAUNCHER": "process",
+            # The demo's model and adapters are local folders: the control plane serves only
+            # those under its LOCAL_ROOTS (docs/security.md).
+            "LORAFLEET_LOCAL_ROOTS": os.environ.get("LORAFLEET_LOCAL_ROOTS") or str(fixtures_dir()),
         }
         self.process: subprocess.Popen[bytes] | None = None
 

@@ -84,7 +84,8 @@ class ValidationError(LorafleetError):
 
 
 class AuthenticationError(LorafleetError):
-    """The token is missing, invalid or not allowed to do this (HTTP 401 or 403)."""
+    """The token is missing, invalid or not allowed to do this (HTTP 401 or 403; a 403 is also a
+    namespace quota the request would exceed, named in the message)."""
 
 
 class NetworkError(LorafleetError):

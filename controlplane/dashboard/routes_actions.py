@@ -37,16 +37,15 @@ def try_endpoint(request: Request, name: str, db: SessionDep, caller: CallerDep,
                  max_new_tokens: Annotated[str, Form()] = "20") -> Response:
     wants_json = request.headers.get("accept", "").startswith("application/json")
     try:
-        raw = service.render(service.get(db, caller.principal, name))
+        access = service.replica_access(db, caller.principal, name)
     except NotFoundError as e:
         if wants_json:
             return JSONResponse({"error": e.message}, status_code=404)
         return endpoint_page(request, db, caller, service, name)
     # The session's work is done: release the connection before waiting on the replica.
     db.commit()
-    status = raw["status"]
-    trial = generate(Trial(prompt, adapter_id, max_new_tokens), url=status.get("url"),
-                     state=status["state"], token=caller.token)
+    trial = generate(Trial(prompt, adapter_id, max_new_tokens), url=access.url, state=access.state,
+                     api_key=access.api_key)
     if wants_json:
         if trial.error:
             return JSONResponse({"error": trial.error}, status_code=trial.status_code)

@@ -1,9 +1,11 @@
 """"Try it": one generation through the endpoint's URL, proxied by the control plane.
 
 Server-side on purpose: the browser never needs the endpoint's URL to be reachable from it (no
-CORS, replicas may listen on a private network) and the API token never enters JavaScript. The
-request is exactly what `InferenceClient.text_generation(..., adapter_id=...)` sends: `POST
-{url}/generate` with `parameters.adapter_id`, and the caller's token as a bearer token.
+CORS, replicas may listen on a private network) and no key enters JavaScript. The request is
+exactly what `InferenceClient.text_generation(..., adapter_id=...)` sends: `POST {url}/generate`
+with `parameters.adapter_id`, authorised by the serving replica's own key, which the control plane
+holds. The user's control-plane token never leaves the control plane: a replica runs a tenant's
+input, so whatever it receives must be worth nothing elsewhere.
 """
 
 from __future__ import annotations
@@ -55,9 +57,10 @@ def _error_text(response: httpx.Response) -> str:
     return str(body)[:500]
 
 
-def generate(trial: Trial, *, url: str | None, state: str, token: str,
+def generate(trial: Trial, *, url: str | None, state: str, api_key: str | None,
              timeout_s: float = GENERATE_TIMEOUT_S) -> Trial:
-    """Runs `trial` against the endpoint at `url`; returns it with `text` or `error` filled in."""
+    """Runs `trial` against the endpoint at `url` (with the replica's `api_key`); returns it with
+    `text` or `error` filled in."""
     if not trial.prompt.strip():
         return _failed(trial, "Enter a prompt.", 400)
     try:
@@ -70,10 +73,11 @@ def generate(trial: Trial, *, url: str | None, state: str, token: str,
     parameters: dict[str, object] = {"max_new_tokens": max_new_tokens}
     if trial.adapter_id:
         parameters["adapter_id"] = trial.adapter_id
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
         response = httpx.post(f"{url.rstrip('/')}/generate",
                               json={"inputs": trial.prompt, "parameters": parameters},
-                              headers={"Authorization": f"Bearer {token}"}, timeout=timeout_s)
+                              headers=headers, timeout=timeout_s)
     except httpx.HTTPError as e:
         return _failed(trial, f"The endpoint did not answer ({type(e).__name__}: {e}).")
     if response.status_code != 200:

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import math
+import secrets as token_source
 import time
 import uuid
 from typing import Any
@@ -20,7 +21,9 @@ from typing import Any
 from lorafleet.controlplane.catalog.service import Hardware
 from lorafleet.controlplane.clock import utcnow
 from lorafleet.controlplane.endpoints import repository
+from lorafleet.controlplane.endpoints.local_paths import LocalRoots
 from lorafleet.controlplane.endpoints.plan import Launch, LaunchOutcome, Plan
+from lorafleet.controlplane.endpoints.quota import QuotaRoom
 from lorafleet.controlplane.endpoints.spec import (
     DEFAULT_PENDING_REQUESTS,
     DEFAULT_SCALE_TO_ZERO_MINUTES,
@@ -55,6 +58,8 @@ class EndpointPlanner:
         self.launcher = launcher
         self.hardware = hardware
         self.secret_box = secret_box
+        self.roots = LocalRoots(settings.local_root_paths)
+        # Keyed by endpoint id: ids are never reused (models.Endpoint), so no state passes on.
         self._not_before: dict[int, float] = {}  # endpoint id → monotonic time of next start
         self._last_failure: dict[int, str] = {}  # endpoint id → last crash report
         self._last_scale_up: dict[int, float] = {}
@@ -72,6 +77,7 @@ class EndpointPlanner:
         namespace: str,
         replicas: list[Replica],
         probes: dict[str, Probe],
+        room: QuotaRoom | None = None,
     ) -> Plan:
         """Decides one endpoint's launcher calls and writes its status; calls no launcher.
 
@@ -81,6 +87,7 @@ class EndpointPlanner:
             namespace: its namespace's name.
             replicas: its replica rows, none `stopping`.
             probes: replica_key → probe, for rows with a handle.
+            room: how many replicas of the current spec the namespace's quota allows (None: no cap).
         """
         plan = Plan(endpoint=endpoint, revision=endpoint.revision)
         live = self._observe(session, endpoint, replicas, probes, plan)
@@ -105,26 +112,21 @@ class EndpointPlanner:
                 kind="scaled-to-zero",
                 message="idle longer than scaleToZeroTimeout",
             )
-            self._write(
-                session,
-                endpoint,
-                {
-                    "desired_state": "scaledToZero",
-                    "state": "scaledToZero",
-                    "message": "Endpoint scaled to zero after being idle",
-                    "ready_replicas": 0,
-                    "target_replicas": 0,
-                },
-            )
+            self._write(session, endpoint, {
+                "desired_state": "scaledToZero", "state": "scaledToZero", "ready_replicas": 0,
+                "message": "Endpoint scaled to zero after being idle", "target_replicas": 0,
+            })
             return plan
         target = self._target(endpoint, live)
         pending_reason = ""
+        if room is not None and target > room.capacity:  # keep what runs, start no more than the quota
+            target, pending_reason = max(room.capacity, len(current)), room.reason
         if endpoint.failure_count > self.settings.max_restarts:
             return self._give_up(session, endpoint, current, old, plan)
         if len(current) < target and time.monotonic() >= self._not_before.get(endpoint.id, 0.0):
             pending_reason = self._start(
                 session, endpoint, namespace, secrets, digest, target - len(current), plan
-            )
+            ) or pending_reason
         elif len(current) > target:
             for replica in sorted(current, key=lambda r: (r.state == "ready", r.id))[: len(current) - target]:
                 self._stop(session, replica, plan)
@@ -302,32 +304,21 @@ class EndpointPlanner:
         spec = endpoint.spec
         compute, provider = spec["compute"], spec["provider"]
         try:
-            instance = self.hardware.resolve(
-                vendor=provider["vendor"],
-                region=provider["region"],
-                instance_type=compute["instanceType"],
-                instance_size=compute["instanceSize"],
-            )
+            instance = self.hardware.resolve(vendor=provider["vendor"], region=provider["region"],
+                                             instance_type=compute["instanceType"],
+                                             instance_size=compute["instanceSize"])
+            env, folders = runtime_env(spec, secrets, self.roots)
         except ControlPlaneError as e:
             return f"cannot place the endpoint: {e.message}"
         for _ in range(count):
-            key = f"rep-{uuid.uuid4().hex[:12]}"
+            key, api_key = f"rep-{uuid.uuid4().hex[:12]}", token_source.token_urlsafe(32)
             replica_spec = ReplicaSpec(
-                key,
-                namespace,
-                endpoint.name,
-                instance,
-                runtime_env(spec, secrets),
-                tuple(spec["model"].get("args") or ()),
-                spec.get("healthRoute", "/health"),
+                key, namespace, endpoint.name, instance, env, tuple(spec["model"].get("args") or ()),
+                spec.get("healthRoute", "/health"), api_key=api_key, folders=tuple(folders),
             )
-            replica = Replica(
-                replica_key=key,
-                endpoint_id=endpoint.id,
-                launcher=self.launcher.name,
-                spec_digest=digest,
-                state="starting",
-            )
+            replica = Replica(replica_key=key, endpoint_id=endpoint.id, launcher=self.launcher.name,
+                              spec_digest=digest, state="starting",
+                              api_key_encrypted=self.secret_box.seal({"api_key": api_key}))
             session.add(replica)  # committed before the launch: adopt() can always match the replica
             plan.launches.append(Launch(replica, replica_spec, instance.id))
         return ""

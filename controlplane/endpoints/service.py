@@ -16,9 +16,12 @@ from lorafleet.controlplane.auth.service import Principal
 from lorafleet.controlplane.catalog.service import Hardware
 from lorafleet.controlplane.clock import to_wire, utcnow
 from lorafleet.controlplane.endpoints import repository
+from lorafleet.controlplane.endpoints.env_policy import check_env
+from lorafleet.controlplane.endpoints.local_paths import LocalRoots
+from lorafleet.controlplane.endpoints.quota import Claim, Quota, check_claims
 from lorafleet.controlplane.endpoints.render import render_endpoint
 from lorafleet.controlplane.endpoints.schemas import EndpointCreate, EndpointUpdate
-from lorafleet.controlplane.endpoints.spec import build_spec, launch_digest_fields, merge_update
+from lorafleet.controlplane.endpoints.spec import build_spec, check_spec, launch_digest_fields, merge_update
 from lorafleet.controlplane.errors import BadRequestError, ConflictError, NotFoundError
 from lorafleet.controlplane.models import Endpoint
 from lorafleet.controlplane.secretbox import SecretBox
@@ -40,12 +43,30 @@ class ReplicaLogs:
     lines: list[str]
 
 
-class EndpointService:
-    """Create, list, get, update, pause, resume, scale to zero, delete, logs and events."""
+@dataclass(frozen=True)
+class ReplicaAccess:
+    """How the control plane itself reaches an endpoint (Try it): its URL and that replica's key."""
 
-    def __init__(self, hardware: Hardware, secret_box: SecretBox) -> None:
+    url: str | None
+    api_key: str | None
+    state: str
+
+
+class EndpointService:
+    """Create, list, get, update, pause, resume, scale to zero, delete, logs and events.
+
+    Args:
+        hardware: the catalog and launcher (instance types, capacity).
+        secret_box: seals endpoint secrets and replica keys.
+        roots: the operator's `LOCAL_ROOTS` (local model and adapter folders specs may name).
+        quota: the per-namespace limits checked at create, update and resume.
+    """
+
+    def __init__(self, hardware: Hardware, secret_box: SecretBox, *, roots: LocalRoots, quota: Quota) -> None:
         self.hardware = hardware
         self.secret_box = secret_box
+        self.roots = roots
+        self.quota = quota
 
     # --- reads --------------------------------------------------------------------------
 
@@ -65,9 +86,10 @@ class EndpointService:
 
     def create(self, session: Session, principal: Principal, body: EndpointCreate) -> Endpoint:
         spec = build_spec(body)
-        self._resolve(spec)
+        self._check(spec, body.model.secrets)
         if repository.get_endpoint(session, namespace_id=principal.namespace_id, name=body.name):
             raise ConflictError(f"Endpoint {body.name!r} already exists in namespace {principal.namespace!r}")
+        self._check_quota(session, principal, spec, None)
         now = utcnow()
         endpoint = Endpoint(
             namespace_id=principal.namespace_id,
@@ -116,7 +138,9 @@ class EndpointService:
                 revision=endpoint.revision,
             )
         new_spec = merge_update(endpoint.spec, body)
-        self._resolve(new_spec)
+        self._check(new_spec, body.model.secrets if body.model is not None else None)
+        if endpoint.desired_state == "running":
+            self._check_quota(session, principal, new_spec, endpoint)
         relaunch = launch_digest_fields(new_spec) != launch_digest_fields(endpoint.spec)
         if body.model is not None and body.model.secrets is not None:
             endpoint.secrets_encrypted = (
@@ -151,6 +175,7 @@ class EndpointService:
         endpoint = self.get(session, principal, name)
         if endpoint.desired_state == "running" and endpoint.state in ("running", "updating"):
             raise BadRequestError(f"Endpoint {name!r} is already running")
+        self._check_quota(session, principal, endpoint.spec, endpoint)
         endpoint.desired_state, endpoint.state, endpoint.url = "running", "pending", None
         endpoint.message, endpoint.failure_count = "Endpoint waiting to be scheduled", 0
         return self._commit_action(session, principal, endpoint, "resumed")
@@ -189,7 +214,34 @@ class EndpointService:
             for e in repository.list_events(session, endpoint_id=endpoint.id, limit=limit)
         ]
 
+    def replica_access(self, session: Session, principal: Principal, name: str) -> ReplicaAccess:
+        """The endpoint's URL and the key of the replica serving it, for the control plane's own
+        requests (never shown to the tenant)."""
+        endpoint = self.get(session, principal, name)
+        serving = [
+            r for r in repository.replicas_of(session, endpoint_id=endpoint.id)
+            if r.url == endpoint.url and r.api_key_encrypted
+        ]
+        api_key = self.secret_box.open(serving[0].api_key_encrypted)["api_key"] if serving else None
+        return ReplicaAccess(endpoint.url, api_key, endpoint.state)
+
     # --- helpers ------------------------------------------------------------------------
+
+    def _check(self, spec: dict[str, Any], secrets: dict[str, str] | None) -> None:
+        """The tenant rules (env and secret names, runtime flags, local paths) and the hardware."""
+        check_spec(spec, self.roots)
+        check_env(secrets or {}, "model.secrets")
+        self._resolve(spec)
+
+    def _check_quota(
+        self, session: Session, principal: Principal, spec: dict[str, Any], endpoint: Endpoint | None
+    ) -> None:
+        catalog = self.hardware.catalog
+        others = [e for e in repository.list_endpoints(session, namespace_id=principal.namespace_id)
+                  if endpoint is None or e.id != endpoint.id]
+        running = [Claim.of(e.spec, catalog) for e in others if e.desired_state == "running"]
+        check_claims(self.quota, principal.namespace, Claim.of(spec, catalog), running,
+                     endpoints=len(others) + 1)
 
     def _resolve(self, spec: dict[str, Any]) -> None:
         compute, provider = spec["compute"], spec["provider"]

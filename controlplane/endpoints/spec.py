@@ -9,13 +9,14 @@ moves to `model.env`, `health_route`/`healthRoute` in the image becomes the top-
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 from typing import Any
 
+from lorafleet.controlplane.endpoints.env_policy import check_args, check_env
+from lorafleet.controlplane.endpoints.local_paths import REPOSITORY_PLACEHOLDER, LocalRoots
 from lorafleet.controlplane.endpoints.schemas import EndpointCreate, EndpointUpdate
 from lorafleet.controlplane.errors import BadRequestError
+from lorafleet.controlplane.launchers.base import LocalFolder
 
-RESERVED_ENV = ("PORT", "HOSTNAME", "CUDA_VISIBLE_DEVICES")
 DEFAULT_HEALTH_ROUTE = "/health"
 DEFAULT_SCALE_TO_ZERO_MINUTES = 15
 DEFAULT_PENDING_REQUESTS = 4.0
@@ -38,22 +39,24 @@ def _split_image(
             "the image's health route must be a path starting with '/'",
             field=f"model.image.{variant}.healthRoute",
         )
-    return {variant: body}, {str(k): str(v) for k, v in env.items()}, route
+    env = {str(k): str(v) for k, v in env.items()}
+    check_env(env, f"model.image.{variant}.env")
+    return {variant: body}, env, route
 
 
-def _check_env(env: dict[str, str]) -> None:
-    reserved = sorted(set(env) & set(RESERVED_ENV))
-    if reserved:
-        raise BadRequestError(
-            f"env {', '.join(reserved)} is set by the launcher and cannot be given", field="model.env"
-        )
+def check_spec(spec: dict[str, Any], roots: LocalRoots) -> list[LocalFolder]:
+    """Applies the tenant rules to a normalised spec (env names, runtime flags, local paths under
+    `roots`); returns the local folders it names. Raises a 400 naming the refused field."""
+    model = spec["model"]
+    check_env(model.get("env") or {}, "model.env")
+    flag_env = check_args(model.get("args") or [])
+    return roots.spec_sources(spec, flag_env)
 
 
 def build_spec(body: EndpointCreate) -> dict[str, Any]:
     """The normalised spec for a create request (secrets excluded)."""
     image, image_env, image_route = _split_image(body.model.image or {"huggingface": {}})
     env = {**image_env, **(body.model.env or {})}
-    _check_env(env)
     scaling = body.compute.scaling
     spec: dict[str, Any] = {
         "type": body.type or "protected",
@@ -122,7 +125,6 @@ def merge_update(spec: dict[str, Any], body: EndpointUpdate) -> dict[str, Any]:
     if "image" in model:
         new["model"]["image"] = model.pop("image")
     _deep_merge(new, patch)
-    _check_env(new["model"].get("env", {}))
     _check_replicas(new)
     return new
 
@@ -137,19 +139,21 @@ def _check_replicas(spec: dict[str, Any]) -> None:
         )
 
 
-def runtime_env(spec: dict[str, Any], secrets: dict[str, str]) -> dict[str, str]:
-    """Environment of the replica: TGI variable names, `MODEL_ID=/repository` resolved."""
+def runtime_env(
+    spec: dict[str, Any], secrets: dict[str, str], roots: LocalRoots
+) -> tuple[dict[str, str], list[LocalFolder]]:
+    """The replica's settings (TGI names, `MODEL_ID=/repository` resolved to the repository) and
+    the local folders it may read, checked again against `roots` (the operator may have narrowed
+    them since the spec was accepted: then this raises a 400 the endpoint shows as its reason)."""
+    sources = check_spec(spec, roots)
     model = spec["model"]
-    repository = model["repository"]
-    local = Path(repository).expanduser()
-    if local.is_absolute() or repository.startswith((".", "~")):
-        repository = str(local.resolve())
     env = dict(model.get("env") or {})
-    if env.get("MODEL_ID") in (None, "", "/repository"):
-        env["MODEL_ID"] = repository
+    if env.get("MODEL_ID") in (None, "", REPOSITORY_PLACEHOLDER):
+        repository = roots.check(model["repository"], "model.repository", allow_home=True)
+        env["MODEL_ID"] = repository.path if repository is not None else model["repository"]
     if model.get("revision") and "REVISION" not in env:
         env["REVISION"] = model["revision"]
-    return {**env, **secrets}
+    return {**env, **secrets}, sources
 
 
 def launch_digest_fields(spec: dict[str, Any]) -> dict[str, Any]:

@@ -51,6 +51,14 @@ class NoCapacityError(LauncherError):
 
 
 @dataclass(frozen=True)
+class LocalFolder:
+    """A host folder a replica may read: at `path` (as the spec names it), really at `real`."""
+
+    path: str
+    real: str
+
+
+@dataclass(frozen=True)
 class ReplicaSpec:
     """Everything needed to start one runtime replica.
 
@@ -61,11 +69,17 @@ class ReplicaSpec:
         endpoint_namespace: namespace of the endpoint the replica serves.
         endpoint_name: name of the endpoint.
         instance: the resolved catalog entry (GPU model and count, or CPU).
-        env: environment of `python -m lorafleet.runtime` (TGI names: `MODEL_ID`,
-            `LORA_ADAPTERS`, `MAX_INPUT_LENGTH`, ..., plus the endpoint's decrypted secrets).
-            `PORT`, `HOSTNAME` and `CUDA_VISIBLE_DEVICES` are the launcher's to set.
-        args: extra command-line arguments for the runtime (the endpoint's `model.args`).
+        env: the tenant's part of the environment of `python -m lorafleet.runtime` (TGI names:
+            `MODEL_ID`, `LORA_ADAPTERS`, `MAX_INPUT_LENGTH`, ..., plus the endpoint's decrypted
+            secrets), already checked against `endpoints/env_policy.py`. A launcher starts the
+            replica from a minimal environment of its own, never its own `os.environ`, and sets
+            `PORT`, `HOSTNAME`, `CUDA_VISIBLE_DEVICES`, `API_KEY` (and its log file) itself.
+        args: extra command-line arguments for the runtime (the endpoint's `model.args`, checked).
         health_route: path that answers 200 once the replica is ready (e.g. `/health`).
+        api_key: the replica's own key (`API_KEY`): every route but `/health` wants it as a
+            bearer token. Not part of the digest; never logged.
+        folders: the local model and adapter folders the spec names (under `LOCAL_ROOTS`), the only
+            host files a sandboxed replica reads besides its interpreter.
     """
 
     replica_key: str
@@ -75,6 +89,8 @@ class ReplicaSpec:
     env: Mapping[str, str] = field(default_factory=dict)
     args: tuple[str, ...] = ()
     health_route: str = "/health"
+    api_key: str = field(default="", repr=False)
+    folders: tuple[LocalFolder, ...] = ()
 
     @property
     def digest(self) -> str:

@@ -66,7 +66,8 @@ class RayLauncher:
         command: the replica command on the node; None runs `python -m lorafleet.runtime` with
             the actor's own interpreter (the node's environment or the `runtime_env`'s).
         runtime_env: a Ray `runtime_env` for the actors (e.g. `{"pip": ["lorafleet[runtime]"]}`)
-            when worker nodes do not have lorafleet preinstalled.
+            when worker nodes do not have lorafleet preinstalled. Its `env_vars` reach the replica.
+        replica_env: the operator's environment for every replica (`LORAFLEET_REPLICA_ENV`).
         placement_timeout_s: how long `start` waits for Ray to place an actor before giving the
             capacity back and reporting the replica as pending.
         call_timeout_s: how long a call that does work on the actor (logs, stop) may take.
@@ -79,7 +80,8 @@ class RayLauncher:
 
     def __init__(self, *, address: str = "auto", ray_namespace: str = DEFAULT_RAY_NAMESPACE,
                  catalog_path: Path | None = None, command: list[str] | None = None,
-                 runtime_env: dict[str, Any] | None = None, placement_timeout_s: float = 120.0,
+                 runtime_env: dict[str, Any] | None = None, replica_env: dict[str, str] | None = None,
+                 placement_timeout_s: float = 120.0,
                  call_timeout_s: float = 30.0, status_timeout_s: float = 5.0,
                  stop_grace_s: float = 10.0) -> None:
         self._address = address
@@ -87,6 +89,9 @@ class RayLauncher:
         self._catalog_data = read_catalog_file(catalog_path)
         self._command = list(command) if command else None
         self._runtime_env = runtime_env
+        # The replica starts from a minimal environment (ray_replica.py): the operator's variables
+        # are the only ones of this side that reach it, with the tenant's checked ones on top.
+        self._operator_env = {**((runtime_env or {}).get("env_vars") or {}), **(replica_env or {})}
         self._placement_timeout_s = placement_timeout_s
         self._call_timeout_s = call_timeout_s
         self._status_timeout_s = status_timeout_s
@@ -105,7 +110,8 @@ class RayLauncher:
         # without them, the defaults apply.
         return cls(address=settings.ray_address, catalog_path=settings.catalog, command=command,
                    ray_namespace=getattr(settings, "ray_namespace", None) or DEFAULT_RAY_NAMESPACE,
-                   runtime_env=getattr(settings, "ray_runtime_env", None))
+                   runtime_env=getattr(settings, "ray_runtime_env", None),
+                   replica_env=dict(getattr(settings, "replica_env", None) or {}))
 
     # -- connection -------------------------------------------------------------------------
 
@@ -236,7 +242,9 @@ class RayLauncher:
         return None
 
     def _create_actor(self, name: str, spec: ReplicaSpec, request: ResourceRequest) -> Any:
-        env = {**spec.env, "HOSTNAME": "0.0.0.0"}
+        env = {**self._operator_env, **spec.env}
+        if spec.api_key:  # ray_replica binds the node's address: the key is what guards the replica
+            env["API_KEY"] = spec.api_key
         options: dict[str, Any] = {
             "name": name, "namespace": self._ray_namespace, "lifetime": "detached",
             "max_restarts": 0,  # the reconciler restarts replicas, with backoff and a limit

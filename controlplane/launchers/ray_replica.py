@@ -8,6 +8,13 @@ preinstalled environment, or the virtualenv a Ray `runtime_env` built for it).
 
 The child dies with the actor: it is started with `PR_SET_PDEATHSIG`, so even `ray.kill`, which
 SIGKILLs the actor's worker process without running any Python, takes the server down with it.
+
+The child runs a tenant's input, so it starts from a minimal environment: the few variables of
+the node that locate its software (`NODE_ENV`), the environment the launcher sends (the operator's
+and the tenant's checked settings, the replica's `API_KEY`), and what this actor decides: the port,
+the node's own address to listen on (never 0.0.0.0: one interface, behind the key), the GPUs Ray
+assigned, and a private home and Hub cache. Nothing of Ray's own (`RAY_*`, the GCS address) or of
+the worker's environment passes.
 """
 
 from __future__ import annotations
@@ -15,10 +22,12 @@ from __future__ import annotations
 import collections
 import ctypes
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from typing import Any
@@ -27,6 +36,8 @@ import ray
 
 RUNTIME_MODULE = "lorafleet.runtime"
 LOG_LINES = 2000  # the ring buffer `logs()` reads; the control plane shows the tail
+NODE_ENV = ("PATH", "LD_LIBRARY_PATH", "LANG", "LC_ALL", "TZ", "VIRTUAL_ENV", "CONDA_PREFIX")
+LAUNCHER_ENV = ("PORT", "HOSTNAME", "CUDA_VISIBLE_DEVICES", "HOME", "TMPDIR")
 _PR_SET_PDEATHSIG = 1
 
 
@@ -49,9 +60,11 @@ class ReplicaServer:
     Args:
         command: the server command; None runs `python -m lorafleet.runtime` with this actor's
             interpreter, which is the node's lorafleet environment (or the `runtime_env`'s).
-        env: environment of the server on top of the node's (TGI names: `MODEL_ID`,
-            `LORA_ADAPTERS`, `MAX_INPUT_LENGTH`, ...). `PORT` and `CUDA_VISIBLE_DEVICES` are
-            set here: the port is free on this node, the GPUs are the ones Ray assigned.
+        env: the server's settings from the launcher (TGI names: `MODEL_ID`, `LORA_ADAPTERS`,
+            `MAX_INPUT_LENGTH`, ..., and `API_KEY`). `PORT`, `HOSTNAME`, `CUDA_VISIBLE_DEVICES`,
+            `HOME` and `TMPDIR` are set here: a free port of this node, its address, the GPUs Ray
+            assigned, a folder of this replica's own, which also holds the Hub cache unless the
+            operator's environment names a shared `HF_HOME` (tenants cannot set it).
         args: extra command-line arguments (the endpoint's `model.args`).
         spec_digest: fingerprint of the replica spec, so that a launcher finding this actor
             by name can tell whether it still runs the spec it wants.
@@ -60,11 +73,16 @@ class ReplicaServer:
     def __init__(self, command: list[str] | None, args: list[str], env: dict[str, str],
                  spec_digest: str) -> None:
         self._spec_digest = spec_digest
-        self._port = int(env.get("PORT") or 0) or _free_port()
+        self._port = _free_port()
+        self._host = ray.util.get_node_ip_address()
         self._gpu_ids = [str(gpu) for gpu in ray.get_gpu_ids()]
         self._log: collections.deque[str] = collections.deque(maxlen=LOG_LINES)
         self._started_at = time.time()
-        child_env = {**os.environ, **env, "PORT": str(self._port)}
+        self._folder = tempfile.mkdtemp(prefix="lorafleet-replica-")  # 0700
+        child_env = {k: os.environ[k] for k in NODE_ENV if k in os.environ}
+        child_env.update({k: v for k, v in env.items() if k not in LAUNCHER_ENV})
+        child_env.update(PORT=str(self._port), HOSTNAME=self._host, HOME=self._folder, TMPDIR=self._folder)
+        child_env.setdefault("HF_HOME", os.path.join(self._folder, "huggingface"))
         # Without GPUs from Ray the replica must not grab a GPU some other actor holds.
         child_env["CUDA_VISIBLE_DEVICES"] = ",".join(self._gpu_ids)
         command = [*(command or [sys.executable, "-m", RUNTIME_MODULE]), *args]
@@ -99,7 +117,7 @@ class ReplicaServer:
         return {
             "node_id": context.get_node_id(),
             "assigned": dict(context.get_assigned_resources()),
-            "host": ray.util.get_node_ip_address(),
+            "host": self._host,
             "port": self._port,
             "pid": self._process.pid,
             "gpu_ids": list(self._gpu_ids),
@@ -127,6 +145,7 @@ class ReplicaServer:
                 self._signal_group(signal.SIGKILL)
                 self._process.wait(timeout=grace_s)
         self._reader.join(timeout=1.0)
+        shutil.rmtree(self._folder, ignore_errors=True)
         return self._process.returncode
 
     def _signal_group(self, signum: int) -> None:

@@ -24,6 +24,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from tests.controlplane.live import free_port
+from tests.fixtures import fixtures_dir
 
 HERE = Path(__file__).parent
 SEED_CATALOG = Path(__file__).resolve().parents[2] / "controlplane" / "catalog" / "seed-names.json"
@@ -131,6 +132,8 @@ def make_settings(tmp_path: Path, database_url: str, **overrides: object) -> Set
         "backoff_base_s": 0.1,
         "backoff_max_s": 0.5,
         "health_timeout_s": 1.0,
+        "local_roots": str(fixtures_dir()),
+        "replica_env": {"HF_HUB_OFFLINE": "1"},
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import httpx
 
+from tests.fixtures import fixtures_dir
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -65,6 +67,11 @@ class LiveControlPlane:
     @property
     def headers(self) -> dict[str, str]:
         return {"authorization": f"Bearer {self.token}"}
+
+    @property
+    def local_models(self) -> Path:
+        """A folder under the control plane's LOCAL_ROOTS for a test's own models and adapters."""
+        return self.home / "local-models"
 
     @property
     def endpoints_url(self) -> str:
@@ -189,8 +196,11 @@ def live_controlplane(
         database_url: default a fresh SQLite file in the temporary home; the database must be empty
             or migrated (`migrate` runs on it either way).
         runtime_command: `LORAFLEET_RUNTIME_COMMAND` (default `python -m lorafleet.runtime`).
-        env: more environment for the server (and `cp.env`), e.g. `{"HF_HUB_OFFLINE": "1"}`.
+        env: more environment for the server (and `cp.env`), e.g. `{"LORAFLEET_MAX_RESTARTS": "0"}`.
         home: `LORAFLEET_HOME` (default: a temporary folder removed at exit).
+
+    Replicas may read models under `LORAFLEET_LOCAL_ROOTS`: the fixtures folder and
+    `cp.local_models`; they never reach the Hub (`LORAFLEET_REPLICA_ENV` sets `HF_HUB_OFFLINE=1`).
     """
     own_home = home is None
     home = Path(tempfile.mkdtemp(prefix="lorafleet-cp-")) if home is None else home
@@ -202,6 +212,8 @@ def live_controlplane(
             "LORAFLEET_DATABASE_URL": database_url or f"sqlite:///{home / 'controlplane.db'}",
             "LORAFLEET_SECRET_KEY": "live-controlplane-test-key",
             "LORAFLEET_RECONCILE_INTERVAL_S": "0.5",
+            "LORAFLEET_LOCAL_ROOTS": os.pathsep.join([str(fixtures_dir()), str(home / "local-models")]),
+            "LORAFLEET_REPLICA_ENV": '{"HF_HUB_OFFLINE": "1"}',
             "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
             "PYTHONUNBUFFERED": "1",
         }
@@ -215,6 +227,7 @@ def live_controlplane(
         server_env["LORAFLEET_RUNTIME_COMMAND"] = runtime_command
     server_env.update(env or {})
     cp = LiveControlPlane(home, server_env, namespace, startup_timeout_s)
+    cp.local_models.mkdir(parents=True, exist_ok=True)
     try:
         cp.cli("migrate")
         cp.token = cp.create_token(namespace)

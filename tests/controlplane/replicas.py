@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import httpx
 import psutil
@@ -33,7 +34,6 @@ FAST_RECONCILER = {
     "LORAFLEET_BACKOFF_MAX_S": "1",
     "LORAFLEET_MAX_RESTARTS": "1",
     "LORAFLEET_HEALTH_TIMEOUT_S": "5",
-    "HF_HUB_OFFLINE": "1",
 }
 ADAPTER_ID = "support"
 
@@ -163,10 +163,32 @@ class EndpointView:
         if adapter_id:
             parameters["adapter_id"] = adapter_id
         response = httpx.post(
-            f"{url}/generate", json={"inputs": "Hello there", "parameters": parameters}, timeout=60
+            f"{url}/generate", json={"inputs": "Hello there", "parameters": parameters}, timeout=60,
+            headers={"Authorization": f"Bearer {api_key_of(self.cp, url)}"},
         )
         assert response.status_code == 200, response.text
         return response.json()["generated_text"]
+
+
+def environ(pid: int) -> dict[str, str]:
+    """A process's environment as the kernel holds it (readable by root and by its own user)."""
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(item.decode(errors="replace").split("=", 1) for item in raw if b"=" in item)
+
+
+def handles(cp: LiveControlPlane) -> list[dict[str, Any]]:
+    """The process launcher's handle files of every replica it runs."""
+    return [json.loads(p.read_text()) for p in sorted((cp.home / "replicas").glob("*.json"))]
+
+
+def api_key_of(cp: LiveControlPlane, url: str) -> str:
+    """The own key of the replica serving `url`, read (as root) from its environment: only the
+    control plane and that replica know it."""
+    port = urlparse(url).port
+    for handle in handles(cp):
+        if handle["port"] == port:
+            return environ(handle["pid"])["API_KEY"]
+    raise AssertionError(f"no replica of {cp.url} serves {url}")
 
 
 def gone(pid: int) -> bool:

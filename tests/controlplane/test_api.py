@@ -188,7 +188,8 @@ def test_concurrent_updates_are_never_lost_silently(api: Server) -> None:
             )
             results[key] = response.status_code
 
-    threads = [threading.Thread(target=update, args=(f"K{i}", str(i))) for i in range(6)]
+    names = ["MAX_INPUT_LENGTH", "MAX_TOTAL_TOKENS", "DTYPE", "BLOCK_SIZE", "NUM_KV_BLOCKS", "LOG_LEVEL"]
+    threads = [threading.Thread(target=update, args=(name, str(i))) for i, name in enumerate(names)]
     for thread in threads:
         thread.start()
     for thread in threads:

@@ -18,10 +18,12 @@ import httpx
 import lorafleet
 import pytest
 import ray
+from huggingface_hub import InferenceClient
 from lorafleet.controlplane.launchers.ray import DEFAULT_RAY_NAMESPACE
 
 from tests.controlplane.live import LiveControlPlane, live_controlplane
 from tests.controlplane.ray_cluster import RayTestCluster, free_gpus, ray_cluster, wait_for
+from tests.controlplane.replicas import environ
 from tests.fixtures import standard_adapters, tiny_model
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(900)]
@@ -81,12 +83,19 @@ def running(client: lorafleet.Client) -> lorafleet.InferenceEndpoint:
     return endpoint.wait(timeout=SERVE_TIMEOUT_S, refresh_every=1)
 
 
+def replica_client(endpoint: lorafleet.InferenceEndpoint) -> InferenceClient:
+    """An InferenceClient on the endpoint's replica with that replica's own key, read (as root, the
+    test cluster runs here) from the server's environment: only the control plane holds it."""
+    (actor,) = [a for a in replica_actors().values() if _url(a) == endpoint.url]
+    return InferenceClient(model=endpoint.url, token=environ(actor["pid"])["API_KEY"])
+
+
 def first_token_logprobs(endpoint: lorafleet.InferenceEndpoint) -> dict[str | None, float]:
     """Greedy first-token log-probability for the base model and each adapter."""
     logprobs = {}
+    client = replica_client(endpoint)
     for adapter in (None, *ADAPTERS):
-        out = endpoint.client.text_generation("the fleet serves", max_new_tokens=2, details=True,
-                                              adapter_id=adapter)
+        out = client.text_generation("the fleet serves", max_new_tokens=2, details=True, adapter_id=adapter)
         logprobs[adapter] = out.details.tokens[0].logprob
     return logprobs
 

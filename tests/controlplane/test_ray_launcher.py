@@ -29,8 +29,7 @@ SERVER = textwrap.dedent("""
     import http.server, json, os, sys
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
-            body = json.dumps({k: os.environ.get(k) for k in
-                               ("PORT", "HOSTNAME", "CUDA_VISIBLE_DEVICES", "MODEL_ID", "NOTE")}).encode()
+            body = json.dumps(dict(os.environ)).encode()
             self.send_response(200); self.end_headers(); self.wfile.write(body)
         def log_message(self, *args):
             pass
@@ -71,6 +70,7 @@ def spec(key: str, instance: InstanceType = L4_X1, model_id: str = "/models/tiny
         instance=instance,
         env={"MODEL_ID": model_id},
         args=("--flag",),
+        api_key=f"key-of-{key}",
     )
 
 
@@ -113,13 +113,14 @@ def test_gpu_replica_runs_on_the_l4_node_with_the_gpu_ray_assigned(
     status = launcher.status(handle)
     assert status.phase == "running" and status.url == handle["url"]
     env = served_env(status.url)
-    assert env == {
-        "PORT": str(handle["port"]),
-        "HOSTNAME": "0.0.0.0",
-        "CUDA_VISIBLE_DEVICES": "0",
-        "MODEL_ID": "/models/tiny",
-        "NOTE": None,
-    }
+    assert (env["PORT"], env["CUDA_VISIBLE_DEVICES"]) == (str(handle["port"]), "0")
+    assert env["MODEL_ID"] == "/models/tiny"
+    # The node's own address behind the replica's key, never 0.0.0.0; a minimal environment.
+    assert env["HOSTNAME"] == handle["host"] != "0.0.0.0" and env["API_KEY"] == "key-of-rep-gpu"
+    assert not [name for name in env if name.startswith("RAY_")] and "NOTE" not in env
+    assert set(env) <= {"PORT", "HOSTNAME", "CUDA_VISIBLE_DEVICES", "MODEL_ID", "API_KEY", "HOME", "TMPDIR",
+                        "HF_HOME", "PATH", "LD_LIBRARY_PATH", "LANG", "LC_ALL", "TZ", "VIRTUAL_ENV",
+                        "CONDA_PREFIX", "PWD", "LC_CTYPE"}, sorted(env)
     assert any("args ['--flag']" in line for line in launcher.logs(handle))
     wait_for(lambda: free_gpus(cluster.gpu_node_ids[0]) == 0.0, what="Ray to count the GPU as used")
     assert launcher.used_accelerators(L4_X1) == 1

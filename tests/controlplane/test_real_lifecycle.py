@@ -18,7 +18,9 @@ from tests.controlplane.conftest import BACKENDS
 from tests.controlplane.live import LiveControlPlane
 from tests.controlplane.replicas import (
     ADAPTER_ID,
+    api_key_of,
     endpoint,
+    environ,
     gone,
     model_and_adapter,
     real_body,
@@ -35,11 +37,6 @@ def cp(request: pytest.FixtureRequest) -> Iterator[LiveControlPlane]:
         yield live
 
 
-def _environ(pid: int) -> dict[str, str]:
-    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
-
-
 def test_real_replica_starts_with_the_endpoint_env_and_answers_with_its_adapter(cp: LiveControlPlane) -> None:
     model_dir, adapter = model_and_adapter()
     body = real_body("ep-env")
@@ -51,11 +48,12 @@ def test_real_replica_starts_with_the_endpoint_env_and_answers_with_its_adapter(
         assert "initializing" in seen
         assert raw["status"]["readyReplica"] == 1 and raw["status"]["targetReplica"] == 1
         assert httpx.get(url + raw["healthRoute"]).status_code == 200
-        info = httpx.get(f"{url}/info").json()
+        replica_key = {"Authorization": f"Bearer {api_key_of(cp, url)}"}
+        info = httpx.get(f"{url}/info", headers=replica_key).json()
         assert info["model_id"] == str(model_dir)  # MODEL_ID=/repository became the repository
         assert ep.generate(url)
         (pid,) = ep.pids().values()
-        env = _environ(pid)
+        env = environ(pid)
         assert env["MODEL_ID"] == str(model_dir) and env["LORA_ADAPTERS"] == f"{ADAPTER_ID}={adapter}"
         assert env["HF_TOKEN"] == "hf_secret_value" and env["CUDA_VISIBLE_DEVICES"] == ""
         assert "hf_secret_value" not in str(ep.get())
@@ -99,9 +97,10 @@ def test_pause_stops_the_replica_process_and_resume_serves_again(cp: LiveControl
         assert ep.generate(second)
 
 
-def _broken_adapter(tmp_path: Path) -> Path:
+def _broken_adapter(folder: Path) -> Path:
     _, adapter = model_and_adapter()
-    broken = tmp_path / "broken-adapter"
+    broken = folder / "broken-adapter"
+    shutil.rmtree(broken, ignore_errors=True)
     shutil.copytree(adapter, broken)
     (broken / "adapter_model.safetensors").write_bytes(b"not a safetensors file")
     return broken
@@ -109,14 +108,15 @@ def _broken_adapter(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("case", ["bad-repository", "broken-adapter"])
 def test_replica_that_cannot_start_ends_failed_with_its_last_log_lines(
-    cp: LiveControlPlane, tmp_path: Path, case: str
+    cp: LiveControlPlane, case: str
 ) -> None:
-    if case == "bad-repository":
+    if case == "bad-repository":  # under LOCAL_ROOTS, but not there
+        missing = cp.local_models / "nonexistent-base-model"
         body = real_body(f"ep-{case}")
-        body["model"]["repository"] = "/nonexistent/base-model"  # type: ignore[index]
-        expected = "model '/nonexistent/base-model': no such directory"  # the runtime's own error
+        body["model"]["repository"] = str(missing)  # type: ignore[index]
+        expected = f"model '{missing}': no such directory"  # the runtime's own error
     else:
-        body = real_body(f"ep-{case}", adapter=_broken_adapter(tmp_path))
+        body = real_body(f"ep-{case}", adapter=_broken_adapter(cp.local_models))
         expected = "adapter_model.safetensors: corrupt or unreadable safetensors file"
     with endpoint(cp, body) as ep:
         raw = wait_for(lambda: (r := ep.get())["status"]["state"] == "failed" and r, 120, "failed")
@@ -140,10 +140,10 @@ def test_update_rolls_to_a_new_replica_serving_the_new_adapter_set(cp: LiveContr
         assert ep.generate(new, adapter_id="second")
 
 
-def _load(url: str, stop: threading.Event, answered: list[int]) -> None:
+def _load(url: str, key: str, stop: threading.Event, answered: list[int]) -> None:
     """Back-to-back long requests to one replica until `stop` (error answers are recorded, not raised)."""
     request = {"inputs": "Hello there", "parameters": {"max_new_tokens": 40, "adapter_id": ADAPTER_ID}}
-    with httpx.Client(timeout=120) as client:
+    with httpx.Client(timeout=120, headers={"Authorization": f"Bearer {key}"}) as client:
         while not stop.is_set():
             try:
                 response = client.post(f"{url}/generate", json=request)
@@ -159,10 +159,11 @@ def test_queue_depth_of_the_real_runtime_scales_the_endpoint_up(cp: LiveControlP
     body["compute"]["scaling"] = {"minReplica": 1, "maxReplica": 2, "measure": {"pendingRequests": 2}}  # type: ignore[index]
     with endpoint(cp, body) as ep:
         url = ep.wait_running()["status"]["url"]
-        metrics = httpx.get(f"{url}/metrics").text
+        key = api_key_of(cp, url)
+        metrics = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {key}"}).text
         assert "lorafleet_queue_size 0.0" in metrics
         stop, answered = threading.Event(), []
-        clients = [threading.Thread(target=_load, args=(url, stop, answered)) for _ in range(12)]
+        clients = [threading.Thread(target=_load, args=(url, key, stop, answered)) for _ in range(12)]
         for thread in clients:
             thread.start()
         try:

@@ -13,7 +13,7 @@ import pytest
 from lorafleet import Client, cli
 
 LORAFLEET_SCRIPT = Path(sys.executable).with_name("lorafleet")
-CREATE_FLAGS = ["--repository", "/models/tiny", "--accelerator", "cpu", "--instance-size", "x1",
+CREATE_FLAGS = ["--repository", "org/tiny-model", "--accelerator", "cpu", "--instance-size", "x1",
                 "--instance-type", "cpu", "--region", "local", "--vendor", "local"]  # fmt: skip
 
 
@@ -31,10 +31,11 @@ def run(static_cp, capsys):
 
 def test_every_endpoints_command_round_trip(static_cp, run, endpoint_name):
     name = endpoint_name(static_cp)
-    code, out, _ = run("create", name, *CREATE_FLAGS, "--env", "LORA_ADAPTERS=a=/x", "--tag", "dev", "-ojson")
+    adapters = "LORA_ADAPTERS=a=o/x"
+    code, out, _ = run("create", name, *CREATE_FLAGS, "--env", adapters, "--tag", "dev", "-ojson")
     created = json.loads(out)
     assert code == 0 and created["name"] == name and created["status"]["state"] == "pending"
-    assert created["model"]["env"] == {"LORA_ADAPTERS": "a=/x"} and created["tags"] == ["dev"]
+    assert created["model"]["env"] == {"LORA_ADAPTERS": "a=o/x"} and created["tags"] == ["dev"]
 
     code, out, _ = run("list")
     row = next(line for line in out.splitlines() if line.startswith(name))
@@ -92,7 +93,7 @@ def test_installed_console_script_lists_endpoints(static_cp, endpoint_name, stat
     from tests.sdk.conftest import CPU_INSTANCE
 
     name = endpoint_name(static_cp)
-    create_inference_endpoint(name, repository="/models/tiny", client=static_client, **CPU_INSTANCE)
+    create_inference_endpoint(name, repository="org/tiny-model", client=static_client, **CPU_INSTANCE)
     env = {**os.environ, "LORAFLEET_URL": static_cp.url, "LORAFLEET_TOKEN": static_cp.token}
     result = subprocess.run([str(LORAFLEET_SCRIPT), "endpoints", "list", "-o", "json"], env=env,
                             capture_output=True, text=True, timeout=120)  # fmt: skip

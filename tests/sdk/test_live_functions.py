@@ -10,18 +10,18 @@ from tests.sdk.conftest import CPU_INSTANCE
 
 
 def _create(client: Client, name: str, **overrides) -> lorafleet.InferenceEndpoint:
-    spec = {**CPU_INSTANCE, "repository": "/models/tiny", "task": "text-generation", **overrides}
+    spec = {**CPU_INSTANCE, "repository": "org/tiny-model", "task": "text-generation", **overrides}
     return lorafleet.create_inference_endpoint(name, client=client, **spec)
 
 
 def test_endpoint_lifecycle_through_every_function(static_cp, static_client, endpoint_name):
     name = endpoint_name(static_cp)
-    created = _create(static_client, name, env={"LORA_ADAPTERS": "a=/adapters/a"}, tags=["dev"])
+    created = _create(static_client, name, env={"LORA_ADAPTERS": "a=org/adapter-a"}, tags=["dev"])
     assert (created.name, created.namespace, created.status, created.url) == (name, "alice", "pending", None)
-    assert created.repository == "/models/tiny" and created.task == "text-generation"
+    assert created.repository == "org/tiny-model" and created.task == "text-generation"
     assert created.framework == "pytorch" and created.type == "protected" and created.revision is None
     assert created.created_at.tzinfo is not None
-    assert created.raw["model"]["env"]["LORA_ADAPTERS"] == "a=/adapters/a"
+    assert created.raw["model"]["env"]["LORA_ADAPTERS"] == "a=org/adapter-a"
 
     fetched = lorafleet.get_inference_endpoint(name, client=static_client)
     assert fetched.raw == created.raw
@@ -31,7 +31,7 @@ def test_endpoint_lifecycle_through_every_function(static_cp, static_client, end
                                                   client=static_client)  # fmt: skip
     assert updated.raw["compute"]["scaling"]["maxReplica"] == 2
     assert updated.raw["model"]["env"]["MAX_INPUT_LENGTH"] == "64"
-    assert updated.repository == "/models/tiny"  # a partial update keeps the rest
+    assert updated.repository == "org/tiny-model"  # a partial update keeps the rest
 
     paused = lorafleet.pause_inference_endpoint(name, client=static_client)
     assert (paused.status, paused.url) == ("paused", None)
@@ -62,7 +62,7 @@ def test_environment_configures_the_default_client(static_cp, endpoint_name, mon
     monkeypatch.setenv("LORAFLEET_URL", static_cp.url)
     monkeypatch.setenv("LORAFLEET_TOKEN", static_cp.token)
     name = endpoint_name(static_cp)
-    spec = {**CPU_INSTANCE, "repository": "/models/tiny"}
+    spec = {**CPU_INSTANCE, "repository": "org/tiny-model"}
     assert lorafleet.create_inference_endpoint(name, **spec).namespace == static_cp.namespace
     assert lorafleet.get_inference_endpoint(name).name == name
     monkeypatch.setenv("LORAFLEET_TOKEN", "lf_not-a-real-token")

@@ -20,15 +20,16 @@ def _inference_client_online(monkeypatch):
 
 
 def test_wait_times_out_then_reports_the_failed_replicas_log(live_cp, live_client, endpoint_name):
+    missing = str(live_cp.local_models / "nonexistent-model-dir")  # allowed by LOCAL_ROOTS, but not there
     endpoint = lorafleet.create_inference_endpoint(
-        endpoint_name(live_cp), repository="/nonexistent/model-dir", client=live_client, **CPU_INSTANCE
+        endpoint_name(live_cp), repository=missing, client=live_client, **CPU_INSTANCE
     )
     with pytest.raises(lorafleet.Timeout, match="it is '(pending|initializing)'"):
         endpoint.wait(timeout=0.2, refresh_every=0.1)
     with pytest.raises(lorafleet.EndpointFailed, match="failed to deploy") as info:
         endpoint.wait(timeout=120, refresh_every=0.5)
     assert endpoint.status == "failed"
-    assert "/nonexistent/model-dir" in info.value.message and "no such directory" in info.value.message
+    assert missing in info.value.message and "no such directory" in info.value.message
 
 
 def _seed_custom_image(adapters: dict) -> dict:
@@ -107,7 +108,7 @@ async def test_async_functions_deploy_wait_and_serve(live_cp, endpoint_name):
         )  # fmt: skip
         assert isinstance(endpoint, lorafleet.AsyncInferenceEndpoint) and endpoint.status == "pending"
         with pytest.raises(lorafleet.Conflict):
-            await aio.create_inference_endpoint(name, repository="/elsewhere", client=client, **CPU_INSTANCE)
+            await aio.create_inference_endpoint(name, repository="org/other", client=client, **CPU_INSTANCE)
         await endpoint.wait(timeout=240, refresh_every=0.5)
         text = await endpoint.async_client.text_generation("Hello", max_new_tokens=4, adapter_id="qv")
         assert isinstance(text, str)

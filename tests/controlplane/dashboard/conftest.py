@@ -71,7 +71,7 @@ def signed_in_client(cp: LiveControlPlane) -> tuple[httpx.Client, str]:
     return client, found.group(1)
 
 
-def create_via_api(cp: LiveControlPlane, name: str, *, repository: str = "/models/none",
+def create_via_api(cp: LiveControlPlane, name: str, *, repository: str = "org/none",
                    adapters: str = "") -> dict:
     """Creates an endpoint through the REST API (the huggingface_hub body) on the local CPU."""
     model: dict = {"repository": repository, "framework": "pytorch", "image": {"huggingface": {}}}

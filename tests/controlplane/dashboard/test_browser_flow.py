@@ -15,6 +15,7 @@ from playwright.sync_api import expect
 
 from tests.controlplane.dashboard.conftest import create_via_api, sign_in, signed_in_client
 from tests.controlplane.live import LiveControlPlane, live_controlplane
+from tests.controlplane.replicas import api_key_of
 from tests.fixtures import REPO_ROOT, standard_adapters, tiny_model
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -25,9 +26,9 @@ GENERATE_TIMEOUT_MS = 120_000  # adapters on the CPU runtime take seconds per re
 ADAPTERS = {"customer-support": "r8-qv", "magicoder": "r16-all"}
 
 
-def _direct_generation(url: str, token: str, adapter_id: str) -> str:
-    """What the endpoint itself answers, as `InferenceClient.text_generation` would ask it."""
-    response = httpx.post(f"{url}/generate", headers={"Authorization": f"Bearer {token}"}, timeout=60,
+def _direct_generation(url: str, api_key: str, adapter_id: str) -> str:
+    """What the replica itself answers, asked with its own key as `InferenceClient.text_generation`."""
+    response = httpx.post(f"{url}/generate", headers={"Authorization": f"Bearer {api_key}"}, timeout=60,
                           json={"inputs": "The fleet", "parameters": {"adapter_id": adapter_id,
                                                                       "max_new_tokens": 6}})
     assert response.status_code == 200, response.text
@@ -65,7 +66,7 @@ def test_create_watch_try_pause_resume_delete_in_the_browser(page, tmp_path: Pat
     with live_controlplane(env={"HF_HUB_OFFLINE": "1"}) as cp:
         sign_in(page, cp)
         # A second, paused endpoint, so the list shows more than one state.
-        create_via_api(cp, "support-bot-v2", repository=str(model_dir), adapters="v2=/models/support-v2")
+        create_via_api(cp, "support-bot-v2", repository=str(model_dir), adapters="v2=predibase/support-v2")
         paused = httpx.post(f"{cp.url}/v2/endpoint/alice/support-bot-v2/pause", headers=cp.headers)
         assert paused.status_code == 200
 
@@ -103,7 +104,7 @@ def test_create_watch_try_pause_resume_delete_in_the_browser(page, tmp_path: Pat
         _expect_state(page, cp, "running")
         outputs = {name: _try_it(page, name) for name in ADAPTERS}
         for name, text in outputs.items():
-            assert text == _direct_generation(url, cp.token, name)
+            assert text == _direct_generation(url, api_key_of(cp, url), name)
         assert outputs["customer-support"] != outputs["magicoder"]  # each adapter changes the output
         # The replica's own refusal reaches the user, e.g. an adapter the endpoint does not serve.
         client, csrf = signed_in_client(cp)

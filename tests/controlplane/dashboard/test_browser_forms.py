@@ -166,7 +166,7 @@ def test_revoked_token_ends_its_dashboard_session(page, api_only_cp) -> None:
 
 
 def test_list_fits_a_phone_screen(browser, api_only_cp) -> None:
-    create_via_api(api_only_cp, "phone-view", adapters="a=/x,b=/y")
+    create_via_api(api_only_cp, "phone-view", adapters="a=org/x,b=org/y")
     context = browser.new_context(viewport={"width": 375, "height": 740}, is_mobile=True, has_touch=True)
     try:
         page = context.new_page()
@@ -198,7 +198,7 @@ def test_delete_without_javascript_asks_on_a_confirmation_page(browser, api_only
 
 
 def test_scale_to_zero_resume_and_try_it_without_a_replica(page, api_only_cp) -> None:
-    create_via_api(api_only_cp, "idle", adapters="a=/x")
+    create_via_api(api_only_cp, "idle", adapters="a=org/x")
     sign_in(page, api_only_cp)
     page.get_by_role("link", name="idle").click()
     page.get_by_role("button", name="Scale to zero").click()
@@ -266,7 +266,7 @@ def test_create_form_is_usable_with_the_keyboard(page, api_only_cp) -> None:
     page.keyboard.type("mistralai/Mistral-7B-v0.1")
     page.keyboard.press("Tab")
     expect(page.get_by_label("Adapters", exact=True)).to_be_focused()
-    page.keyboard.type("a=/adapters/a")
+    page.keyboard.type("a=org/adapter-a")
     page.get_by_text("Advanced configuration").focus()
     page.keyboard.press("Enter")  # <details> opens from the keyboard
     expect(page.get_by_label("Environment variables", exact=True)).to_be_visible()

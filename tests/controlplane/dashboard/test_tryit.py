@@ -13,7 +13,7 @@ def _trial(prompt: str = "Hello", adapter_id: str = "a", max_new_tokens: str = "
 
 
 def test_empty_prompt_is_refused_before_any_request() -> None:
-    result = generate(_trial(prompt="   "), url="http://127.0.0.1:1", state="running", token="t")
+    result = generate(_trial(prompt="   "), url="http://127.0.0.1:1", state="running", api_key="k")
     assert (result.error, result.status_code) == ("Enter a prompt.", 400)
 
 
@@ -22,7 +22,7 @@ def test_empty_prompt_is_refused_before_any_request() -> None:
 def test_bad_max_new_tokens_is_refused(text: str, fragment: str) -> None:
     with pytest.raises(ValueError, match=fragment):
         parse_max_new_tokens(text)
-    result = generate(_trial(max_new_tokens=text), url="http://127.0.0.1:1", state="running", token="t")
+    result = generate(_trial(max_new_tokens=text), url="http://127.0.0.1:1", state="running", api_key="k")
     assert result.status_code == 400 and fragment in (result.error or "")
 
 
@@ -31,14 +31,14 @@ def test_blank_max_new_tokens_means_the_default() -> None:
 
 
 def test_endpoint_without_url_says_its_state() -> None:
-    result = generate(_trial(), url=None, state="paused", token="t")
+    result = generate(_trial(), url=None, state="paused", api_key="k")
     assert result.status_code == 409
     assert "The endpoint is paused and has no URL yet" in (result.error or "")
 
 
 def test_endpoint_that_refuses_the_connection_is_reported_not_raised() -> None:
     closed = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    result = generate(_trial(), url=closed, state="running", token="t", timeout_s=5)
+    result = generate(_trial(), url=closed, state="running", api_key="k", timeout_s=5)
     assert result.status_code == 502
     assert "did not answer" in (result.error or "")
     assert result.prompt == "Hello" and result.adapter_id == "a"  # the input is kept for the page
