@@ -64,7 +64,9 @@ def run_worker(system: str, shape: str) -> dict[str, Any]:
 def _engine(model_dir: Path, adapters: dict[str, str]) -> dict[str, Any]:
     from lorafleet.runtime.engine import Engine, GenerationRequest, SamplingParams
 
-    engine = Engine.from_pretrained(model_dir, adapters=adapters, max_loaded_adapters=4, progress=lambda _: None)
+    engine = Engine.from_pretrained(
+        model_dir, adapters=adapters, max_loaded_adapters=4, progress=lambda _: None
+    )
     work = prompts_and_adapters(engine.tokenizer.encode, engine.tokenizer.decode)
     params = SamplingParams(max_new_tokens=NEW_TOKENS, ignore_eos=True)
     out = {}
