@@ -145,19 +145,35 @@ def apply_paged(
     """
     if meta.num_tokens == 0 or not meta.has_lora_tokens:
         return out
-    _, num_slices, page_rank, hidden_in = lora_a_pages.shape
     live = meta.derived(("live", pages), live_tokens, meta, pages)
     if live.num_tokens == 0:
         return out
     offsets = offsets_of(slice_widths)
     in_place = reads_in_place(x, lora_a_pages, lora_b_pages)
-    elements = live.elements_per_token(hidden_in, num_slices, lora_b_pages.shape[1])
-    chosen = path or choose_path(live.num_tokens, live.num_slots, elements, in_place=in_place)
+    chosen = path or _rule(live, lora_a_pages, lora_b_pages, in_place)
     if chosen == GATHERED:
         return _gathered(out, x, lora_a_pages, lora_b_pages, scales, offsets, meta, pages, live, in_place)
     if chosen == GROUPED:
         return _grouped(out, x, lora_a_pages, lora_b_pages, scales, offsets, meta, pages)
     raise ValueError(f"path must be one of {PATHS} or None, got {path!r}")
+
+
+def chosen_path(
+    x: torch.Tensor,  # [T, K]
+    lora_a_pages: torch.Tensor,  # [P, S, PR, K]
+    lora_b_pages: torch.Tensor,  # [P, N, PR]
+    meta: LoraBatch,
+    pages: AdapterPages,
+) -> str:
+    """The form `apply_paged` runs for this batch and these weights when no `path` is forced."""
+    live = meta.derived(("live", pages), live_tokens, meta, pages)
+    return _rule(live, lora_a_pages, lora_b_pages, reads_in_place(x, lora_a_pages, lora_b_pages))
+
+
+def _rule(live: LiveTokens, lora_a_pages: torch.Tensor, lora_b_pages: torch.Tensor, in_place: bool) -> str:
+    _, num_slices, _, hidden_in = lora_a_pages.shape
+    elements = live.elements_per_token(hidden_in, num_slices, lora_b_pages.shape[1])
+    return choose_path(live.num_tokens, live.num_slots, elements, in_place=in_place)
 
 
 @functools.lru_cache(maxsize=64)
@@ -179,26 +195,33 @@ def _grouped(
     meta: LoraBatch,
     pages: AdapterPages,
 ) -> torch.Tensor:
-    """One shrink matmul for all slices and one expand matmul per slice, per adapter present."""
+    """One shrink matmul for all slices and one expand matmul per slice, per adapter present.
+
+    Few tensor ops per adapter (each costs microseconds on a CPU): a one-page slot (every slot of
+    the stacked layout) indexes its page directly; only a slot of several pages pays the reshapes.
+    """
     _, num_slices, page_rank, hidden_in = lora_a_pages.shape
     a_rows = lora_a_pages.permute(0, 3, 1, 2)  # [P, K, S, PR]: a view, contiguous in the row layout
     b_rows = lora_b_pages.transpose(1, 2)  # [P, PR, N]
     for slot, rows in meta.derived(("slot_rows",), _slot_rows, meta):
-        rank = pages.slot_ranks[slot]
+        rank, held = pages.slot_ranks[slot], pages.slot_pages[slot]
         if rank == 0:
             continue  # an empty slot: its rows stay untouched
-        held = len(pages.slot_pages[slot])
-        a = _slot_pages(a_rows, pages, slot).reshape(held, hidden_in, num_slices * page_rank)
         x_rows = x[rows].float()  # [n, K]
-        shrunk = x_rows @ a[0].float() if held == 1 else torch.matmul(x_rows, a.float())  # [(pages,) n, S*PR]
-        # [n, S, pages*PR]: rank row ρ of slice s at [:, s, ρ] (a view for one page)
-        shrunk = shrunk.view(held, len(rows), num_slices, page_rank).permute(1, 2, 0, 3)
-        shrunk = shrunk.reshape(len(rows), num_slices, held * page_rank)
-        b = _slot_pages(b_rows, pages, slot).reshape(held * page_rank, -1)[:rank]  # [r, N]
+        if len(held) == 1:
+            shrunk = x_rows @ a_rows[held[0]].reshape(hidden_in, -1).float()  # [n, S*PR]: slice s at s*PR
+            b, width = b_rows[held[0]], page_rank  # [PR, N]
+        else:
+            a = _slot_pages(a_rows, pages, slot).reshape(len(held), hidden_in, -1)  # [pages, K, S*PR]
+            shrunk = torch.matmul(x_rows, a.float())  # [pages, n, S*PR]
+            width = len(held) * page_rank  # [n, S*width]: slice s, rank row ρ at s*width + ρ
+            shrunk = shrunk.view(len(held), -1, num_slices, page_rank).permute(1, 2, 0, 3)
+            shrunk = shrunk.reshape(x_rows.shape[0], -1)
+            b = _slot_pages(b_rows, pages, slot).reshape(width, -1)  # [pages*PR, N]
         for s in range(num_slices):
             begin, end = slice_offsets[s], slice_offsets[s + 1]
-            scaled = shrunk[:, s, :rank] * scales[s, slot]  # [n, r]: scale the small side
-            _add_rows(out[:, begin:end], rows, scaled @ b[:, begin:end].float())  # [n, N_s]
+            scaled = shrunk[:, s * width : s * width + rank] * scales[s, slot]  # [n, r]: scale the small side
+            _add_rows(out[:, begin:end], rows, scaled @ b[:rank, begin:end].float())  # [n, N_s]
     return out
 
 
