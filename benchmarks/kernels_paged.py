@@ -30,7 +30,8 @@ NOTE = ("adapters of ranks 8/16/64 in turn, tokens Zipf over them; paged: pages 
         "(backend.apply); bytes: x, A and B rows of the adapters present, out read + write")
 RANK_CYCLE = (8, 16, 64)
 STACKED_RANK = max(RANK_CYCLE)
-PAGED_LAYERS = {"qkv": (4096, (4096, 1024, 1024)), "o": (4096, (4096,)), "gate_up": (4096, (14336, 14336))}
+PAGED_LAYERS = {"qkv": (4096, (4096, 1024, 1024)), "o": (4096, (4096,)), "gate_up": (4096, (14336, 14336)),
+                "demo_qkv": (256, (256, 128, 128)), "demo_o": (256, (256,))}  # demo: the CPU engine's model
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,8 @@ def paged_cases(quick: bool, on_cuda: bool) -> list[PagedCase]:
         layers = ["qkv"]
     else:
         batches = [("decode", 32, 32), ("decode", 64, 16), ("decode", 256, 64), ("prefill", 1024, 8)]
-        layers = ["qkv", "o", "gate_up"] if on_cuda else ["qkv", "o"]  # gate_up's pool: ~1 GiB fp32
+        # gate_up's pool is ~1 GiB in fp32: GPU only; the demo model's layers: CPU only
+        layers = ["qkv", "o", "gate_up"] if on_cuda else ["qkv", "o", "demo_qkv", "demo_o"]
     return [PagedCase(phase, layer, t, d) for layer in layers for phase, t, d in batches]
 
 

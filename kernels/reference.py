@@ -4,6 +4,9 @@ The tests compare every fast path (the grouped torch path and the Triton kernels
 this file. One token at a time:
 
     out[t] += scales[l] * (x[t] @ lora_a[l].T) @ lora_b[l].T     where l = token_lora[t] >= 0
+
+and, for paged adapters (`add_lora_paged`), A and B of slot l gathered row by row through its
+page table up to its rank.
 """
 
 from __future__ import annotations
