@@ -40,6 +40,43 @@ def _tanh(x):
 
 
 @triton.jit
+def _attend_tile(
+    q, m_i, l_i, acc,  # q [M, BLOCK_D]; running max [M], sum [M], output [M, BLOCK_D] in fp32
+    k_head, v_head, table, offs_n,  # this head's cache, the sequence's block table, keys [BLOCK_N]
+    loadable, visible,  # [BLOCK_N] keys that may be read; [M or 1, BLOCK_N] keys each row sees
+    offs_d, mask_d, qk_scale, soft_cap, cap_log2,
+    stride_kb, stride_kt, stride_vb, stride_vt,
+    BLOCK_SIZE: tl.constexpr, HAS_SOFT_CAP: tl.constexpr, DOT_FP32: tl.constexpr,
+):
+    """One tile of keys: K/V gathered through the block table in place, online-softmax update.
+    A row that sees no key yet keeps max -inf and adds nothing (m_safe avoids -inf - -inf)."""
+    blocks = tl.load(table + offs_n // BLOCK_SIZE, mask=loadable, other=0).to(tl.int64)
+    slots = offs_n % BLOCK_SIZE
+    kv_mask = loadable[:, None] & mask_d[None, :]
+    k = tl.load(k_head + (blocks * stride_kb + slots * stride_kt)[:, None] + offs_d[None, :], mask=kv_mask,
+                other=0.0)  # [BLOCK_N, BLOCK_D]
+    if DOT_FP32:
+        s = tl.dot(q, tl.trans(k.to(tl.float32)), input_precision="ieee")
+    else:
+        s = tl.dot(q, tl.trans(k))  # [M, BLOCK_N], fp32 accumulation
+    s = s * qk_scale
+    if HAS_SOFT_CAP:
+        s = cap_log2 * _tanh(s / soft_cap)  # cap * tanh(s / cap), times log2(e) for exp2
+    s = tl.where(visible, s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp2(m_i - m_safe)
+    p = tl.exp2(s - m_safe[:, None])
+    v = tl.load(v_head + (blocks * stride_vb + slots * stride_vt)[:, None] + offs_d[None, :], mask=kv_mask,
+                other=0.0)
+    if DOT_FP32:
+        pv = tl.dot(p, v.to(tl.float32), input_precision="ieee")
+    else:
+        pv = tl.dot(p.to(v.dtype), v)
+    return m_new, l_i * alpha + tl.sum(p, 1), acc * alpha[:, None] + pv
+
+
+@triton.jit
 def _decode_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, context_lens_ptr,  # q [B, H, D]
     out_ptr, part_out_ptr, part_max_ptr, part_sum_ptr,  # part_out [B, H, P, D], part_max/sum [B, H, P]
@@ -90,31 +127,12 @@ def _decode_kernel(
     acc = tl.zeros((BLOCK_G, BLOCK_D), dtype=tl.float32)
     for n0 in range(start, part_end, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
-        visible = (offs_n >= lo) & (offs_n < part_end)
-        blocks = tl.load(table + offs_n // BLOCK_SIZE, mask=visible, other=0).to(tl.int64)
-        rows = blocks * stride_kb + (offs_n % BLOCK_SIZE) * stride_kt  # [BLOCK_N]
-        kv_mask = visible[:, None] & mask_d[None, :]
-        k = tl.load(k_head + rows[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
-        if DOT_FP32:
-            s = tl.dot(q, tl.trans(k.to(tl.float32)), input_precision="ieee")
-        else:
-            s = tl.dot(q, tl.trans(k))  # [BLOCK_G, BLOCK_N], fp32 accumulation
-        s = s * qk_scale
-        if HAS_SOFT_CAP:
-            s = cap_log2 * _tanh(s / soft_cap)  # cap * tanh(s / cap), times log2(e) for exp2
-        s = tl.where(visible[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v_rows = blocks * stride_vb + (offs_n % BLOCK_SIZE) * stride_vt
-        v = tl.load(v_head + v_rows[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
-        if DOT_FP32:
-            pv = tl.dot(p, v.to(tl.float32), input_precision="ieee")
-        else:
-            pv = tl.dot(p.to(v.dtype), v)
-        acc = acc * alpha[:, None] + pv
-        m_i = m_new
+        loadable = (offs_n >= lo) & (offs_n < part_end)
+        m_i, l_i, acc = _attend_tile(
+            q, m_i, l_i, acc, k_head, v_head, table, offs_n, loadable, loadable[None, :],
+            offs_d, mask_d, qk_scale, soft_cap, cap_log2, stride_kb, stride_kt, stride_vb, stride_vt,
+            BLOCK_SIZE, HAS_SOFT_CAP, DOT_FP32,
+        )
 
     out_mask = mask_g[:, None] & mask_d[None, :]
     if IS_SPLIT:

@@ -5,8 +5,8 @@ every launch parameter comes from a rule over the problem's shape and the device
 
 - **Tiles from registers, then shared memory.** K/V are gathered through the block table, so
   each element of a K/V tile costs a 64-bit address in registers as well as its value: register
-  pressure binds before shared memory does. Each thread may hold THREAD_ELEMENTS elements of a
-  tile (the fp32 accumulator, the gathered K/V tile; half that for fp32 inputs), which fixes the
+  pressure binds before shared memory does. Each thread may hold a measured number of tile
+  elements (the fp32 accumulator, the gathered K/V tile; less for fp32 inputs), which fixes the
   largest tile for a head_dim and warp count; the tile is then shrunk until `smem_bytes`, an
   upper bound on what Triton stages in shared memory, fits the device's opt-in shared memory per
   block (99 KiB on sm_86/sm_89, e.g. the L4; 163 KiB on sm_80; 227 KiB on sm_90).
@@ -33,9 +33,12 @@ SMEM_BY_ARCH = {(8, 0): 163 * 1024, (8, 6): 99 * 1024, (8, 7): 163 * 1024, (8, 9
 DEFAULT_SMEM = 99 * 1024  # the smallest of the GPUs we serve on (L4, A10)
 INTERPRETER_SMS = 4  # few programs keep interpreter runs quick yet exercise split-K
 
-THREAD_ELEMENTS = 32  # per thread, per tile: the register budget that compiles without spills
+# Register budgets, in tile elements per thread, that compile without spills (measured on
+# sm_89/sm_90 with tests/kernels/attention_compile_script.py).
+THREAD_ELEMENTS = 32  # prefill: the accumulator [rows, D] and the K/V tile [keys, D], each
+DECODE_THREAD_ELEMENTS = 48  # decode: accumulator and K/V tile together
 # fp32 inputs keep fp32 operands (2x the registers) and the exact fp32 dot holds more of them
-# live: measured on sm_89/sm_90, half the budget for decode and a quarter for prefill compile clean
+# live: half the K/V budget for decode and a quarter of both for prefill compile clean
 FP32_DECODE_SHARE = 2
 FP32_PREFILL_SHARE = 4
 MIN_PARTITION = 256  # tokens: below this a partition's fixed cost outweighs its reads
@@ -133,10 +136,12 @@ def decode_config(
     block_d = max(16, next_power_of_2(head_dim))
     num_warps = 4 if block_g * block_d <= THREAD_ELEMENTS * 128 else 8
     if block_n is None:
-        # the gathered K (then V) tile: <= THREAD_ELEMENTS elements per thread (each also holds
-        # a 64-bit address: larger tiles spill)
-        budget = THREAD_ELEMENTS * 32 * num_warps // (FP32_DECODE_SHARE if elem == 4 else 1)
-        block_n = _largest_power_of_2(budget // block_d, 16, 64)
+        # per thread: the fp32 accumulator [block_g, D] plus the gathered K (then V) tile, whose
+        # elements each also hold a 64-bit address, within DECODE_THREAD_ELEMENTS
+        threads = 32 * num_warps
+        left = max(0, DECODE_THREAD_ELEMENTS - block_g * block_d // threads)
+        left //= FP32_DECODE_SHARE if elem == 4 else 1
+        block_n = _largest_power_of_2(left * threads // block_d, 16, 64)
         while block_n > 16 and smem_bytes(block_g, block_n, block_d, elem) > limits.smem_bytes:
             block_n //= 2
     if partition_size is None:

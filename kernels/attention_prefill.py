@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from lorafleet.kernels.attention import _tanh, is_interpreting, softmax_factors
+from lorafleet.kernels.attention import _attend_tile, is_interpreting, softmax_factors
 from lorafleet.kernels.attention_config import (
     PrefillConfig,
     cdiv,
@@ -89,34 +89,14 @@ def _prefill_kernel(
     for n0 in range((lo // BLOCK_N) * BLOCK_N, key_end, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         loadable = (offs_n >= lo) & (offs_n < key_end)
-        blocks = tl.load(table + offs_n // BLOCK_SIZE, mask=loadable, other=0).to(tl.int64)
-        kv_mask = loadable[:, None] & mask_d[None, :]
-        k_rows = blocks * stride_kb + (offs_n % BLOCK_SIZE) * stride_kt  # [BLOCK_N]
-        k = tl.load(k_head + k_rows[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
-        if DOT_FP32:
-            s = tl.dot(q, tl.trans(k.to(tl.float32)), input_precision="ieee")
-        else:
-            s = tl.dot(q, tl.trans(k))  # [BLOCK_M, BLOCK_N]
-        s = s * qk_scale
-        if HAS_SOFT_CAP:
-            s = cap_log2 * _tanh(s / soft_cap)
-        visible = loadable[None, :] & (offs_n[None, :] <= q_pos[:, None])
+        visible = loadable[None, :] & (offs_n[None, :] <= q_pos[:, None])  # causal
         if HAS_WINDOW:
             visible = visible & (offs_n[None, :] > q_pos[:, None] - window)
-        s = tl.where(visible, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row that sees nothing yet
-        alpha = tl.exp2(m_i - m_safe)
-        p = tl.exp2(s - m_safe[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v_rows = blocks * stride_vb + (offs_n % BLOCK_SIZE) * stride_vt
-        v = tl.load(v_head + v_rows[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
-        if DOT_FP32:
-            pv = tl.dot(p, v.to(tl.float32), input_precision="ieee")
-        else:
-            pv = tl.dot(p.to(v.dtype), v)
-        acc = acc * alpha[:, None] + pv
-        m_i = m_new
+        m_i, l_i, acc = _attend_tile(
+            q, m_i, l_i, acc, k_head, v_head, table, offs_n, loadable, visible,
+            offs_d, mask_d, qk_scale, soft_cap, cap_log2, stride_kb, stride_kt, stride_vb, stride_vt,
+            BLOCK_SIZE, HAS_SOFT_CAP, DOT_FP32,
+        )
     result = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
     out_rows = (q_begin + token).to(tl.int64) * stride_ot + head * stride_oh
     tl.store(out_ptr + out_rows[:, None] + offs_d[None, :], result.to(out_ptr.dtype.element_ty),
