@@ -35,7 +35,7 @@ INTERPRETER_SMS = 4  # few programs keep interpreter runs quick yet exercise spl
 
 # Register budgets, in tile elements per thread, that compile without spills (measured on
 # sm_89/sm_90 with tests/kernels/attention_compile_script.py).
-THREAD_ELEMENTS = 32  # prefill: the accumulator [rows, D] and the K/V tile [keys, D], each
+THREAD_ELEMENTS = 32  # prefill: the accumulator [rows, D]; half of it for the K/V tile [keys, D]
 DECODE_THREAD_ELEMENTS = 48  # decode: accumulator and K/V tile together
 # fp32 inputs keep fp32 operands (2x the registers) and the exact fp32 dot holds more of them
 # live: half the K/V budget for decode and a quarter of both for prefill compile clean
@@ -102,7 +102,7 @@ def device_limits(device: torch.device) -> DeviceLimits:
 
 def dot_element_size(dtype: torch.dtype, dot_fp32: bool) -> int:
     """Bytes per element of the tiles tl.dot reads (fp32 when the kernel converts before dot)."""
-    return 4 if dot_fp32 else torch.empty(0, dtype=dtype).element_size()
+    return 4 if dot_fp32 else dtype.itemsize
 
 
 def smem_bytes(block_m: int, block_n: int, block_d: int, elem: int) -> int:
@@ -172,15 +172,15 @@ def prefill_config(
     block_q: int | None = None,  # forced by tests
     block_n: int | None = None,
 ) -> PrefillConfig:
-    """Rows (block_q tokens x block_g heads) and keys per tile from a per-thread budget for the
-    fp32 accumulator [rows, D] and the K/V tile [keys, D] (a quarter of it for fp32 inputs),
-    then shrunk until shared memory fits."""
+    """Rows (block_q tokens x block_g heads) and keys per tile from a per-thread budget: the fp32
+    accumulator [rows, D] gets THREAD_ELEMENTS, the gathered K/V tile [keys, D] half as many (a
+    quarter of both for fp32 inputs); then shrunk until shared memory fits."""
     block_g = next_power_of_2(group)
     block_d = max(16, next_power_of_2(head_dim))
     num_warps = 8 if block_d >= 128 else 4
     budget = THREAD_ELEMENTS * 32 * num_warps // (FP32_PREFILL_SHARE if elem == 4 else 1) // block_d
     rows = max(block_g, _largest_power_of_2(budget, 16, 128))
-    keys = _largest_power_of_2(budget, 16, min(64, rows))
+    keys = _largest_power_of_2(budget // 2, 16, min(64, rows))  # gathered: an address per element
     while smem_bytes(rows, keys, block_d, elem) > limits.smem_bytes:
         if keys > 16:
             keys //= 2

@@ -119,10 +119,9 @@ def paged_decode_attention(
     Example:
         >>> out = paged_decode_attention(q, k_cache, v_cache, tables, lens, scale=128 ** -0.5)
     """
-    given = _describe(q=q, k_cache=k_cache, v_cache=v_cache, block_tables=block_tables,
-                      context_lens=context_lens, out=out)
-
-    def fail(problem: str) -> AttentionKernelError:
+    def fail(problem: str) -> AttentionKernelError:  # the shapes are only formatted on failure
+        given = _describe(q=q, k_cache=k_cache, v_cache=v_cache, block_tables=block_tables,
+                          context_lens=context_lens, out=out)
         return AttentionKernelError(f"paged_decode_attention: {problem}; got {given}")
 
     _check_common(fail, q, k_cache, v_cache, out, scale, sliding_window, soft_cap)
@@ -166,10 +165,9 @@ def paged_prefill_attention(
         >>> out = paged_prefill_attention(q, k_cache, v_cache, cu_seqlens_q=cu, start_pos=start,
         ...                               block_tables=tables, scale=128 ** -0.5, sliding_window=4096)
     """
-    given = _describe(q=q, k_cache=k_cache, v_cache=v_cache, cu_seqlens_q=cu_seqlens_q, start_pos=start_pos,
-                      block_tables=block_tables, out=out)
-
     def fail(problem: str) -> AttentionKernelError:
+        given = _describe(q=q, k_cache=k_cache, v_cache=v_cache, cu_seqlens_q=cu_seqlens_q,
+                          start_pos=start_pos, block_tables=block_tables, out=out)
         return AttentionKernelError(f"paged_prefill_attention: {problem}; got {given}")
 
     _check_common(fail, q, k_cache, v_cache, out, scale, sliding_window, soft_cap)

@@ -2,11 +2,13 @@
 
 Same signatures and semantics as the Triton kernels (`attention_reference` is the definition).
 K/V are gathered (a copy: torch cannot read through a block table in place), but only the blocks
-holding visible keys, and never more than GATHER_ELEMENTS at once: decode cuts the batch into
-groups, prefill cuts each chunk's queries into row groups, so the scores are [rows, keys] for a
-bounded number of rows, never [T, T]. Invisible keys are masked to -inf and their values to 0
-(a cache slot nobody may see can hold anything, NaN included). Block-table entries that hold no
-visible key are never dereferenced. Host syncs (`.tolist()`, `.max()`) are free on the CPU.
+holding visible keys, whole blocks at a time (`index_select`: contiguous copies), and never more
+than GATHER_ELEMENTS at once: decode cuts the batch into groups, prefill cuts each chunk's queries
+into row groups, so the scores are [rows, keys] for a bounded number of rows, never [T, T].
+Scores and outputs are one `bmm` per KV head on strided views of the gathered blocks (no second
+copy into a head-major layout). Invisible keys are masked to -inf and their values to 0 (a cache
+slot nobody may see can hold anything, NaN included); block-table entries that hold no visible
+key are never dereferenced. Host syncs (`.tolist()`, `.max()`) are free on the CPU.
 """
 
 from __future__ import annotations
@@ -16,33 +18,36 @@ import torch
 GATHER_ELEMENTS = 1 << 24  # elements of K (and of V) gathered per group: 64 MiB in fp32
 
 
-def _softmax_rows(
-    q: torch.Tensor,  # [..., KVH, G, n, D] fp32
-    keys: torch.Tensor,  # [..., KVH, c, D] fp32
-    values: torch.Tensor,  # [..., KVH, c, D] fp32, 0 where never visible
-    visible: torch.Tensor,  # [..., n, c] bool (leading dims broadcast), the same for KVH and G
-    scale: float,
-    soft_cap: float | None,
-) -> torch.Tensor:  # [..., KVH, G, n, D]
-    scores = torch.einsum("...kgnd,...kcd->...kgnc", q, keys) * scale
-    if soft_cap is not None:
-        scores = soft_cap * torch.tanh(scores / soft_cap)
-    scores = scores.masked_fill(~visible, float("-inf"))
-    peak = scores.amax(dim=-1, keepdim=True)
-    peak = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))  # rows that see nothing
-    weights = torch.exp(scores - peak)
-    total = weights.sum(dim=-1, keepdim=True)
-    out = torch.einsum("...kgnc,...kcd->...kgnd", weights, values)
-    return out / torch.where(total > 0, total, torch.ones_like(total))
-
-
 def _gather(
     cache: torch.Tensor,  # [num_blocks, block_size, KVH, D]
     tables: torch.Tensor,  # [R, nb] int64, entries already replaced where unused
-) -> torch.Tensor:  # [R, KVH, nb * block_size, D] fp32
+) -> torch.Tensor:  # [R, nb * block_size, KVH, D] fp32, contiguous
     rows, nb = tables.shape
     _, block_size, kv_heads, dim = cache.shape
-    return cache[tables].reshape(rows, nb * block_size, kv_heads, dim).transpose(1, 2).float()
+    blocks = cache.index_select(0, tables.reshape(-1))  # whole blocks, contiguous copies
+    return blocks.view(rows, nb * block_size, kv_heads, dim).float()
+
+
+def _softmax_rows(
+    q: torch.Tensor,  # [R, KVH, M, D] fp32: M query rows (heads x tokens) per KV head
+    keys: torch.Tensor,  # [R, c, KVH, D] fp32
+    values: torch.Tensor,  # [R, c, KVH, D] fp32, 0 where no row may look
+    visible: torch.Tensor,  # [R, M or 1, c] bool
+    scale: float,
+    soft_cap: float | None,
+) -> torch.Tensor:  # [R, KVH, M, D]
+    kv_heads = keys.shape[2]
+    scores = torch.stack([torch.bmm(q[:, k], keys[:, :, k].transpose(1, 2)) for k in range(kv_heads)], 1)
+    scores.mul_(scale)  # [R, KVH, M, c]
+    if soft_cap is not None:
+        scores = soft_cap * torch.tanh(scores / soft_cap)
+    scores.masked_fill_(~visible[:, None], float("-inf"))
+    peak = scores.amax(dim=-1, keepdim=True)
+    peak = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))  # rows that see nothing
+    weights = scores.sub_(peak).exp_()
+    total = weights.sum(dim=-1, keepdim=True)
+    out = torch.stack([torch.bmm(weights[:, k], values[:, :, k]) for k in range(kv_heads)], 1)
+    return out.div_(torch.where(total > 0, total, torch.ones_like(total)))
 
 
 def paged_decode_attention(
@@ -69,20 +74,20 @@ def paged_decode_attention(
     end_block = -(-int(context.max()) // block_size)
     if end_block <= first_block:  # every context is empty (padded rows): zeros
         return out.zero_()
-    per_row = max(1, (end_block - first_block) * block_size * num_kv_heads * head_dim)
-    group = max(1, GATHER_ELEMENTS // per_row)
+    num_blocks = end_block - first_block
+    group = max(1, GATHER_ELEMENTS // (num_blocks * block_size * num_kv_heads * head_dim))
     positions = torch.arange(first_block * block_size, end_block * block_size)  # [c]
     for b0 in range(0, batch, group):
         rows = slice(b0, min(batch, b0 + group))
         visible = (positions[None, :] >= first[rows, None]) & (positions[None, :] < context[rows, None])
         tables = block_tables[rows, first_block:end_block].long()
-        used = visible.view(-1, end_block - first_block, block_size).any(dim=-1)
+        used = visible.view(-1, num_blocks, block_size).any(dim=-1)
         tables = torch.where(used, tables, torch.zeros_like(tables))  # never follow unused entries
-        keys = _gather(k_cache, tables)  # [b, KVH, c, D]
-        values = _gather(v_cache, tables).masked_fill(~visible[:, None, :, None], 0.0)
-        query = q[rows].float().view(-1, num_kv_heads, num_heads // num_kv_heads, 1, head_dim)
-        result = _softmax_rows(query, keys, values, visible[:, None, None, None, :], scale, soft_cap)
-        out[rows] = result.reshape(-1, num_heads, head_dim).to(out.dtype)
+        keys = _gather(k_cache, tables)  # [b, c, KVH, D]
+        values = _gather(v_cache, tables).masked_fill_(~visible[:, :, None, None], 0.0)
+        query = q[rows].float().view(-1, num_kv_heads, num_heads // num_kv_heads, head_dim)
+        result = _softmax_rows(query, keys, values, visible[:, None, :], scale, soft_cap)  # [b, KVH, G, D]
+        out[rows] = result.view(-1, num_heads, head_dim).to(out.dtype)
     return out
 
 
@@ -101,6 +106,7 @@ def paged_prefill_attention(
 ) -> torch.Tensor:
     _, num_heads, head_dim = q.shape
     _, block_size, num_kv_heads, _ = k_cache.shape
+    group = num_heads // num_kv_heads
     bounds = cu_seqlens_q.tolist()
     max_context = block_tables.shape[1] * block_size
     for seq, start in enumerate(start_pos.tolist()):
@@ -114,19 +120,21 @@ def paged_prefill_attention(
             continue
         first_block, end_block = first // block_size, -(-end // block_size)
         tables = block_tables[seq, first_block:end_block].long()[None]
-        offset = first - first_block * block_size
-        keys = _gather(k_cache, tables)[0, :, offset:end - first_block * block_size]  # [KVH, c, D]
-        values = _gather(v_cache, tables)[0, :, offset:end - first_block * block_size]
+        keep = slice(first - first_block * block_size, end - first_block * block_size)
+        keys = _gather(k_cache, tables)[:, keep]  # [1, c, KVH, D]: every key some query sees
+        values = _gather(v_cache, tables)[:, keep]
         key_pos = torch.arange(first, end)  # [c]
         rows_per_group = max(1, GATHER_ELEMENTS // max(1, num_heads * key_pos.numel()))
         for j0 in range(0, length, rows_per_group):
-            j1 = min(length, j0 + rows_per_group)
-            q_pos = torch.arange(start + j0, start + j1)[:, None]  # [n, 1]
+            n = min(length, j0 + rows_per_group) - j0
+            q_pos = torch.arange(start + j0, start + j0 + n)[:, None]  # [n, 1]
             visible = key_pos[None, :] <= q_pos
             if sliding_window is not None:
                 visible &= key_pos[None, :] > q_pos - sliding_window
-            query = q[q_begin + j0 : q_begin + j1].float().view(j1 - j0, num_kv_heads, -1, head_dim)
-            result = _softmax_rows(query.permute(1, 2, 0, 3), keys, values, visible, scale, soft_cap)
-            out[q_begin + j0 : q_begin + j1] = result.permute(2, 0, 1, 3).reshape(j1 - j0, num_heads,
-                                                                                   head_dim).to(out.dtype)
+            rows = slice(q_begin + j0, q_begin + j0 + n)
+            query = q[rows].float().view(n, num_kv_heads, group, head_dim).permute(1, 2, 0, 3)
+            query = query.reshape(1, num_kv_heads, group * n, head_dim)  # rows (head g, token j) g-major
+            result = _softmax_rows(query, keys, values, visible.repeat(group, 1)[None], scale, soft_cap)
+            out[rows] = result.view(num_kv_heads, group, n, head_dim).permute(2, 0, 1, 3).reshape(
+                n, num_heads, head_dim).to(out.dtype)
     return out

@@ -25,6 +25,7 @@ CASES = [  # (dtype, head_dim, query heads per KV head)
     ("bf16", 64, 8), ("bf16", 128, 4), ("fp16", 80, 2), ("bf16", 256, 2), ("bf16", 128, 64),
     ("fp32", 128, 4), ("fp32", 256, 1),
 ]
+PLAIN = [("bf16", 128, 4), ("fp16", 80, 2)]
 FLOATS = {"qk_scale", "soft_cap", "cap_log2"}
 CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
 
@@ -54,19 +55,23 @@ def compile_kernel(fn, pointers, constexprs, arch: int, num_warps: int, num_stag
 
 
 def report(kernel: str, arch: int, dtype: str, head_dim: int, group: int, tile: list[int], bound: int,
-           usage: dict) -> None:
+           usage: dict, **extra: object) -> None:
     print(json.dumps({"kernel": kernel, "arch": arch, "dtype": dtype, "head_dim": head_dim, "group": group,
-                      "tile": tile, "limit": LIMITS[arch].smem_bytes, "bound": bound, **usage}), flush=True)
+                      "tile": tile, "limit": LIMITS[arch].smem_bytes, "bound": bound, **extra, **usage}),
+          flush=True)
 
 
 def main(arch: int) -> None:
     limits = LIMITS[arch]
-    for dtype, head_dim, group in CASES:
+    # every case with all options on (the most registers); PLAIN cases also without any (the
+    # usual serving variant) and, for decode, unsplit (a batch that fills the device)
+    variants = [(case, True) for case in CASES] + [(case, False) for case in PLAIN]
+    for (dtype, head_dim, group), options in variants:
         act, elem = "*" + dtype, 4 if dtype == "fp32" else 2
-        common = dict(GROUP=group, HEAD_DIM=head_dim, BLOCK_SIZE=16, HAS_WINDOW=True, HAS_SOFT_CAP=True,
-                      DOT_FP32=dtype == "fp32")
-        dec = decode_config(batch=1, num_kv_heads=8, group=group, head_dim=head_dim, max_context=32768,
-                            elem=elem, limits=limits)
+        common = dict(GROUP=group, HEAD_DIM=head_dim, BLOCK_SIZE=16, HAS_WINDOW=options,
+                      HAS_SOFT_CAP=options, DOT_FP32=dtype == "fp32")
+        dec = decode_config(batch=1 if options else 512, num_kv_heads=8, group=group, head_dim=head_dim,
+                            max_context=32768, elem=elem, limits=limits)
         constexprs = common | dict(BLOCK_G=dec.block_g, BLOCK_N=dec.block_n, BLOCK_D=dec.block_d,
                                    IS_SPLIT=dec.is_split)
         pointers = {"q_ptr": act, "k_cache_ptr": act, "v_cache_ptr": act, "out_ptr": act,
@@ -74,7 +79,8 @@ def main(arch: int) -> None:
         usage = compile_kernel(attention._decode_kernel, pointers, constexprs, arch, dec.num_warps,
                                dec.num_stages)
         report("decode", arch, dtype, head_dim, group, [dec.block_g, dec.block_n, dec.num_warps],
-               smem_bytes(dec.block_g, dec.block_n, dec.block_d, elem), usage)
+               smem_bytes(dec.block_g, dec.block_n, dec.block_d, elem), usage, options=options,
+               split=dec.is_split)
         pre = prefill_config(group=group, head_dim=head_dim, elem=elem, limits=limits)
         constexprs = common | dict(BLOCK_G=pre.block_g, BLOCK_Q=pre.block_q, BLOCK_N=pre.block_n,
                                    BLOCK_D=pre.block_d)
@@ -82,7 +88,7 @@ def main(arch: int) -> None:
         usage = compile_kernel(attention_prefill._prefill_kernel, pointers, constexprs, arch, pre.num_warps,
                                pre.num_stages)
         report("prefill", arch, dtype, head_dim, group, [pre.block_m, pre.block_n, pre.num_warps],
-               smem_bytes(pre.block_m, pre.block_n, pre.block_d, elem), usage)
+               smem_bytes(pre.block_m, pre.block_n, pre.block_d, elem), usage, options=options)
     for dtype, block_d in (("bf16", 128), ("fp32", 256)):
         constexprs = dict(HEAD_DIM=block_d, BLOCK_D=block_d, HAS_WINDOW=True)
         pointers = {"part_out_ptr": "*fp32", "part_max_ptr": "*fp32", "part_sum_ptr": "*fp32",

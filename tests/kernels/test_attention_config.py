@@ -70,7 +70,7 @@ def test_tiles_fit_shared_memory_and_the_register_budget(limits: DeviceLimits, e
 
 
 def test_less_shared_memory_gives_smaller_tiles() -> None:
-    small = DeviceLimits(num_sms=16, smem_bytes=24 * 1024)
+    small = DeviceLimits(num_sms=16, smem_bytes=16 * 1024)
     roomy = prefill_config(group=1, head_dim=64, elem=2, limits=H100)
     tight = prefill_config(group=1, head_dim=64, elem=2, limits=small)
     assert (tight.block_m, tight.block_n) < (roomy.block_m, roomy.block_n)
