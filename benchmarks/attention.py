@@ -16,7 +16,7 @@ The full run adds prefill (tokens/s and TFLOP/s of causal attention over the pag
 On a CPU it runs a small correctness and timing pass of the torch path against the reference
 and the gathered baseline, and says that GPU figures need a GPU (`benchmarks/gpu_check.sh`).
 
-    python benchmarks/attention.py [--quick] [--json-out PATH]
+    python benchmarks/attention.py [--quick] [--json-out PATH] [--cpu]
 
 JSON lines on stdout while running; the report goes to PATH (default
 benchmarks/results/attention-<device>[-quick].json) and a PNG next to it.
@@ -282,8 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="fewer replays and prefill shapes (< 2 min on a GPU)")
     parser.add_argument("--json-out", type=Path, help="report path (default benchmarks/results/...)")
+    parser.add_argument("--cpu", action="store_true", help="the CPU pass even where CUDA is available")
     args = parser.parse_args(argv)
-    on_cuda = torch.cuda.is_available()
+    on_cuda = torch.cuda.is_available() and not args.cpu
     report = run_cuda(args.quick) if on_cuda else run_cpu(args.quick)
     report["quick"] = args.quick
     stem = f"attention-{'cuda' if on_cuda else 'cpu'}{'-quick' if args.quick else ''}"

@@ -76,7 +76,7 @@ def paged_decode_attention(
         return out.zero_()
     num_blocks = end_block - first_block
     group = max(1, GATHER_ELEMENTS // (num_blocks * block_size * num_kv_heads * head_dim))
-    positions = torch.arange(first_block * block_size, end_block * block_size)  # [c]
+    positions = torch.arange(first_block * block_size, end_block * block_size, device=q.device)  # [c]
     for b0 in range(0, batch, group):
         rows = slice(b0, min(batch, b0 + group))
         visible = (positions[None, :] >= first[rows, None]) & (positions[None, :] < context[rows, None])
@@ -123,11 +123,11 @@ def paged_prefill_attention(
         keep = slice(first - first_block * block_size, end - first_block * block_size)
         keys = _gather(k_cache, tables)[:, keep]  # [1, c, KVH, D]: every key some query sees
         values = _gather(v_cache, tables)[:, keep]
-        key_pos = torch.arange(first, end)  # [c]
+        key_pos = torch.arange(first, end, device=q.device)  # [c]
         rows_per_group = max(1, GATHER_ELEMENTS // max(1, num_heads * key_pos.numel()))
         for j0 in range(0, length, rows_per_group):
             n = min(length, j0 + rows_per_group) - j0
-            q_pos = torch.arange(start + j0, start + j0 + n)[:, None]  # [n, 1]
+            q_pos = torch.arange(start + j0, start + j0 + n, device=q.device)[:, None]  # [n, 1]
             visible = key_pos[None, :] <= q_pos
             if sliding_window is not None:
                 visible &= key_pos[None, :] > q_pos - sliding_window

@@ -48,7 +48,7 @@ def test_pool_is_layered_like_the_runtime_and_scatters_distinct_blocks(bench, mo
 def test_cpu_pass_writes_the_report_and_plot(bench, tmp_path: Path) -> None:
     threads = torch.get_num_threads()
     try:
-        assert bench.main(["--quick", "--json-out", str(tmp_path / "attention.json")]) == 0
+        assert bench.main(["--quick", "--cpu", "--json-out", str(tmp_path / "attention.json")]) == 0
     finally:
         torch.set_num_threads(threads)
     report = json.loads((tmp_path / "attention.json").read_text())

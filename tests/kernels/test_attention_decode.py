@@ -96,6 +96,14 @@ def test_strided_q_and_out_views_of_fused_buffers(backend: str, device) -> None:
     assert torch.isnan(wide_out[:, :, 32:]).all()  # nothing written beside the view
 
 
+@pytest.mark.parametrize("head_dim", [64, 96, 128, 256])
+def test_every_served_head_dim(head_dim: int, backend: str, device) -> None:
+    problem = decode_problem([1, 20, 37], block_size=16, num_heads=4, num_kv_heads=2, head_dim=head_dim,
+                             dtype=F16, device=device, sliding_window=30)
+    expected = attention_reference.paged_decode_attention(*problem.args, **problem.options)
+    assert_close_to_reference(kernels.paged_decode_attention(*problem.args, **problem.options), expected)
+
+
 def test_an_empty_batch_returns_the_empty_output(backend: str, device) -> None:
     problem = decode_problem([5], block_size=8, num_heads=2, num_kv_heads=1, head_dim=16, dtype=F32,
                              device=device)
@@ -120,3 +128,31 @@ def test_all_empty_contexts_give_zeros(backend: str, device) -> None:
     out = torch.full_like(problem.q, float("nan"))
     kernels.paged_decode_attention(*problem.args, out=out, **problem.options)
     assert torch.equal(out, torch.zeros_like(out))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU: runs in gpu_check")
+def test_decode_replays_from_a_cuda_graph_with_new_context_lengths(triton_backend: str, device) -> None:
+    """Capture fails on any host sync; the grid depends on (B, max_blocks) only, so one graph serves
+    every step of a batch bucket: new lengths are written into the captured tensor and replayed."""
+    problem = decode_problem([700, 300, 5], block_size=16, num_heads=8, num_kv_heads=2, head_dim=64,
+                             dtype=BF16, device=device, soft_cap=30.0)  # 720 tokens wide: split-K
+    q, k_cache, v_cache, tables, lens = problem.args
+    out = torch.empty_like(q)
+
+    def step() -> None:
+        kernels.paged_decode_attention(q, k_cache, v_cache, tables, lens, out=out, **problem.options)
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        step()  # compile outside capture
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    for new_lens in ([700, 300, 5], [650, 1, 0]):  # shorter contexts stay inside the written keys
+        lens.copy_(torch.tensor(new_lens, dtype=torch.int32))
+        graph.replay()
+        torch.cuda.synchronize()
+        assert_close_to_reference(out, attention_reference.paged_decode_attention(*problem.args,
+                                                                                  **problem.options))

@@ -25,6 +25,7 @@ CASES = {
     "soft_cap_gqa4_fp32": (16, 8, 2, 32, F32, None, 2.0),
     "window_and_soft_cap_bf16": (8, 4, 2, 32, BF16, 9, 1.5),
     "head_dim_80_fp16": (16, 2, 1, 80, F16, None, None),
+    "head_dim_256_bf16": (16, 2, 1, 256, BF16, None, None),
 }
 
 
