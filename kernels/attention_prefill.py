@@ -32,6 +32,20 @@ from lorafleet.kernels.attention_config import (
 
 
 @triton.jit
+def _find_chunk(cu_seqlens_ptr, num_seqs, pid_t, BLOCK_Q: tl.constexpr):
+    """The last chunk s whose first tile id, cu_seqlens[s] // BLOCK_Q + s, is <= pid_t (binary
+    search: those ids strictly increase with s)."""
+    left = 0
+    right = num_seqs - 1
+    while left < right:
+        mid = (left + right + 1) // 2
+        fits = tl.load(cu_seqlens_ptr + mid) // BLOCK_Q + mid <= pid_t
+        left = tl.where(fits, mid, left)
+        right = tl.where(fits, right, mid - 1)
+    return left
+
+
+@triton.jit
 def _prefill_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, out_ptr,  # q, out [T, H, D]
     cu_seqlens_ptr, start_pos_ptr, block_tables_ptr,  # [S + 1], [S], [S, max_blocks]
@@ -47,15 +61,7 @@ def _prefill_kernel(
 ):
     pid_t = tl.program_id(0)
     pid_kvh = tl.program_id(1)
-    # the last chunk s whose first tile id, cu_seqlens[s] // BLOCK_Q + s, is <= pid_t
-    left = 0
-    right = num_seqs - 1
-    while left < right:
-        mid = (left + right + 1) // 2
-        fits = tl.load(cu_seqlens_ptr + mid) // BLOCK_Q + mid <= pid_t
-        left = tl.where(fits, mid, left)
-        right = tl.where(fits, right, mid - 1)
-    seq = left
+    seq = _find_chunk(cu_seqlens_ptr, num_seqs, pid_t, BLOCK_Q)
     q_begin = tl.load(cu_seqlens_ptr + seq)
     length = tl.load(cu_seqlens_ptr + seq + 1) - q_begin
     first_token = (pid_t - (q_begin // BLOCK_Q + seq)) * BLOCK_Q

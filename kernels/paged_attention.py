@@ -71,14 +71,19 @@ def _check_common(
         raise fail("out must have q's shape and dtype")
     if any(t.stride(-1) != 1 for t in (q, k_cache, v_cache, *(() if out is None else (out,)))):
         raise fail("q, k_cache, v_cache and out must be contiguous in their last dim (head_dim)")
-    if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
+    if not _is_positive_number(scale):
         raise fail(f"scale must be a finite positive number, got {scale!r}")
     if sliding_window is not None and (isinstance(sliding_window, bool) or not isinstance(sliding_window, int)
                                        or sliding_window < 1):
         raise fail(f"sliding_window must be None or an int >= 1, got {sliding_window!r}")
-    if soft_cap is not None and not (isinstance(soft_cap, (int, float)) and math.isfinite(soft_cap)
-                                     and soft_cap > 0):
+    if soft_cap is not None and not _is_positive_number(soft_cap):
         raise fail(f"soft_cap must be None or a finite positive number, got {soft_cap!r}")
+
+
+def _is_positive_number(value: object) -> bool:
+    """A finite number > 0 (not a bool, not a string or tensor)."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            and value > 0)
 
 
 def _check_index(fail: Fail, name: str, tensor: torch.Tensor, shape: tuple[int, ...]) -> None:

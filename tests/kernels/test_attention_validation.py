@@ -51,6 +51,8 @@ SHARED = {  # wrong for either entry point: (override, words the message must co
     "scale_zero": ({"scale": 0.0}, "scale must be a finite positive number"),
     "scale_nan": ({"scale": float("nan")}, "scale must be a finite positive number"),
     "scale_string": ({"scale": "0.1"}, "scale must be a finite positive number"),
+    "scale_bool": ({"scale": True}, "scale must be a finite positive number"),
+    "soft_cap_bool": ({"soft_cap": True}, "soft_cap"),
     "window_zero": ({"sliding_window": 0}, "sliding_window must be None or an int >= 1"),
     "window_negative": ({"sliding_window": -4}, "sliding_window"),
     "window_float": ({"sliding_window": 2.5}, "sliding_window"),
