@@ -185,3 +185,13 @@ __all__ = [
     "pages_for_rank",
     "prepare_lora_batch",
 ]
+
+# Paged attention over the KV cache (kernels/paged_attention.py); imported last: it reuses
+# select_backend above.
+from lorafleet.kernels.paged_attention import (  # noqa: E402
+    AttentionKernelError,
+    paged_decode_attention,
+    paged_prefill_attention,
+)
+
+__all__ += ["AttentionKernelError", "paged_decode_attention", "paged_prefill_attention"]
