@@ -199,7 +199,7 @@ def run_cuda(quick: bool) -> dict:
     for shape in prefill_shapes:
         prefill.append(prefill_case(*shape, quick))
         print(json.dumps(prefill[-1]), flush=True)
-    return {"device": torch.cuda.get_device_name(), "backend": kernels.select_backend(torch.device("cuda")),
+    return {"device": torch.cuda.get_device_name(), "backend": kernels.backend_for(torch.device("cuda")).name,
             "dtype": "bfloat16", "layer": LAYER, "peak_GBps": peak_gbps, "peak_source": peak_source,
             "timing": "CUDA graphs on both sides, CUDA events, median of 3 rounds; KV pool rotated over "
                       f">= {L2_MULTIPLE}x L2", "decode": decode, "prefill": prefill}
@@ -231,7 +231,7 @@ def run_cpu(quick: bool) -> dict:
                      "ours_us": _cpu_us(ours_call), "gathered_us": _cpu_us(gathered_call),
                      "max_abs_err_vs_reference": float((ours[:checked] - expected).abs().max())})
         print(json.dumps(rows[-1]), flush=True)
-    return {"device": "cpu", "backend": kernels.select_backend(torch.device("cpu")), "dtype": "float32",
+    return {"device": "cpu", "backend": kernels.backend_for(torch.device("cpu")).name, "dtype": "float32",
             "layer": {"num_heads": h, "num_kv_heads": kvh, "head_dim": d, "block_size": bs},
             "torch_threads": 1, "threads_available": threads,
             "note": "CPU: `ours` is the torch path (lorafleet.kernels.torch_attention), not Triton; decode "

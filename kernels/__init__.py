@@ -51,6 +51,11 @@ import torch
 from lorafleet.kernels.backend import LoraBackend, backend_for
 from lorafleet.kernels.batch import LoraBatch, prepare_lora_batch
 from lorafleet.kernels.errors import LoraKernelError
+from lorafleet.kernels.paged_attention import (
+    AttentionKernelError,
+    paged_decode_attention,
+    paged_prefill_attention,
+)
 from lorafleet.kernels.pages import PAGE_RANK, AdapterPages, build_adapter_pages, pages_for_rank
 from lorafleet.kernels.validation import check_meta, check_paged_inputs, check_sliced_inputs
 
@@ -174,6 +179,7 @@ def add_lora_paged(
 __all__ = [
     "PAGE_RANK",
     "AdapterPages",
+    "AttentionKernelError",
     "LoraBackend",
     "LoraBatch",
     "LoraKernelError",
@@ -183,15 +189,7 @@ __all__ = [
     "backend_for",
     "build_adapter_pages",
     "pages_for_rank",
+    "paged_decode_attention",
+    "paged_prefill_attention",
     "prepare_lora_batch",
 ]
-
-# Paged attention over the KV cache (kernels/paged_attention.py); imported last: it reuses
-# select_backend above.
-from lorafleet.kernels.paged_attention import (  # noqa: E402
-    AttentionKernelError,
-    paged_decode_attention,
-    paged_prefill_attention,
-)
-
-__all__ += ["AttentionKernelError", "paged_decode_attention", "paged_prefill_attention"]

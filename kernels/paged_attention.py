@@ -15,7 +15,7 @@ Both take `sliding_window` (Mistral: key p is visible to a query at t iff t - wi
 in place and returned). GQA: H must be a multiple of KVH. fp32, fp16, bf16; head_dim a multiple
 of 8 up to 256. A context of 0 tokens gives zeros (padded rows of a CUDA-graph batch).
 
-Dispatch as for the LoRA kernels (`select_backend`): CUDA tensors run the Triton kernels, others
+Dispatch as for the LoRA kernels (`backend_for`): CUDA tensors run the Triton kernels, others
 the torch path (`torch_attention`); LORAFLEET_KERNELS forces either. The checks here look at
 shapes, dtypes and devices only (no host sync); values are the caller's invariants: context_lens
 <= max_blocks * block_size (longer ones are clamped), block ids < num_blocks wherever a visible
@@ -29,7 +29,8 @@ import math
 from collections.abc import Callable
 
 import torch
-from lorafleet.kernels import select_backend, torch_attention
+from lorafleet.kernels import torch_attention
+from lorafleet.kernels.backend import backend_for
 from lorafleet.kernels.errors import LoraKernelError
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -138,7 +139,7 @@ def paged_decode_attention(
     out = torch.empty_like(q) if out is None else out
     options = {"scale": float(scale), "sliding_window": sliding_window,
                "soft_cap": None if soft_cap is None else float(soft_cap)}
-    if select_backend(q.device) == "torch":
+    if backend_for(q.device).name == "torch":
         return torch_attention.paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, out,
                                                       **options)
     from lorafleet.kernels import attention  # imported late: TRITON_INTERPRET is read at decoration
@@ -187,7 +188,7 @@ def paged_prefill_attention(
     options = {"cu_seqlens_q": cu_seqlens_q, "start_pos": start_pos, "block_tables": block_tables,
                "scale": float(scale), "sliding_window": sliding_window,
                "soft_cap": None if soft_cap is None else float(soft_cap)}
-    if select_backend(q.device) == "torch":
+    if backend_for(q.device).name == "torch":
         return torch_attention.paged_prefill_attention(q, k_cache, v_cache, out, **options)
     from lorafleet.kernels import attention_prefill
 
