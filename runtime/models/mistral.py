@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lorafleet.runtime.models.decoder import ModelArgs
+from lorafleet.runtime.models.args import ModelArgs
 from lorafleet.runtime.models.llama import common_args
 
 ARCHITECTURES = ("MistralForCausalLM",)
