@@ -14,16 +14,27 @@ from lorafleet.runtime.engine.sequence import Sequence, SequenceStatus
 
 from tests.fixtures import standard_adapters, tiny_model
 
+# Gemma 2's attention soft-capping exists only in transformers' eager attention (SDPA skips it).
+ATTENTION = {"gemma2": "eager"}
+
+
+def reference_model(model_dir: Path, arch: str):  # type: ignore[no-untyped-def]
+    """transformers' model of `arch` on `model_dir`, in float32 and the attention that implements it."""
+    import transformers
+
+    return transformers.AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=torch.float32, attn_implementation=ATTENTION.get(arch, "sdpa")
+    ).eval()
+
 
 @functools.lru_cache(maxsize=3)
 def peft_model(arch: str):  # type: ignore[no-untyped-def]
     """A PeftModel over the tiny `arch` checkpoint with every standard adapter loaded by name."""
-    import transformers
     from peft import PeftModel
 
     model_dir = tiny_model(arch)
     adapters = standard_adapters(model_dir)
-    base = transformers.AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32).eval()
+    base = reference_model(model_dir, arch)
     names = list(adapters)
     model = PeftModel.from_pretrained(base, adapters[names[0]], adapter_name=names[0]).eval()
     for name in names[1:]:
