@@ -45,6 +45,7 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class EngineInfo:
     model_id: str
+    architecture: str  # config.json's, e.g. "Qwen3ForCausalLM"
     model_sha: str | None
     dtype: str
     device: str
@@ -176,6 +177,7 @@ class Engine:
         c = self.config
         return EngineInfo(
             model_id=c.model_id,
+            architecture=c.model.architecture,
             model_sha=c.model_sha,
             dtype=str(c.dtype).removeprefix("torch."),
             device=str(c.device),

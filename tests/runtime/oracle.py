@@ -59,15 +59,23 @@ def oracle_logits(arch: str, ids: list[int], adapter: str | None) -> torch.Tenso
         return model(torch.tensor([ids])).logits[0].float()
 
 
-@torch.no_grad()
 def oracle_greedy(arch: str, ids: list[int], adapter: str | None, num_tokens: int) -> list[int]:
-    """Greedy continuation by full recomputation (no EOS handling: the engine runs with ignore_eos)."""
+    """Greedy continuation by full recomputation (no EOS handling: the engine runs with ignore_eos).
+
+    Memoised per process: the batching and the preemption tests ask for the same continuations.
+    """
+    return list(_oracle_greedy(arch, tuple(ids), adapter, num_tokens))
+
+
+@functools.lru_cache(maxsize=256)
+@torch.no_grad()
+def _oracle_greedy(arch: str, ids: tuple[int, ...], adapter: str | None, num_tokens: int) -> tuple[int, ...]:
     model = peft_model(arch)
     tokens = list(ids)
     with active(model, adapter):
         for _ in range(num_tokens):
             tokens.append(int(model(torch.tensor([tokens])).logits[0, -1].argmax()))
-    return tokens[len(ids) :]
+    return tuple(tokens[len(ids) :])
 
 
 def engine_for(arch: str, **kwargs) -> Engine:  # type: ignore[no-untyped-def]

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 import torch
@@ -72,3 +73,8 @@ def test_openai_chat_on_a_jinja_template_checkpoint_equals_transformers(
     expected = _transformers_chat(chat_model, adapters.get(model))
     assert completion.choices[0].message.content == expected
     assert completion.usage is not None and completion.usage.completion_tokens == NUM_TOKENS
+
+
+def test_info_reports_the_architecture(jinja_server: RunningServer) -> None:
+    info = httpx.get(f"{jinja_server.url}/info", timeout=30).json()
+    assert info["architecture"] == "MistralForCausalLM"
