@@ -16,6 +16,7 @@ FAMILIES = {
     "llama": "LlamaForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
     "qwen3": "Qwen3ForCausalLM",
+    "phi3": "Phi3ForCausalLM",
 }
 
 
@@ -55,3 +56,65 @@ def test_per_layer_windows_without_layer_types_follow_transformers_rules(
     expected = _windows_as_transformers_reads(config_cls, config)
     _, args = read_config(tmp_path)
     assert tuple(args.window(i) for i in range(4)) == expected
+
+
+def test_phi3_longrope_with_partial_rotary_matches_transformers_frequencies() -> None:
+    import torch
+    import transformers
+    from lorafleet.runtime.layers.rotary import RotaryEmbedding
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    model_dir = tiny_model("phi3")
+    config = transformers.AutoConfig.from_pretrained(model_dir)
+    _, args = read_config(model_dir)
+    ours = RotaryEmbedding(args.head_dim, args.rope_theta, args.rope_scaling, args.partial_rotary_factor)
+    short, short_factor = ROPE_INIT_FUNCTIONS["longrope"](config, "cpu")
+    long, long_factor = ROPE_INIT_FUNCTIONS["longrope"](
+        config, "cpu", seq_len=config.original_max_position_embeddings + 1
+    )
+    assert ours.rotary_dim == int(args.head_dim * config.partial_rotary_factor) < args.head_dim
+    torch.testing.assert_close(ours.inv_freq, short.float(), rtol=0, atol=0)
+    torch.testing.assert_close(ours.long_inv_freq, long.float(), rtol=0, atol=0)
+    assert ours.attention_factor == pytest.approx(short_factor) == pytest.approx(long_factor)
+    assert ours.attention_factor > 1.0 and not torch.allclose(short, long)
+
+
+@pytest.mark.parametrize(("arch", "field"), [("phi3", "rope_scaling")])
+def test_family_feature_changes_transformers_logits(tmp_path: Any, arch: str, field: str) -> None:
+    """Guards the oracle tests: removing `field` changes transformers' own logits on the fixture."""
+    import json
+    import shutil
+
+    import torch
+    from tests.runtime.oracle import reference_model
+
+    source = tiny_model(arch)
+    shutil.copytree(source, tmp_path / "model")
+    config = json.loads((source / "config.json").read_text())
+    config[field] = None
+    (tmp_path / "model" / "config.json").write_text(json.dumps(config))
+    ids = torch.tensor([list(range(5, 40))])
+    with torch.no_grad():
+        with_feature = reference_model(source, arch)(ids).logits
+        without = reference_model(tmp_path / "model", arch)(ids).logits
+    assert (with_feature - without).abs().max() > 1e-3
+
+
+def test_phi3_fused_lora_is_one_slice_over_the_fused_output() -> None:
+    """PEFT's LoRA on Phi-3's qkv_proj is one A [r, hidden] and one B [q+k+v, r]: the runtime keeps
+    it as a single slice of the fused layer (one shrink, one expand), never as three."""
+    from lorafleet.runtime.models.decoder import DecoderLayer
+
+    from tests.fixtures import standard_adapters
+
+    model_dir = tiny_model("phi3")
+    adapter = standard_adapters(model_dir)["r8-qv"]
+    engine = Engine.from_pretrained(model_dir, adapters={"qkv": str(adapter)}, progress=lambda _: None)
+    args = engine.config.model
+    fused = args.num_heads * args.head_dim + 2 * args.num_kv_heads * args.head_dim
+    layer = engine.loop.runner.model.layers[0]
+    assert isinstance(layer, DecoderLayer)
+    assert layer.self_attn.qkv_proj.slice_widths == (fused,)
+    assert layer.mlp.gate_up_proj.slice_widths == (2 * args.intermediate_size,)
+    weights = engine.store.get("qkv").modules["model.layers.0.self_attn.qkv_proj"]
+    assert tuple(weights.lora_a.shape) == (8, args.hidden_size) and tuple(weights.lora_b.shape) == (fused, 8)
