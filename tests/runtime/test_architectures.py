@@ -86,6 +86,7 @@ def test_family_feature_changes_transformers_logits(tmp_path: Any, arch: str, fi
     import shutil
 
     import torch
+
     from tests.runtime.oracle import reference_model
 
     source = tiny_model(arch)
