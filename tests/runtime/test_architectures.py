@@ -17,6 +17,8 @@ FAMILIES = {
     "qwen2": "Qwen2ForCausalLM",
     "qwen3": "Qwen3ForCausalLM",
     "phi3": "Phi3ForCausalLM",
+    "gemma2": "Gemma2ForCausalLM",
+    "gemma3": "Gemma3ForCausalLM",
 }
 
 
@@ -39,6 +41,9 @@ def _windows_as_transformers_reads(config_cls: Any, config: dict[str, Any]) -> t
         ("qwen2", {"use_sliding_window": True, "sliding_window": 16, "max_window_layers": 2}),
         ("qwen2", {"use_sliding_window": False, "sliding_window": 16, "max_window_layers": 2}),
         ("qwen3", {"use_sliding_window": True, "sliding_window": 16, "max_window_layers": 1}),
+        ("gemma2", {"sliding_window": 16}),
+        ("gemma3", {"sliding_window": 16}),
+        ("gemma3", {"sliding_window": 16, "sliding_window_pattern": 3}),
     ],
 )
 def test_per_layer_windows_without_layer_types_follow_transformers_rules(
@@ -48,14 +53,19 @@ def test_per_layer_windows_without_layer_types_follow_transformers_rules(
 
     import transformers
 
-    config_cls = {"qwen2": transformers.Qwen2Config, "qwen3": transformers.Qwen3Config}[family]
+    config_cls = {
+        "qwen2": transformers.Qwen2Config,
+        "qwen3": transformers.Qwen3Config,
+        "gemma2": transformers.Gemma2Config,
+        "gemma3": transformers.Gemma3TextConfig,
+    }[family]
     config = json.loads((tiny_model(family) / "config.json").read_text())
     config.pop("layer_types", None)  # as checkpoints saved before transformers 4.54 are
-    config |= {"num_hidden_layers": 4, **fields}
+    config |= {"num_hidden_layers": 7, **fields}
     (tmp_path / "config.json").write_text(json.dumps(config))
     expected = _windows_as_transformers_reads(config_cls, config)
     _, args = read_config(tmp_path)
-    assert tuple(args.window(i) for i in range(4)) == expected
+    assert tuple(args.window(i) for i in range(7)) == expected
 
 
 def test_phi3_longrope_with_partial_rotary_matches_transformers_frequencies() -> None:
@@ -79,7 +89,17 @@ def test_phi3_longrope_with_partial_rotary_matches_transformers_frequencies() ->
     assert ours.attention_factor > 1.0 and not torch.allclose(short, long)
 
 
-@pytest.mark.parametrize(("arch", "field"), [("phi3", "rope_scaling")])
+@pytest.mark.parametrize(
+    ("arch", "field"),
+    [
+        ("phi3", "rope_scaling"),
+        ("gemma2", "attn_logit_softcapping"),
+        ("gemma2", "final_logit_softcapping"),
+        ("gemma2", "layer_types"),
+        ("gemma3", "layer_types"),
+        ("gemma3", "rope_scaling"),
+    ],
+)
 def test_family_feature_changes_transformers_logits(tmp_path: Any, arch: str, field: str) -> None:
     """Guards the oracle tests: removing `field` changes transformers' own logits on the fixture."""
     import json
@@ -92,7 +112,8 @@ def test_family_feature_changes_transformers_logits(tmp_path: Any, arch: str, fi
     source = tiny_model(arch)
     shutil.copytree(source, tmp_path / "model")
     config = json.loads((source / "config.json").read_text())
-    config[field] = None
+    # layer_types -> every layer global; the other fields -> off
+    config[field] = ["full_attention"] * config["num_hidden_layers"] if field == "layer_types" else None
     (tmp_path / "model" / "config.json").write_text(json.dumps(config))
     ids = torch.tensor([list(range(5, 40))])
     with torch.no_grad():
