@@ -19,6 +19,7 @@ FAMILIES = {
     "phi3": "Phi3ForCausalLM",
     "gemma2": "Gemma2ForCausalLM",
     "gemma3": "Gemma3ForCausalLM",
+    "mixtral": "MixtralForCausalLM",
 }
 
 

@@ -16,7 +16,7 @@ from tests.runtime.oracle import corpus_prompts, engine_for, oracle_greedy
 
 NUM_TOKENS = 32
 ADAPTERS = [None, "r8-qv", "r16-all", None, "r64-rslora", "r8-mlp-patterns", "r16-all"]
-ARCHS = ["mistral", "llama", "qwen3", "phi3", "gemma2", "gemma3"]
+ARCHS = ["mistral", "llama", "qwen3", "phi3", "gemma2", "gemma3", "mixtral"]
 
 
 async def _staggered(engine: Engine, requests: list[GenerationRequest]) -> list[list[int]]:

@@ -9,7 +9,7 @@ from tests.fixtures import STANDARD_ADAPTERS
 from tests.runtime.oracle import corpus_prompts, engine_for, engine_prefill_logits, oracle_logits
 
 CASES = [None, *STANDARD_ADAPTERS]
-ARCHS = ["mistral", "llama", "qwen2", "qwen3", "phi3", "gemma2", "gemma3"]
+ARCHS = ["mistral", "llama", "qwen2", "qwen3", "phi3", "gemma2", "gemma3", "mixtral"]
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -33,7 +33,7 @@ def test_every_adapter_changes_the_logits(arch: str) -> None:
         assert (engine_prefill_logits(engine, ids, adapter) - base).abs().max() > 1e-2, adapter
 
 
-@pytest.mark.parametrize("arch", ["mistral", "llama", "qwen3", "phi3", "gemma2", "gemma3"])
+@pytest.mark.parametrize("arch", ["mistral", "llama", "qwen3", "phi3", "gemma2", "gemma3", "mixtral"])
 def test_chunked_prefill_over_the_paged_cache_gives_the_same_logits(arch: str) -> None:
     engine = engine_for(arch, block_size=4)  # chunks of 5 straddle block boundaries
     ids = corpus_prompts(engine, 1)[0]
