@@ -20,7 +20,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before lorafleet.kernels.lora is imported
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-E, TOP_K, H, I, L, R, T = 4, 2, 32, 48, 3, 8, 24
+E, TOP_K, H, FFN, L, R, T = 4, 2, 32, 48, 3, 8, 24
 # adapter slot -> {(expert or None for the router, module): rank}
 ADAPTERS: dict[int, dict[tuple[int | None, str], int]] = {
     0: {**{(e, m): 8 for e in range(E) for m in ("w1", "w2", "w3")}},
@@ -30,7 +30,7 @@ ADAPTERS: dict[int, dict[tuple[int | None, str], int]] = {
 
 
 def _moe(gen: torch.Generator) -> tuple[SparseMoE, dict[tuple[int, int | None, str], tuple]]:
-    moe = SparseMoE(H, I, E, TOP_K, max_loras=L, max_rank=R, dtype=torch.float32, device=DEVICE)
+    moe = SparseMoE(H, FFN, E, TOP_K, max_loras=L, max_rank=R, dtype=torch.float32, device=DEVICE)
     with torch.no_grad():
         for param in (moe.gate.weight, moe.experts_w13.weight, moe.experts_w2.weight):
             param.copy_(torch.randn(param.shape, generator=gen) * 0.3)
@@ -69,8 +69,8 @@ def _reference(moe: SparseMoE, loras: dict, x: torch.Tensor, slots: list[int]) -
         weights = weights / weights.sum()
         out = torch.zeros(H)
         for weight, expert in zip(weights.tolist(), chosen.tolist(), strict=True):
-            up_gate = linear(v, w13[expert, :I], slot, expert, "w1")
-            up = linear(v, w13[expert, I:], slot, expert, "w3")
+            up_gate = linear(v, w13[expert, :FFN], slot, expert, "w1")
+            up = linear(v, w13[expert, FFN:], slot, expert, "w3")
             out += weight * linear(F.silu(up_gate) * up, w2[expert], slot, expert, "w2")
         rows.append(out)
     return torch.stack(rows)
