@@ -155,3 +155,28 @@ def test_half_precision_checkpoint_served_in_another_dtype_matches_transformers(
     with torch.no_grad():
         expected = reference(torch.tensor([ids])).logits[0].float()
     torch.testing.assert_close(engine_prefill_logits(engine, ids, None), expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("arch", ["phi3", "mixtral"])
+def test_sharded_checkpoints_of_fused_and_expert_layouts_load_the_same_weights(
+    tmp_path: Path, arch: str
+) -> None:
+    import transformers
+    from lorafleet.runtime.models.args import LoraCapacity
+    from lorafleet.runtime.models.loader import load_model, read_config
+
+    source = tiny_model(arch)
+    sharded = tmp_path / "sharded"
+    model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    model.save_pretrained(sharded, max_shard_size="100KB")
+    assert len(list(sharded.glob("model-*.safetensors"))) > 2 and not (sharded / "model.safetensors").exists()
+    cpu, no_lora = torch.device("cpu"), LoraCapacity(0, 8)
+    ours = load_model(sharded, read_config(sharded)[1], dtype=torch.float32, device=cpu, lora=no_lora)
+    single = load_model(source, read_config(source)[1], dtype=torch.float32, device=cpu, lora=no_lora)
+    for (name, a), (_, b) in zip(
+        ours.checkpoint_tensors().items(), single.checkpoint_tensors().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    (sharded / next(iter(sorted(sharded.glob("model-*.safetensors")))).name).unlink()
+    with pytest.raises(ModelLoadError, match="model.safetensors.index.json"):
+        load_model(sharded, read_config(sharded)[1], dtype=torch.float32, device=cpu, lora=no_lora)
