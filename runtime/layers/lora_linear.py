@@ -29,8 +29,9 @@ from torch import nn
 class LoraStep:
     """Which adapter slot each row of this step's flat batch uses, per projection group.
 
-    A group (`qkv`, `o`, `gate_up`, `down`) that no row's adapter targets is absent, and its
-    layers skip LoRA entirely: q/v-only adapters cost nothing in the MLP.
+    A group (`qkv`, `o`, `gate_up`, `down`; MoE models: `router`, `experts`) that no row's adapter
+    targets is absent, and its layers skip LoRA entirely: q/v-only adapters cost nothing in the
+    MLP. The MoE block maps the `experts` rows onto composite expert slots itself (`layers/moe.py`).
     """
 
     groups: dict[str, kernels.LoraBatch]  # prepare_lora_batch of the group's row slots, for all layers

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from lorafleet.runtime.errors import ModelLoadError
+from lorafleet.runtime.layers.sampler import is_greedy
 from lorafleet.runtime.types import SamplingParams
 
 FILE = "generation_config.json"
@@ -45,8 +46,7 @@ class GenerationDefaults:
 
     def apply(self, params: SamplingParams) -> SamplingParams:
         """`params` with the unset sampling fields of a sampled request filled in; greedy stays greedy."""
-        warpers = (params.temperature, params.top_k, params.top_p, params.typical_p)
-        if not params.do_sample and all(w is None for w in warpers):
+        if is_greedy(params):
             return params
         fields = ("temperature", "top_k", "top_p", "typical_p", "repetition_penalty")
         changes = {
