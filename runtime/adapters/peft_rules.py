@@ -32,6 +32,7 @@ from typing import Any
 from lorafleet.runtime.errors import AdapterLoadError
 
 ALL_LINEAR = "all-linear"
+MAX_PATTERN_LENGTH = 1000  # a module-name regex is short; a longer one is an attack or a mistake
 # field -> predicate that says the value changes what the adapter computes beyond plain LoRA
 REFUSED: dict[str, Any] = {
     "peft_type": lambda v: v not in (None, "LORA"),
@@ -82,7 +83,7 @@ class PeftRules:
         layers = config.get("layers_to_transform")
         pattern = config.get("layers_pattern") or ()
         try:
-            return cls(
+            rules = cls(
                 target_modules=targets if isinstance(targets, str) else frozenset(map(str, targets)),
                 exclude_modules=_names_or_regex(config.get("exclude_modules")),
                 layers_to_transform=(
@@ -103,6 +104,31 @@ class PeftRules:
             )
         except (TypeError, ValueError, AttributeError) as e:
             raise AdapterLoadError(f"{path}: invalid LoRA config: {e}") from e
+        rules.check_patterns(path)
+        return rules
+
+    def check_patterns(self, path: Path) -> None:
+        """Every regex compiles and is of a sane length; else `AdapterLoadError` naming the field."""
+        fields: list[tuple[str, str]] = [("layers_pattern", p) for p in self.layers_pattern]
+        fields += [("rank_pattern", k) for k, _ in self.rank_pattern]
+        fields += [("alpha_pattern", k) for k, _ in self.alpha_pattern]
+        for name, value in (
+            ("target_modules", self.target_modules),
+            ("exclude_modules", self.exclude_modules),
+        ):
+            if isinstance(value, str):
+                fields.append((name, value))
+        for name, pattern in fields:
+            if len(pattern) > MAX_PATTERN_LENGTH:
+                raise AdapterLoadError(
+                    f"{path}: {name} pattern is longer than {MAX_PATTERN_LENGTH} characters"
+                )
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise AdapterLoadError(
+                    f"{path}: {name} pattern {pattern[:80]!r} is not a valid regex: {e}"
+                ) from e
 
     def targets(self, key: str) -> bool:
         """PEFT's `check_target_module_exists(config, key)`."""

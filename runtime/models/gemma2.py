@@ -27,15 +27,23 @@ def gemma_variations(config: dict[str, Any]) -> dict[str, Any]:
     """What Gemma 2 and 3 share."""
     heads, hidden = int(config["num_attention_heads"]), int(config["hidden_size"])
     head_dim = int(config.get("head_dim") or hidden // heads)
+    scalar = float(config.get("query_pre_attn_scalar") or head_dim)
+    if scalar <= 0:
+        raise ValueError(f"query_pre_attn_scalar must be positive, got {scalar}")
     return {
         "hidden_act": config.get("hidden_activation") or "gelu_pytorch_tanh",
         "norm_offset": 1.0,
         "sandwich_norms": True,
         "embedding_scale": hidden**0.5,
-        "attention_scale": float(config.get("query_pre_attn_scalar") or head_dim) ** -0.5,
+        "attention_scale": scalar**-0.5,
         "tie_default": True,
     }
 
 
 def _cap(value: Any) -> float | None:
-    return float(value) if value else None
+    """A soft-cap (None: off); transformers divides by it, so it must be positive."""
+    if value is None:
+        return None
+    if float(value) <= 0:
+        raise ValueError(f"soft-capping values must be positive or null, got {value!r}")
+    return float(value)

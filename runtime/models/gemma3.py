@@ -18,6 +18,8 @@ def model_args(config: dict[str, Any]) -> ModelArgs:
     if config.get("use_bidirectional_attention"):
         raise ValueError("use_bidirectional_attention (an embedding model) is not a causal LM")
     pattern = int(config.get("sliding_window_pattern", 6))
+    if pattern < 1:
+        raise ValueError(f"sliding_window_pattern must be >= 1, got {pattern}")
     return common_args(
         {"rope_theta": 1_000_000.0, **config},
         **gemma_variations(config),

@@ -29,10 +29,25 @@ def model_args(config: dict[str, Any]) -> ModelArgs:
                 scaling["original_max_position_embeddings"] or max_positions
             )
             scaling["max_position_embeddings"] = max_positions
-    return common_args(
+    args = common_args(
         {**config, "rope_scaling": scaling},
         fused_qkv=True,
         fused_gate_up=True,
         partial_rotary_factor=float(config.get("partial_rotary_factor", 1.0)),
         layer_windows=layer_windows(config, config.get("sliding_window"), lambda _: True),
     )
+    rotary_dim = int(args.head_dim * args.partial_rotary_factor)
+    if not 0 < args.partial_rotary_factor <= 1 or rotary_dim % 2:
+        raise ValueError(
+            f"partial_rotary_factor {args.partial_rotary_factor} gives an odd or empty rotary part"
+        )
+    for name in ("short_factor", "long_factor"):
+        if (
+            scaling is not None
+            and scaling.get("type") == "longrope"
+            and len(scaling[name]) != rotary_dim // 2
+        ):
+            raise ValueError(
+                f"rope_scaling.{name} has {len(scaling[name])} values, expected {rotary_dim // 2}"
+            )
+    return args

@@ -141,3 +141,33 @@ def test_phi3_fused_lora_is_one_slice_over_the_fused_output() -> None:
     assert layer.mlp.gate_up_proj.slice_widths == (2 * args.intermediate_size,)
     weights = engine.store.get("qkv").modules["model.layers.0.self_attn.qkv_proj"]
     assert tuple(weights.lora_a.shape) == (8, args.hidden_size) and tuple(weights.lora_b.shape) == (fused, 8)
+
+
+@pytest.mark.parametrize(
+    ("arch", "change", "message"),
+    [
+        ("gemma3", {"sliding_window_pattern": 0}, "sliding_window_pattern"),
+        ("gemma2", {"layer_types": ["sliding_attention"]}, "layer_types"),
+        ("gemma2", {"query_pre_attn_scalar": -4}, "query_pre_attn_scalar"),
+        ("gemma2", {"attn_logit_softcapping": 0.0}, "soft-capping"),
+        ("mixtral", {"num_experts_per_tok": 9}, "num_experts_per_tok"),
+        ("phi3", {"partial_rotary_factor": 0.0}, "partial_rotary_factor"),
+        (
+            "phi3",
+            {"rope_scaling": {"type": "longrope", "short_factor": [1.0], "long_factor": [1.0]}},
+            "short_factor",
+        ),
+        ("qwen3", {"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}}, "not supported"),
+    ],
+)
+def test_hostile_or_broken_config_fields_are_refused_naming_config_json(
+    tmp_path: Any, arch: str, change: dict[str, Any], message: str
+) -> None:
+    import json
+
+    from lorafleet.runtime.models.loader import ModelLoadError
+
+    config = json.loads((tiny_model(arch) / "config.json").read_text()) | change
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match=rf"config\.json.*{message}"):
+        read_config(tmp_path)

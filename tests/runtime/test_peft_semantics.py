@@ -158,6 +158,10 @@ def _copy(src: Path, tmp_path: Path) -> Path:
         ({"target_modules": ["v_proj"]}, "does not target"),  # the weights have q_proj too
         ({"layers_to_transform": [0], "layers_pattern": "layers"}, "does not target"),
         ({"rank_pattern": {"layers.1.self_attn.q_proj": 4}}, r"model\.layers\.1\.self_attn\.q_proj.*rank 8"),
+        ({"target_modules": "q_proj(("}, "target_modules pattern .* is not a valid regex"),
+        ({"rank_pattern": {"[unclosed": 4}}, "rank_pattern pattern .* is not a valid regex"),
+        ({"alpha_pattern": {"x" * 5000: 4}}, "alpha_pattern pattern is longer"),
+        ({"layers_to_transform": "all"}, "invalid LoRA config"),
     ],
 )
 def test_configs_beyond_plain_lora_or_disagreeing_with_their_weights_are_refused(
