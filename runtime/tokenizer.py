@@ -1,24 +1,36 @@
-"""The tokenizer of a checkpoint: `tokenizers` on tokenizer.json, specials and chat template from
-tokenizer_config.json, and incremental detokenization for streaming."""
+"""The tokenizer of a checkpoint: `tokenizers` on tokenizer.json, specials from tokenizer_config.json,
+the chat template wherever transformers saves it, and incremental detokenization for streaming."""
 
 from __future__ import annotations
 
 import json
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from lorafleet.runtime.chat_template import ChatTemplate, find_chat_template
 from lorafleet.runtime.errors import EngineError
 
 
 class TokenizerLoadError(EngineError):
-    """tokenizer.json missing or unreadable."""
+    """tokenizer.json (or another tokenizer file) missing or unreadable."""
 
 
 def _token_content(value: Any) -> str | None:
     if isinstance(value, dict):  # AddedToken serialised as {"content": ..., ...}
         return value.get("content")
-    return value
+    return value if isinstance(value, str) else None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise TokenizerLoadError(f"{path}: unreadable or not JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise TokenizerLoadError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
 
 
 class Tokenizer:
@@ -32,18 +44,23 @@ class Tokenizer:
             self._tok = HFTokenizer.from_file(str(path))
         except Exception as e:  # tokenizers raises a bare Exception for missing/corrupt files
             raise TokenizerLoadError(f"{path}: cannot load tokenizer: {e}") from e
-        config_path = model_dir / "tokenizer_config.json"
-        self.config: dict[str, Any] = json.loads(config_path.read_text()) if config_path.is_file() else {}
-        self.bos_token = _token_content(self.config.get("bos_token"))
-        self.eos_token = _token_content(self.config.get("eos_token"))
+        self.config = _read_json(model_dir / "tokenizer_config.json")
+        # transformers reads specials from tokenizer_config.json, then special_tokens_map.json.
+        specials = {**_read_json(model_dir / "special_tokens_map.json"), **self.config}
+        self.special_tokens = {
+            name: token
+            for name in ("bos_token", "eos_token", "unk_token", "pad_token")
+            if (token := _token_content(specials.get(name))) is not None
+        }
+        self.bos_token = self.special_tokens.get("bos_token")
+        self.eos_token = self.special_tokens.get("eos_token")
         self.bos_token_id = self._tok.token_to_id(self.bos_token) if self.bos_token else None
         self.eos_token_id = self._tok.token_to_id(self.eos_token) if self.eos_token else None
-        self.chat_template: str | None = self.config.get("chat_template")
-        if isinstance(self.chat_template, list):  # named templates: use "default"
-            named = {t["name"]: t["template"] for t in self.chat_template}
-            self.chat_template = named.get("default")
+        try:
+            self.chat_template: ChatTemplate = find_chat_template(model_dir, self.config)
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise TokenizerLoadError(str(e)) from e
         self._special_ids = {i for i, t in self._tok.get_added_tokens_decoder().items() if t.special}
-        self._compiled_template: Any = None
 
     @property
     def vocab_size(self) -> int:
@@ -62,44 +79,11 @@ class Tokenizer:
         return token_id in self._special_ids
 
     def apply_chat_template(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
-        """Renders `messages` with the checkpoint's jinja2 chat template (transformers' environment)."""
-        if not self.chat_template:
-            raise EngineError("this model's tokenizer_config.json has no chat_template")
-        if self._compiled_template is None:
-            self._compiled_template = _compile_template(self.chat_template)
-        return self._compiled_template.render(
-            messages=messages,
-            add_generation_prompt=add_generation_prompt,
-            bos_token=self.bos_token or "",
-            eos_token=self.eos_token or "",
+        """Renders `messages` with the checkpoint's chat template, in transformers' jinja2 environment
+        and with the same variables (the special tokens, `add_generation_prompt`)."""
+        return self.chat_template.render(
+            messages, add_generation_prompt=add_generation_prompt, **self.special_tokens
         )
-
-
-def _compile_template(source: str) -> Any:
-    from jinja2.exceptions import TemplateError
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    def raise_exception(message: str) -> None:
-        raise TemplateError(message)
-
-    def tojson(
-        x: Any,
-        ensure_ascii: bool = False,
-        indent: int | None = None,
-        separators: Any = None,
-        sort_keys: bool = False,
-    ) -> str:
-        return json.dumps(
-            x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
-        )
-
-    env = ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
-    )
-    env.filters["tojson"] = tojson
-    env.globals["raise_exception"] = raise_exception
-    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-    return env.from_string(source)
 
 
 class IncrementalDetokenizer:

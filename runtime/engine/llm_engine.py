@@ -33,7 +33,9 @@ from lorafleet.runtime.engine.scheduler import Scheduler, SchedulerConfig
 from lorafleet.runtime.engine.sequence import Sequence as Seq
 from lorafleet.runtime.engine.validation import prepare_request
 from lorafleet.runtime.errors import AdapterLoadError, EngineError, GenerationError
-from lorafleet.runtime.models.decoder import DecoderModel, LoraCapacity
+from lorafleet.runtime.models.args import LoraCapacity
+from lorafleet.runtime.models.decoder import DecoderModel
+from lorafleet.runtime.models.generation_config import read_generation_config, token_ids
 from lorafleet.runtime.models.loader import load_model, read_config
 from lorafleet.runtime.tokenizer import Tokenizer
 from lorafleet.runtime.types import GenerationRequest, GenerationResult, PreparedRequest, TokenEvent
@@ -44,6 +46,7 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class EngineInfo:
     model_id: str
+    architecture: str  # config.json's, e.g. "Qwen3ForCausalLM"
     model_sha: str | None
     dtype: str
     device: str
@@ -118,9 +121,11 @@ class Engine:
         device = setup.resolve_device(args.device)
         dtype = setup.resolve_dtype(args.dtype, device)
         tokenizer = Tokenizer(model_dir)
+        generation = read_generation_config(model_dir)
         lora = LoraCapacity(args.max_loaded_adapters, args.max_lora_rank)
         model = load_model(model_dir, model_args, dtype=dtype, device=device, lora=lora, progress=say)
         eos = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+        eos |= generation.eos_token_ids | _config_eos(raw_config, model_dir)
         config = setup.resolve_config(
             args,
             model_dir=model_dir,
@@ -128,7 +133,8 @@ class Engine:
             model=model_args,
             dtype=dtype,
             device=device,
-            eos_token_ids=frozenset(eos | _ids(raw_config.get("eos_token_id"))),
+            eos_token_ids=frozenset(eos),
+            generation_defaults=generation,
         )
         engine = cls(config, model, tokenizer)
         say(f"KV pool: {config.num_kv_blocks} blocks x {config.block_size} tokens")
@@ -175,6 +181,7 @@ class Engine:
         c = self.config
         return EngineInfo(
             model_id=c.model_id,
+            architecture=c.model.architecture,
             model_sha=c.model_sha,
             dtype=str(c.dtype).removeprefix("torch."),
             device=str(c.device),
@@ -302,11 +309,12 @@ class Engine:
         return replace(weights, digest=adapter_digest(folder))
 
 
-def _ids(value: Any) -> set[int]:
+def _config_eos(raw_config: dict[str, Any], model_dir: os.PathLike[str]) -> set[int]:
     """`eos_token_id` of config.json: absent, one id or a list."""
-    if value is None:
-        return set()
-    return {int(v) for v in value} if isinstance(value, list) else {int(value)}
+    try:
+        return token_ids(raw_config.get("eos_token_id"))
+    except ValueError as e:
+        raise EngineError(f"{model_dir}/config.json: {e}") from e
 
 
 class _BlockingSink:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 from lorafleet.runtime.engine.config import EngineConfig
@@ -43,8 +44,15 @@ def check_params(p: SamplingParams) -> None:
 def prepare_request(
     request: GenerationRequest, config: EngineConfig, tokenizer: Tokenizer
 ) -> PreparedRequest:
-    """Checks and tokenizes one request (not its adapter); chooses the seed of a sampled request."""
+    """Checks and tokenizes one request (not its adapter); chooses the seed of a sampled request.
+
+    A sampled request's unset sampling fields take generation_config.json's values
+    (`GenerationDefaults.apply`); the prepared request carries the filled-in parameters.
+    """
     check_params(request.params)
+    params = config.generation_defaults.apply(request.params)
+    if params is not request.params:
+        request = dataclasses.replace(request, params=params)
     if isinstance(request.prompt, str):
         ids = tokenizer.encode(request.prompt, add_special_tokens=request.add_special_tokens)
     else:
