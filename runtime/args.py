@@ -42,6 +42,8 @@ class EngineArgs:
         max_batch_size: running sequences at most.
         block_size: tokens per KV-cache block.
         num_kv_blocks: KV-cache blocks (overrides max_batch_total_tokens).
+        allow_hub_adapters: let requests name Hub repo ids (`org/name`) besides the registered
+            adapters; they are downloaded on first use. Paths in requests are always refused.
 
     Example:
         >>> EngineArgs("/models/mistral", adapters=(AdapterSource("sql", "/adapters/sql"),))
@@ -61,3 +63,4 @@ class EngineArgs:
     max_batch_size: int = 256
     block_size: int = 16
     num_kv_blocks: int | None = None
+    allow_hub_adapters: bool = False
