@@ -10,8 +10,9 @@ Two facts let the engine bound the work a hostile prompt costs before the tokeni
   whose normalized form has more than N x L bytes therefore has more than N tokens.
 - **Safe cuts.** For the pipelines of the architectures we serve (byte-level BPE with GPT-2,
   Llama 3 or Qwen2 splitting; SentencePiece BPE with Metaspace or the legacy Prepend/Replace
-  normalizer), a position p with `text[p] == " "` and `text[p-1]` not whitespace is a token
-  boundary: tokenizing the tail from p gives exactly the whole text's tokens from p on.
+  normalizer), a position p with `text[p] == " "` and `text[p-1]` neither whitespace nor a typed
+  "▁" is a token boundary: tokenizing the tail from p gives exactly the whole text's tokens from
+  p on (the legacy normalizer prepends the space's "▁" itself, so its tail starts at p + 1).
   Why: (1) Unicode normal forms never compose across U+0020 (no composite has it as second
   element; it is a starter, so reordering stops there), and no non-whitespace character
   normalizes to something ending in whitespace (checked over every code point), so the
@@ -21,8 +22,9 @@ Two facts let the engine bound the work a hostile prompt costs before the tokeni
   newlines), so the scan has a match boundary at p; the regexes look only to the right, so the
   matches from p on are those of the tail scanned alone. (3) BPE works on each pre-token alone.
   Without a splitting pre-tokenizer (Metaspace without split, legacy Prepend/Replace) the whole
-  text is one BPE word; then we require that no vocabulary entry has "▁" right after another
-  character, so no merge can join across the "▁" that replaced the space. (4) Added tokens with
+  text is one BPE word; then we require that no vocabulary entry has "▁" right after a
+  character other than "▁", so no merge can join across the "▁" that replaced the space (a "▁"
+  typed before the space could join a "▁▁" token: such positions are not cuts). (4) Added tokens with
   spaces or `lstrip`/`rstrip`/`single_word` could straddle or absorb the space: their presence
   turns cuts off. Any other configuration tokenizes the whole text (still bounded by the
   server's payload limit).

@@ -7,9 +7,11 @@ ids, garbage), and 300 requests whose URLs carry 50 KB of query string.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import httpx
+from lorafleet.runtime.adapters.policy import shown
 
 from tests.runtime.server.conftest import SECURED_LOG_MAX_BYTES
 
@@ -35,6 +37,31 @@ def _bogus_id(i: int) -> str:
 def _post_bogus(client: httpx.Client, i: int) -> httpx.Response:
     body = {"inputs": "hi", "parameters": {"max_new_tokens": 1, "adapter_id": _bogus_id(i)}}
     return client.post("/generate", json=body)
+
+
+def test_path_adapter_ids_get_one_422_whether_or_not_the_path_exists(
+    secured_server, adapters, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    existing = str(adapters["r16-all"])  # an adapter folder on the replica's host: another tenant's, say
+    attacks = [
+        existing,
+        existing + "-missing",
+        os.path.relpath(existing),
+        "../" + os.path.basename(existing),
+        "~/" + os.path.basename(existing),
+        str(tmp_path),
+        "/etc/passwd",
+    ]
+    messages: dict[str, set[str]] = {"tgi": set(), "openai": set()}
+    with httpx.Client(base_url=secured_server.url, headers=secured_server.headers, timeout=60) as client:
+        for attack in attacks:
+            tgi = client.post("/generate", json={"inputs": "hi", "parameters": {"adapter_id": attack}})
+            openai = client.post("/v1/completions", json={"prompt": "hi", "max_tokens": 1, "model": attack})
+            for route, response in (("tgi", tgi), ("openai", openai)):
+                assert response.status_code == 422 and response.json()["error_type"] == "validation"
+                messages[route].add(response.json()["error"].replace(shown(attack), "<id>"))
+    assert [len(m) for m in messages.values()] == [1, 1], messages  # nothing depends on the filesystem
+    assert "registered" in messages["tgi"].pop()
 
 
 def test_200_distinct_bogus_adapter_ids_leave_memory_metrics_and_log_flat(secured_server) -> None:  # type: ignore[no-untyped-def]
