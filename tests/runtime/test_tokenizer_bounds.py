@@ -57,10 +57,13 @@ def _bpe(pre_tokenizer, *, byte_fallback: bool):  # type: ignore[no-untyped-def]
     tokenizer.train_from_iterator(CORPUS, trainer=trainer)
     tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
     spec = json.loads(tokenizer.to_str())
-    if byte_fallback:  # SentencePiece vocabularies carry the 256 byte tokens
+    if byte_fallback:  # SentencePiece vocabularies carry the 256 byte tokens and "▁▁" runs
         vocab = spec["model"]["vocab"]
         for byte in range(256):
             vocab.setdefault(f"<0x{byte:02X}>", len(vocab))
+        for run in ("\u2581\u2581", "\u2581\u2581\u2581\u2581"):
+            vocab.setdefault(run, len(vocab))
+            spec["model"]["merges"].insert(0, [run[: len(run) // 2], run[len(run) // 2 :]])
     return spec
 
 
@@ -119,6 +122,20 @@ def test_the_served_pipelines_are_recognised_and_the_unknown_one_is_not(zoo) -> 
     assert cuts["unproven split"] is None
     assert cuts["legacy prepend/replace"].after_space and not cuts["metaspace"].after_space
     assert all(tok.bounds.max_token_bytes for tok in zoo.values())
+
+
+@pytest.mark.parametrize("name", ALL[:4])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=TEXTS)
+def test_every_cut_starts_a_tail_whose_tokens_end_the_whole_texts_tokens(zoo, name, text) -> None:  # type: ignore[no-untyped-def]
+    # The claim `encode_tail` rests on, at every cut: the tail's tokens are a suffix of the whole's.
+    tokenizer = zoo[name]
+    cut, whole = tokenizer.bounds.tail_cut, tokenizer.encode(text, add_special_tokens=False)
+    start = cut.next_cut(text, 0)
+    while start is not None:
+        tail = tokenizer.encode(text[start:], add_special_tokens=False)
+        assert whole[len(whole) - len(tail) :] == tail, (start, text[start - 3 : start + 3])
+        start = cut.next_cut(text, start + 2)
 
 
 @pytest.mark.parametrize("name", ALL)

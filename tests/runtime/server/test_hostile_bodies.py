@@ -81,13 +81,15 @@ def test_a_chunked_24mb_body_is_refused_within_a_second_without_being_read(secur
         sock.setblocking(False)
         while sent < BODY_BYTES and not answer:  # send as fast as the replica reads; stop at its answer
             readable, writable, _ = select.select([sock], [sock], [], 30)
+            if not readable and not writable:
+                pytest.fail("the replica neither read nor answered for 30 s")
             if readable:
                 answer = sock.recv(65536)
             elif writable:
                 done = sock.send(pending)
                 sent, pending = sent + done, pending[done:] or frame
         elapsed = time.monotonic() - started
-        sock.setblocking(True)
+        sock.settimeout(30)  # bounds a hang only
         status, error = _read_response(sock, answer)
     assert status.startswith(b"HTTP/1.1 413") and error["error_type"] == "payload_too_large", status
     assert sent < BODY_BYTES // 2  # the replica stopped reading and hung up long before the end
