@@ -117,17 +117,17 @@ class Tokenizer:
         """TGI's `/tokenize`: (id, text, start, stop) per token, from the tokenizer's offsets (linear).
 
         Spans are contiguous character ranges of `text`: a character split over several tokens
-        belongs to the last of them (the others get an empty span), a token whose offsets skip
-        leading spaces starts where the previous one stopped, and tokens the post-processor added
-        (BOS) get their own text and an empty span.
+        belongs to the last of them (the others, like a token with no characters of its own, get
+        an empty span), a token whose offsets skip leading spaces starts where the previous one
+        stopped, and tokens the post-processor added (BOS) get their own text and an empty span.
         """
         encoding = self._encoding(text, add_special_tokens)
-        ids, offsets = encoding.ids, encoding.offsets
+        ids, offsets, added = encoding.ids, encoding.offsets, encoding.special_tokens_mask
         spans, previous_end = [], 0
         for i, (token_id, (start, end)) in enumerate(zip(ids, offsets, strict=True)):
-            if end <= start:
+            if added[i]:
                 spans.append((token_id, self.decode([token_id]), start, start))
-            elif i + 1 < len(ids) and offsets[i + 1] == (start, end):
+            elif end <= start or (i + 1 < len(ids) and offsets[i + 1] == (start, end)):
                 spans.append((token_id, "", previous_end, previous_end))
             else:
                 stop = max(end, previous_end)

@@ -26,8 +26,10 @@ Two facts let the engine bound the work a hostile prompt costs before the tokeni
   character other than "▁", so no merge can join across the "▁" that replaced the space (a "▁"
   typed before the space could join a "▁▁" token: such positions are not cuts). (4) Added tokens with
   spaces or `lstrip`/`rstrip`/`single_word` could straddle or absorb the space: their presence
-  turns cuts off. Any other configuration tokenizes the whole text (still bounded by the
-  server's payload limit).
+  turns cuts off. The text is split around added tokens before normalization, and a legacy
+  Prepend("▁") gives each piece its own "▁": a space right after an added token is no cut.
+  Any other configuration tokenizes the whole text (still bounded by the server's payload
+  limit).
 """
 
 from __future__ import annotations
@@ -65,13 +67,20 @@ CUT = re.compile(r"(?<=[^\s\u2581]) ")
 @dataclass(frozen=True)
 class TailCut:
     """Where a tail may start: at the space of a cut, or right after it (legacy Prepend("▁"),
-    which prepends the space's "▁" itself)."""
+    which prepends the space's "▁" itself).
+
+    A space right after an added token (`<s>`) is no cut: it starts a segment of its own, which
+    a Prepend normalizer gives one more "▁" that may join the space's into a "▁▁" token.
+    """
 
     after_space: bool
+    added_tokens: tuple[str, ...] = ()  # their contents
 
     def next_cut(self, text: str, start: int) -> int | None:
         """The first position >= `start` where the tail may begin, or None."""
         match = CUT.search(text, max(start, 1))
+        while match is not None and self.added_tokens and text.endswith(self.added_tokens, 0, match.start()):
+            match = CUT.search(text, match.start() + 1)
         if match is None or (self.after_space and match.start() + 1 >= len(text)):
             return None  # a later match would start later still
         return match.start() + 1 if self.after_space else match.start()
@@ -122,13 +131,14 @@ def _tail_cut(spec: dict[str, Any], vocab: list[str], added: list[Any]) -> TailC
     if any(t.lstrip or t.rstrip or t.single_word or any(c.isspace() for c in t.content) for t in added):
         return None
     normalizer, pre = spec.get("normalizer"), spec.get("pre_tokenizer")
+    contents = tuple(t.content for t in added)
     if _is_legacy_sentencepiece(normalizer) and pre is None:
-        return TailCut(after_space=True) if _no_inner_meta_space(vocab) else None
+        return TailCut(True, contents) if _no_inner_meta_space(vocab) else None
     if not _unicode_forms_only(normalizer):
         return None
     if pre is not None and pre.get("type") == "Metaspace":
-        return TailCut(after_space=False) if _no_inner_meta_space(vocab) else None
-    return TailCut(after_space=False) if _splits_at_spaces(pre) else None
+        return TailCut(False, contents) if _no_inner_meta_space(vocab) else None
+    return TailCut(False, contents) if _splits_at_spaces(pre) else None
 
 
 def _end_only(post: dict[str, Any] | None) -> bool:

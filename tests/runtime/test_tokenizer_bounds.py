@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from lorafleet.runtime.tokenizer import Tokenizer
 from lorafleet.runtime.tokenizer_bounds import KNOWN_SPLIT_PATTERNS
@@ -127,6 +127,7 @@ def test_the_served_pipelines_are_recognised_and_the_unknown_one_is_not(zoo) -> 
 @pytest.mark.parametrize("name", ALL[:4])
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(text=TEXTS)
+@example(text="a<s>  ")  # found by this test: the space after `<s>` starts a Prepend'ed segment
 def test_every_cut_starts_a_tail_whose_tokens_end_the_whole_texts_tokens(zoo, name, text) -> None:  # type: ignore[no-untyped-def]
     # The claim `encode_tail` rests on, at every cut: the tail's tokens are a suffix of the whole's.
     tokenizer = zoo[name]
@@ -184,3 +185,9 @@ def test_token_spans_cover_the_text_with_the_tokenizers_ids(zoo) -> None:  # typ
         assert spans[0][1:] == ("<s>", 0, 0), name  # BOS: its own text, no span
         assert "".join(piece for _, piece, _, _ in spans[1:]) == text, name
         assert all(piece == text[start:stop] for _, piece, start, stop in spans[1:]), name
+
+
+@pytest.mark.parametrize("name", ALL[:4])
+def test_a_space_right_after_an_added_token_is_no_cut(zoo, name) -> None:  # type: ignore[no-untyped-def]
+    cut = zoo[name].bounds.tail_cut
+    assert cut.next_cut("hello<s>  world again", 0) == (16 if cut.after_space else 15)
