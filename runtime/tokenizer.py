@@ -4,11 +4,19 @@ the chat template wherever transformers saves it, and incremental detokenization
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 from lorafleet.runtime.chat_template import ChatTemplate, find_chat_template
 from lorafleet.runtime.errors import EngineError
+from lorafleet.runtime.tokenizer_bounds import TokenizerBounds
+
+# JSON may carry "\ud800": a lone surrogate is no text the tokenizer can read (it raises TypeError).
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+# Longer texts go through `encode_batch`, which releases the GIL (`encode` holds it throughout:
+# ~3 s for 1 MB, during which no other thread, the server's event loop included, can run).
+GIL_FREE_CHARS = 8192
 
 
 class TokenizerLoadError(EngineError):
@@ -60,14 +68,89 @@ class Tokenizer:
             self.chat_template: ChatTemplate = find_chat_template(model_dir, self.config)
         except (OSError, UnicodeDecodeError, ValueError) as e:
             raise TokenizerLoadError(str(e)) from e
-        self._special_ids = {i for i, t in self._tok.get_added_tokens_decoder().items() if t.special}
+        added = self._tok.get_added_tokens_decoder()
+        self._special_ids = {i for i, t in added.items() if t.special}
+        # A tokenizer.json may carry truncation/padding settings; the engine decides lengths itself.
+        self._tok.no_truncation()
+        self._tok.no_padding()
+        self.bounds = TokenizerBounds.from_spec(json.loads(self._tok.to_str()), list(added.values()))
+        self._normalizer = self._tok.normalizer
 
     @property
     def vocab_size(self) -> int:
         return self._tok.get_vocab_size(with_added_tokens=True)
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+        return list(self._encoding(text, add_special_tokens).ids)
+
+    def _encoding(self, text: str, add_special_tokens: bool) -> Any:
+        if len(text) < GIL_FREE_CHARS:
+            return self._tok.encode(text, add_special_tokens=add_special_tokens)
+        return self._tok.encode_batch([text], add_special_tokens=add_special_tokens)[0]
+
+    def must_exceed(self, text: str, max_tokens: int) -> bool:
+        """True when `text` certainly has more than `max_tokens` tokens; decided without tokenizing.
+
+        Linear and allocation-light: the normalizer (if any) and a UTF-8 length. `text` must hold
+        no lone surrogate (the server's JSON may; `validation` refuses those first).
+        """
+        per_token = self.bounds.max_token_bytes
+        if per_token is None:
+            return False
+        budget = max_tokens * per_token
+        if self._normalizer is None:
+            if len(text) > budget:  # every character is at least one byte
+                return True
+            if 4 * len(text) <= budget:  # and at most four
+                return False
+        else:
+            text = self._normalizer.normalize_str(text)
+        return self.bounds.must_exceed(len(text.encode("utf-8")), max_tokens)
+
+    def encode_tail(self, text: str, keep: int, add_special_tokens: bool = True) -> list[int]:
+        """`encode(text, add_special_tokens)[-keep:]`, tokenizing only a tail of `text` when the
+        tokenizer proves it equal (`tokenizer_bounds`: a tail starting at a safe cut has exactly the
+        whole text's tokens from that cut on). The tail starts `keep` x L characters from the end
+        and doubles until it holds `keep` tokens, so the work is O(keep x L), not O(len(text)).
+        """
+        cut, per_token = self.bounds.tail_cut, self.bounds.max_token_bytes or 16
+        wanted, tried = keep * per_token, None
+        while cut is not None and wanted < len(text):
+            start = cut.next_cut(text, len(text) - wanted)
+            if start is None:
+                break
+            wanted *= 2  # the next tail starts at least this far back: O(log) rounds
+            if start == tried:  # no cut between the old and the new start
+                continue
+            tried = start
+            tail = self._encoding(text[start:], add_special_tokens=False)
+            if len(tail.ids) >= keep:  # the head's special tokens cannot reach the last `keep`
+                if add_special_tokens:
+                    tail = self._tok.post_process(tail, None, add_special_tokens=True)
+                return list(tail.ids[-keep:])
+        return self.encode(text, add_special_tokens)[-keep:]
+
+    def token_spans(self, text: str, add_special_tokens: bool = True) -> list[tuple[int, str, int, int]]:
+        """TGI's `/tokenize`: (id, text, start, stop) per token, from the tokenizer's offsets (linear).
+
+        Spans are contiguous character ranges of `text`: a character split over several tokens
+        belongs to the last of them (the others, like a token with no characters of its own, get
+        an empty span), a token whose offsets skip leading spaces starts where the previous one
+        stopped, and tokens the post-processor added (BOS) get their own text and an empty span.
+        """
+        encoding = self._encoding(text, add_special_tokens)
+        ids, offsets, added = encoding.ids, encoding.offsets, encoding.special_tokens_mask
+        spans, previous_end = [], 0
+        for i, (token_id, (start, end)) in enumerate(zip(ids, offsets, strict=True)):
+            if added[i]:
+                spans.append((token_id, self.decode([token_id]), start, start))
+            elif end <= start or (i + 1 < len(ids) and offsets[i + 1] == (start, end)):
+                spans.append((token_id, "", previous_end, previous_end))
+            else:
+                stop = max(end, previous_end)
+                spans.append((token_id, text[previous_end:stop], previous_end, stop))
+                previous_end = stop
+        return spans
 
     def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
         return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)

@@ -49,26 +49,31 @@ class AdapterWeights:
 
 
 def resolve_adapter_dir(source: str | os.PathLike[str], revision: str | None = None) -> Path:
-    """A local folder as is, otherwise a Hub repo id through `snapshot_download` (honours HF_HUB_OFFLINE)."""
+    """A local folder as is, otherwise a Hub repo id (for sources the operator registered)."""
     path = Path(source).expanduser()
     if path.is_dir():
         return path
     if path.is_absolute() or str(source).startswith((".", "~")) or str(source).count("/") > 1:
         raise AdapterLoadError(f"adapter {str(source)!r}: no such directory")
+    return download_hub_adapter(str(source), revision)
+
+
+def download_hub_adapter(repo_id: str, revision: str | None = None) -> Path:
+    """The adapter files of Hub repo `repo_id` via `snapshot_download` (honours HF_HUB_OFFLINE and
+    the cache); never looks at the local filesystem for `repo_id` itself."""
     from huggingface_hub import snapshot_download
 
     try:
         return Path(
             snapshot_download(
-                str(source),
+                repo_id,
                 revision=revision,
                 allow_patterns=["adapter_config.json", "adapter_model.safetensors", "*.bin"],
             )
         )
     except Exception as e:  # network, offline mode, unknown repo, auth: all mean "cannot load"
-        raise AdapterLoadError(
-            f"adapter {str(source)!r}: not a local directory and not downloadable: {e}"
-        ) from e
+        reason = f"{type(e).__name__}: {e}"[:300]  # Hub errors can be long; never echo them whole
+        raise AdapterLoadError(f"adapter {repo_id!r}: not downloadable from the Hub: {reason}") from e
 
 
 def read_adapter_config(folder: Path) -> dict[str, Any]:

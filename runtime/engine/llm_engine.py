@@ -21,7 +21,8 @@ from typing import Any
 import torch
 from lorafleet.runtime.adapters import AdapterStore, load_adapter, resolve_adapter_dir
 from lorafleet.runtime.adapters.digest import adapter_digest
-from lorafleet.runtime.adapters.loader import AdapterWeights
+from lorafleet.runtime.adapters.loader import AdapterWeights, download_hub_adapter
+from lorafleet.runtime.adapters.policy import check_request_adapter
 from lorafleet.runtime.args import AdapterSource, EngineArgs
 from lorafleet.runtime.engine import setup
 from lorafleet.runtime.engine.config import EngineConfig
@@ -140,7 +141,7 @@ class Engine:
         say(f"KV pool: {config.num_kv_blocks} blocks x {config.block_size} tokens")
         for adapter in args.adapters:
             say(f"loading adapter {adapter.adapter_id} from {adapter.source}")
-            engine.store.register(adapter.adapter_id, adapter.source, adapter.revision)
+            engine.register_adapter(adapter.adapter_id, adapter.source, adapter.revision)
             engine.loop.pin(adapter.adapter_id)
         return engine
 
@@ -214,12 +215,26 @@ class Engine:
             prefix_cache_hit_tokens=counters.prefix_cache_hit_tokens,
         )
 
+    def register_adapter(self, adapter_id: str, source: str, revision: str | None = None) -> None:
+        """Lets requests name `adapter_id`: its weights come from `source` (a local folder or a Hub
+        repo id, the operator's choice), loaded on first use and evicted LRU (unlike `adapters=`
+        of `from_args`, which are also pinned). Safe to call while the engine runs."""
+        self.store.register(adapter_id, source, revision)
+
     def prepare(self, request: GenerationRequest) -> PreparedRequest:
         """Checks and tokenizes `request` once and loads its adapter into host memory.
 
         Call it off the event loop (it may read the adapter from disk or the Hub). Raises
-        `EngineValidationError` (or `AdapterLoadError`) for a request the engine would refuse.
+        `EngineValidationError` (or `AdapterLoadError`) for a request the engine would refuse,
+        including an `adapter_id` that is neither registered nor an allowed Hub repo id
+        (`adapters.policy`): that check comes first, before any file is read.
         """
+        if request.adapter_id is not None:
+            check_request_adapter(
+                request.adapter_id,
+                registered=self.store.is_registered(request.adapter_id),
+                allow_hub=self.config.args.allow_hub_adapters,
+            )
         prepared = prepare_request(request, self.config, self.tokenizer)
         if request.adapter_id is None:
             return prepared
@@ -296,8 +311,14 @@ class Engine:
             )
         return weights.digest
 
-    def _load_adapter_weights(self, adapter_id: str, source: str, revision: str | None) -> AdapterWeights:
-        folder = resolve_adapter_dir(source, revision)
+    def _load_adapter_weights(
+        self, adapter_id: str, source: str | None, revision: str | None
+    ) -> AdapterWeights:
+        # source None: an unregistered id that passed the policy, i.e. a Hub repo id.
+        if source is None:
+            folder = download_hub_adapter(adapter_id)
+        else:
+            folder = resolve_adapter_dir(source, revision)
         weights = load_adapter(
             adapter_id,
             folder,
