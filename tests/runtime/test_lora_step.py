@@ -90,7 +90,9 @@ def test_cpu_layer_stores_pages_in_row_layout_behind_the_kernels_shapes() -> Non
 def test_cpu_layer_forward_adds_each_rows_adapter_and_leaves_base_rows_exact() -> None:
     layer = _layer(CPU)
     gen = torch.Generator().manual_seed(2)
-    weights = {slot: (torch.randn(8, 16, generator=gen), torch.randn(12, 8, generator=gen)) for slot in (0, 2)}
+    weights = {
+        slot: (torch.randn(8, 16, generator=gen), torch.randn(12, 8, generator=gen)) for slot in (0, 2)
+    }
     placement = {0: (3,), 2: (0,)}
     for slot, (a, b) in weights.items():
         layer.write(slot, placement[slot], "q_proj", a, b, 2.0)

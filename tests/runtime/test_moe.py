@@ -30,7 +30,9 @@ ADAPTERS: dict[int, dict[tuple[int | None, str], int]] = {
 
 
 def _moe(gen: torch.Generator) -> tuple[SparseMoE, dict[tuple[int, int | None, str], tuple]]:
-    moe = SparseMoE(H, FFN, E, TOP_K, max_loras=L, max_rank=R, num_pages=L, dtype=torch.float32, device=DEVICE)
+    moe = SparseMoE(
+        H, FFN, E, TOP_K, max_loras=L, max_rank=R, num_pages=L, dtype=torch.float32, device=DEVICE
+    )
     with torch.no_grad():
         for param in (moe.gate.weight, moe.experts_w13.weight, moe.experts_w2.weight):
             param.copy_(torch.randn(param.shape, generator=gen) * 0.3)
