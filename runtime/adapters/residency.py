@@ -8,7 +8,9 @@ idle adapters (no running sequence uses them) are evicted least-recently-used wh
 needs room, never one that is in use or pinned (preloaded), and never one in `protected` (the
 scheduler protects adapters that waiting requests still need, so a new adapter cannot make them
 thrash). Several resident versions of one adapter name can coexist (a replaced adapter keeps its
-slot until its last running request finishes).
+slot until its last running request finishes). A newly placed adapter is *loading* until its
+weights are written (by the engine's loader thread, while the batch keeps decoding): it cannot
+be evicted then, and its requests are admitted once it is *ready*.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class AdapterResidency:
         self.page_bytes = dict(page_bytes)
         self._resident: OrderedDict[str, Residence] = OrderedDict()  # LRU order: oldest first
         self._users: Counter[str] = Counter()
+        self._loading: set[str] = set()  # placed, weights still being written
         self.pinned: set[str] = set()
         self._free_slots = list(range(num_slots))
         self._free_pages = {group: deque(range(count)) for group, count in self.pages_per_group.items()}
@@ -68,6 +71,19 @@ class AdapterResidency:
 
     def users(self, key: str) -> int:
         return self._users[key]
+
+    def is_ready(self, key: str) -> bool:
+        """Resident with its weights written: its requests can run."""
+        return key in self._resident and key not in self._loading
+
+    def is_loading(self, key: str) -> bool:
+        return key in self._loading
+
+    def mark_loading(self, key: str) -> None:
+        self._loading.add(key)
+
+    def mark_ready(self, key: str) -> None:
+        self._loading.discard(key)
 
     @property
     def bytes_total(self) -> int:
@@ -136,6 +152,7 @@ class AdapterResidency:
         if key in self._resident:
             self._evict(key, counted=False)
         self._users.pop(key, None)
+        self._loading.discard(key)
         self.pinned.discard(key)
 
     def _victims(self, ranks: Mapping[str, int], keep: frozenset[str]) -> list[str] | None:
@@ -153,7 +170,7 @@ class AdapterResidency:
         for key, residence in self._resident.items():
             if fits():
                 break
-            if self._users[key] or key in self.pinned or key in keep:
+            if self._users[key] or key in self.pinned or key in keep or key in self._loading:
                 continue
             victims.append(key)
             free_slots += 1

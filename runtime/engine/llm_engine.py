@@ -57,6 +57,7 @@ class EngineInfo:
     num_kv_blocks: int
     max_loaded_adapters: int
     eos_token_id: int | None
+    memory: memory.MemorySplit
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ class EngineStats:
     adapter_loads: int
     adapter_evictions: int
     generated_tokens: int
+    adapter_bytes_used: int = 0  # device bytes the resident adapters occupy (their real size)
     preemptions: int = 0  # cumulative: sequences sent back to recompute when the KV pool ran out
     prefix_cache_query_tokens: int = 0  # cumulative: prompt tokens looked up in the prefix cache
     prefix_cache_hit_tokens: int = 0  # cumulative: of which found cached (not recomputed)
@@ -99,8 +101,10 @@ class Engine:
                 adapter_page_bytes=config.adapter_page_bytes,
             )
         )
-        self.loop = EngineLoop(scheduler, ModelRunner(config, model), store)
+        runner = ModelRunner(config, model)
+        self.loop = EngineLoop(scheduler, runner, store)
         self.adapters = EngineAdapters(config, store, self.loop)
+        self.memory = memory.memory_split(model, list(model.lora_holders), runner.kv_cache, reserve=0)
         self._seq_ids = itertools.count()
         self._deliveries = DeliveryRegistry()  # stream events reach each event loop in batches
 
@@ -202,6 +206,7 @@ class Engine:
             num_kv_blocks=c.num_kv_blocks,
             max_loaded_adapters=c.max_loaded_adapters,
             eos_token_id=self.tokenizer.eos_token_id,
+            memory=self.memory,
         )
 
     def loaded_adapters(self) -> list[str]:
@@ -234,6 +239,7 @@ class Engine:
             adapter_loads=counters.adapter_loads,
             adapter_evictions=counters.adapter_evictions,
             generated_tokens=snapshot.generated_tokens,
+            adapter_bytes_used=counters.adapter_bytes_used,
             preemptions=counters.num_preemptions,
             prefix_cache_query_tokens=counters.prefix_cache_query_tokens,
             prefix_cache_hit_tokens=counters.prefix_cache_hit_tokens,

@@ -18,9 +18,10 @@ from typing import Any
 
 import torch
 from lorafleet.runtime.adapters import AdapterStore, Residence
-from lorafleet.runtime.engine.model_runner import ModelRunner
+from lorafleet.runtime.engine.adapter_loader import AdapterLoader
+from lorafleet.runtime.engine.model_runner import AdapterWrite, ModelRunner
 from lorafleet.runtime.engine.scheduler import SampledToken, ScheduledBatch, Scheduler, SchedulerSnapshot
-from lorafleet.runtime.engine.sequence import Sequence, SequenceStatus
+from lorafleet.runtime.engine.sequence import Sequence
 from lorafleet.runtime.errors import GenerationError
 from lorafleet.runtime.layers.sampler import SampleRequest, sample
 from lorafleet.runtime.types import TokenEvent
@@ -45,6 +46,7 @@ class EngineLoop:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._generated_tokens = 0
+        self.loader = AdapterLoader(runner, store, self._loaded)
         # Replaced whole (never mutated) so a reader sees queue, batch and free blocks of one moment.
         self.snapshot = LoopSnapshot(scheduler.snapshot())
 
@@ -63,6 +65,7 @@ class EngineLoop:
         if self.is_running:
             return
         self._stopping.clear()
+        self.loader.start()
         self._thread = threading.Thread(target=self._run, name="lorafleet-engine", daemon=True)
         self._thread.start()
 
@@ -74,6 +77,7 @@ class EngineLoop:
         self._inbox.put(("wake", None))
         self._thread.join()
         self._thread = None
+        self.loader.stop()
         self._fail_all("the engine shut down before the request finished")  # inbox stragglers too
 
     def submit(self, seq: Sequence) -> None:
@@ -105,17 +109,23 @@ class EngineLoop:
     def _run(self) -> None:
         if self.runner.device.type == "cuda":
             torch.cuda.set_device(self.runner.device)  # this thread's kernels go to the model's device
+        idle = True
         while not self._stopping.is_set():
-            self._drain_inbox(block=not self.scheduler.has_work())
+            # Block when there is nothing to run: a new request, an abort or a finished adapter
+            # load (they all come through the inbox) is what can change that.
+            self._drain_inbox(block=idle or not self.scheduler.has_work())
             self._publish()
             if self._stopping.is_set() or not self.scheduler.has_work():
+                idle = True
                 continue
-            self.step()
+            idle = not self.step()
             self._publish()
 
-    def step(self) -> None:
-        """Schedules and runs one batch; a failure fails that batch's requests, not the loop."""
+    def step(self) -> bool:
+        """Schedules and runs one batch; a failure fails that batch's requests, not the loop.
+        Returns whether anything ran."""
         batch = self.scheduler.schedule()
+        self._place_adapters(batch)
         if batch.is_empty:
             stuck = self.scheduler.next_unplaceable()
             if stuck is not None:
@@ -123,32 +133,40 @@ class EngineLoop:
                     f"adapter {stuck.adapter_id!r} cannot be placed: every adapter slot is pinned "
                     f"(max_loaded_adapters={self.scheduler.adapters.num_slots})"
                 ))
-            return
+            return False
         try:
-            self._place_adapters(batch)
-            batch.items = [item for item in batch.items if item.seq.status is SequenceStatus.RUNNING]
-            if batch.items:
-                self._run_batch(batch)
+            self._run_batch(batch)
         except Exception as e:  # a bug or device error: fail this batch, keep serving
             logger.exception("engine step failed")
             for item in batch.items:
                 self._fail(item.seq, GenerationError(f"generation failed: {e}"))
+        return True
 
     def _place_adapters(self, batch: ScheduledBatch) -> None:
+        """Clears vacated slots and hands newly placed adapters to the loader thread."""
         self.runner.clear_slots(self.scheduler.adapters.take_freed_slots())
         for key, residence in batch.adapter_loads.items():
-            self._write(key, residence)
+            self.loader.load(key, residence)
 
-    def _write(self, key: str, residence: Residence) -> bool:
-        try:
-            self.runner.write_adapter(residence, self.store.weights(key))
-            return True
-        except Exception as e:  # e.g. the files vanished since validation: fail only its requests
-            error = GenerationError(f"adapter {key.rpartition('@')[0]!r} failed to load: {e}")
+    def _loaded(
+        self, key: str, residence: Residence, written: AdapterWrite | None, error: BaseException | None
+    ) -> None:
+        """The loader's report (on its thread): handled by the loop, through the inbox."""
+        self._inbox.put(("loaded", (key, residence, written, error)))
+
+    def _activate(
+        self, key: str, residence: Residence, written: AdapterWrite | None, error: BaseException | None
+    ) -> None:
+        if self.scheduler.adapters.residence(key) is not residence:
+            return  # retired and freed while it loaded: nothing points at it
+        if written is None:  # e.g. the files vanished since validation: fail only its requests
+            failure = GenerationError(f"adapter {key.rpartition('@')[0][:64]!r} failed to load: {error}")
             for seq in self.scheduler.drop_adapter(key):
-                self._fail(seq, error)
-            self.runner.clear_slots(self.scheduler.adapters.take_freed_slots())
-            return False
+                self._fail(seq, failure)
+        else:
+            self.runner.activate(residence, written)
+            self.scheduler.adapter_loaded(key)
+        self.runner.clear_slots(self.scheduler.adapters.take_freed_slots())
 
     def _run_batch(self, batch: ScheduledBatch) -> None:
         wants = {  # sequences whose prompt log-probs were asked for and are still being prefilled
@@ -196,7 +214,9 @@ class EngineLoop:
             residence = self.scheduler.prefetch(key, ranks)
             self.runner.clear_slots(self.scheduler.adapters.take_freed_slots())
             if residence is not None:
-                self._write(key, residence)
+                self.loader.load(key, residence)
+        elif kind == "loaded":
+            self._activate(*payload)
 
     def _emit(self, seq: Sequence, event: TokenEvent) -> None:
         try:

@@ -9,6 +9,7 @@ weights. The KV cache is sized afterwards (`setup.resolve_config`), from what is
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 from lorafleet.kernels import pages_for_rank
@@ -54,3 +55,22 @@ def host_adapter_bytes(args: EngineArgs, device_adapter_bytes: int) -> int:
     if args.adapter_host_memory is not None:
         return args.adapter_host_memory
     return max(4 * device_adapter_bytes, MIN_HOST_ADAPTER_BYTES)
+
+
+@dataclass(frozen=True)
+class MemorySplit:
+    """Where the engine's device memory went, in bytes (reported by `/info`)."""
+
+    weights: int  # the base model's parameters
+    adapters: int  # the adapter page pools (and the MoE experts' per-slot LoRA buffers)
+    kv_cache: int  # the paged KV pool
+    reserve: int  # left free on purpose for activations and temporaries (CUDA only)
+
+
+def memory_split(model: torch.nn.Module, lora_holders: list[torch.nn.Module], kv_cache: torch.Tensor,
+                 reserve: int) -> MemorySplit:
+    lora = {id(p) for holder in lora_holders for p in holder.parameters()}
+    weights = sum(p.nbytes for p in model.parameters() if id(p) not in lora)
+    adapters = sum(p.nbytes for holder in lora_holders for p in holder.parameters(recurse=False)
+                   if p is not getattr(holder, "weight", None) and p is not getattr(holder, "bias", None))
+    return MemorySplit(weights, adapters, kv_cache.nbytes, reserve)

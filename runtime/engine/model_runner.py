@@ -7,6 +7,7 @@ block tables and per-token adapter slots for one flat batch of tokens.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +21,14 @@ from lorafleet.runtime.layers.attention import AttentionMetadata, DecodeGroup, P
 from lorafleet.runtime.layers.lora_linear import LoraStep
 from lorafleet.runtime.layers.moe import EXPERTS_GROUP, ExpertsLinear
 from lorafleet.runtime.models.decoder import DecoderModel
+
+
+@dataclass(frozen=True)
+class AdapterWrite:
+    """An adapter's weights written into its pages: its rank per group, and (CUDA) when done."""
+
+    ranks: dict[str, int]
+    event: torch.cuda.Event | None
 
 
 @dataclass(frozen=True)
@@ -64,8 +73,36 @@ class ModelRunner:
         self._lora_meta: tuple[tuple[int, ...], kernels.LoraBatch] | None = None
 
     def write_adapter(self, residence: Residence, weights: AdapterWeights) -> None:
-        """Writes `weights` into the residence's slot and pages of every layer; the slot's rows of
-        the page tables point there from the next step on."""
+        """Writes `weights` into the residence and points the slot's page-table rows there."""
+        self.activate(residence, self.write_pages(residence, weights))
+
+    def write_pages(self, residence: Residence, weights: AdapterWeights) -> AdapterWrite:
+        """Writes `weights` into the residence's slot and pages of every layer, and returns the
+        slot's rank per group for `activate`.
+
+        Safe on the adapter loader's thread while steps run: the residence's pages and slot belong
+        to no row of any step until `activate` (on the loop's thread) points the tables there. On
+        CUDA the copies go on a stream of their own; `activate` makes the step's stream wait for them.
+        """
+        stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+            ranks = self._write_pages(residence, weights)
+            event = torch.cuda.Event() if stream is not None else None
+            if event is not None:
+                event.record(stream)
+        return AdapterWrite(ranks, event)
+
+    def activate(self, residence: Residence, written: AdapterWrite) -> None:
+        """Points the slot's rows of every group's page table at the residence (loop thread only)."""
+        if written.event is not None:
+            torch.cuda.current_stream(self.device).wait_event(written.event)
+        slot = residence.slot
+        for group in self._group_names:
+            self._slot_pages[group][slot] = residence.pages.get(group, ())
+            self._slot_ranks[group][slot] = written.ranks[group]
+            self._pages[group] = self._build_pages(group)
+
+    def _write_pages(self, residence: Residence, weights: AdapterWeights) -> dict[str, int]:
         slot = residence.slot
         for holder in self.model.paged_holders:
             holder.clear(slot, residence.pages.get(holder.group, ()))
@@ -80,10 +117,7 @@ class ModelRunner:
             pages = residence.pages.get(site.group, ())
             site.write(slot, pages, w.lora_a.to(self.device), w.lora_b.to(self.device), w.scale)
             ranks[site.group] = max(ranks[site.group], w.lora_a.shape[0])
-        for group in self._group_names:
-            self._slot_pages[group][slot] = residence.pages.get(group, ())
-            self._slot_ranks[group][slot] = ranks[group]
-            self._pages[group] = self._build_pages(group)
+        return ranks
 
     def clear_slots(self, slots: list[int]) -> None:
         """Empties vacated slots' page-table rows (their pages may go to another adapter)."""
@@ -189,7 +223,7 @@ class ModelRunner:
             for group in self._group_names
             if any(self._slot_ranks[group][slot] for slot in active)
         }
-        return LoraStep(groups, self._pages, self.lora_backend)
+        return LoraStep(groups, dict(self._pages), self.lora_backend)
 
     def _tensor(self, values: list[int] | list[list[int]]) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.long, device=self.device)

@@ -180,27 +180,42 @@ class Scheduler:
             raise RuntimeError(f"adapter {key!r} does not fit in the adapter memory next to the pinned ones")
         return grant.residence
 
-    def prefetch(self, key: str, ranks: dict[str, int]) -> Residence | None:
-        """Places `key` ahead of its requests if it fits without evicting anything protected or in
-        use; returns the residence to write (None: already resident, or no room now)."""
+    def prefetch(
+        self, key: str, ranks: dict[str, int], candidate: Sequence | None = None
+    ) -> Residence | None:
+        """Places `key` ahead of its requests if it fits without evicting anything in use or
+        protected (for `candidate`, a waiting request of it); returns the residence to write, now
+        *loading* (None: already placed, or no room now)."""
         if self.adapters.residence(key) is not None:
             return None
-        grant = self.adapters.acquire(key, ranks, count_user=False, protected=self._protected())
-        return grant.residence if grant is not None else None
+        grant = self.adapters.acquire(key, ranks, count_user=False, protected=self._protected(candidate))
+        if grant is None:
+            return None
+        self.adapters.mark_loading(key)
+        return grant.residence
+
+    def adapter_loaded(self, key: str) -> None:
+        """Its weights are written: its requests can be admitted from the next step on (a version
+        retired while it loaded is freed instead)."""
+        self.adapters.mark_ready(key)
+        if key in self._retired and self.adapters.users(key) == 0:
+            self._retired.discard(key)
+            self.adapters.discard(key)
 
     def retire(self, key: str) -> None:
         """`key` is no longer served (replaced or unloaded): its memory is freed at once if nobody
         uses it, else when its last running request ends."""
         self.adapters.pinned.discard(key)
-        if self.adapters.users(key) == 0:
+        if self.adapters.users(key) == 0 and not self.adapters.is_loading(key):
             self.adapters.discard(key)
-        else:
+        else:  # in use, or its pages are being written: freed when that ends
             self._retired.add(key)
 
     def drop_adapter(self, key: str) -> list[Sequence]:
         """Frees the residence of an adapter whose weights could not be written, and takes out the
-        sequences that use it (returned, for the caller to fail)."""
-        users = [s for s in self.running if s.adapter_id == key]
+        sequences that wait for it or use it (returned, for the caller to fail)."""
+        users = [s for s in self.running if s.adapter_id == key] + list(self._waiting.get(key, ()))
+        users += [s for s in self._preempted if s.adapter_id == key]
         for seq in users:
             self.finish(seq)
         self.adapters.discard(key)
@@ -219,12 +234,29 @@ class Scheduler:
     # --- a step -----------------------------------------------------------------------------
 
     def schedule(self) -> ScheduledBatch:
+        """The next step's work; `adapter_loads` lists adapters placed for waiting requests, whose
+        weights the caller writes (off the step) before `adapter_loaded` lets them run."""
         self.num_steps += 1
         batch = ScheduledBatch()
         budget = self._schedule_running(batch)
         if not batch.preempted:
             self._admit(batch, budget)
+        self._prefetch_waiting(batch)
         return batch
+
+    def _request_load(self, seq: Sequence, batch: ScheduledBatch) -> None:
+        assert seq.adapter_id is not None
+        if self.adapters.residence(seq.adapter_id) is None:
+            residence = self.prefetch(seq.adapter_id, seq.adapter_ranks, seq)
+            if residence is not None:
+                batch.adapter_loads[seq.adapter_id] = residence
+
+    def _prefetch_waiting(self, batch: ScheduledBatch) -> None:
+        """Places the adapters of the requests at the head of each queue ahead of their admission,
+        where they fit without evicting anything needed, so a full batch does not delay their load."""
+        heads = [queue[0] for key, queue in self._waiting.items() if queue and key is not None]
+        for seq in heads + [s for s in self._preempted if s.adapter_id is not None]:
+            self._request_load(seq, batch)
 
     def postprocess(self, batch: ScheduledBatch, sampled: Iterable[SampledToken]) -> list[Sequence]:
         """Records a step: each item's tokens are now computed, each sampled token is appended,
@@ -274,15 +306,14 @@ class Scheduler:
                 self._release_blocks(seq)
                 return  # admission by free KV blocks: wait for running sequences to finish
             if seq.adapter_id is not None:
-                protected = self._protected(seq)
-                grant = self.adapters.acquire(seq.adapter_id, seq.adapter_ranks, protected=protected)
-                if grant is None:
+                if not self.adapters.is_ready(seq.adapter_id):  # placed and written first (loader)
+                    self._request_load(seq, batch)
                     self._release_blocks(seq)
                     skipped.add(seq.adapter_id)
                     continue
+                grant = self.adapters.acquire(seq.adapter_id, seq.adapter_ranks)
+                assert grant is not None and not grant.is_new  # resident and ready
                 seq.adapter_slot = grant.residence.slot
-                if grant.is_new:
-                    batch.adapter_loads[seq.adapter_id] = grant.residence
             self._pop_waiting(seq)
             self.num_prefix_query_tokens += queried
             self.num_prefix_hit_tokens += hit
