@@ -7,6 +7,10 @@ forward call from the largest position in it (a call that reaches past the origi
 the long set for all its tokens, and the keys cached earlier keep the short one); we pick it per
 token by its own position, so every token is rotated as in a transformers run that cached it the
 same way. Both agree for every sequence within the original length (the tests' case).
+
+On CUDA (with the Triton backend, `kernels.fused.fused_layers`) q and k are rotated in place by
+one fused kernel that computes cos/sin itself, rounded as this code rounds them
+(`lorafleet.kernels.fused_rotary`); elsewhere the eager code below runs.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+from lorafleet.kernels.fused import fused_layers
 from torch import nn
 
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "longrope")
@@ -112,6 +117,8 @@ class RotaryEmbedding(nn.Module):
         q: torch.Tensor,  # [T, H, D]
         k: torch.Tensor,  # [T, KVH, D]
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        if q.is_cuda and fused_layers(q.device):  # built before its device is known: decided per call
+            return self._fused(positions, q, k)
         inv_freq = self.inv_freq[None, :]  # [1, R/2]
         if self.long_from is not None:
             inv_freq = torch.where((positions >= self.long_from)[:, None], self.long_inv_freq, inv_freq)
@@ -126,3 +133,14 @@ class RotaryEmbedding(nn.Module):
         q = torch.cat((q_rot * cos + _rotate_half(q_rot) * sin, q[..., r:]), dim=-1)
         k = torch.cat((k_rot * cos + _rotate_half(k_rot) * sin, k[..., r:]), dim=-1)
         return q, k
+
+    def _fused(
+        self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # q, k rotated in place
+        from lorafleet.kernels import fused_rotary
+
+        return fused_rotary.rotary_embedding(
+            positions, q, k, self.inv_freq,
+            long_inv_freq=self.long_inv_freq if self.long_from is not None else None,
+            long_from=self.long_from or 0, attention_factor=self.attention_factor,
+        )

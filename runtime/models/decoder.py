@@ -154,8 +154,8 @@ class DecoderLayer(nn.Module):
         attn = self.self_attn(self.input_layernorm(x), positions, kv_cache, meta, lora)
         feed_forward = self.block_sparse_moe if self.is_moe else self.mlp
         if not self.sandwich:
-            x = x + attn
-            return x + feed_forward(self.post_attention_layernorm(x), lora)
+            x, normed = self.post_attention_layernorm.add_and_norm(x, attn)  # x + attn, then its norm
+            return x + feed_forward(normed, lora)
         x = x + self.post_attention_layernorm(attn)
         ff = feed_forward(self.pre_feedforward_layernorm(x), lora)
         return x + self.post_feedforward_layernorm(ff)
