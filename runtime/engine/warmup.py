@@ -117,7 +117,8 @@ def measure_activations(runner: ModelRunner) -> Activations:
 def plan_memory(config: EngineConfig, model: DecoderModel) -> memory.MemoryPlan:
     """Runs the profiling steps with a one-block KV pool (CUDA) and plans the real pool around them."""
     probe = ModelRunner(dataclasses.replace(config, num_kv_blocks=1), model)
-    activations = measure_activations(probe)
+    with torch.cuda.device(config.device):  # Triton launches on the current device
+        activations = measure_activations(probe)
     del probe  # its KV pool is freed before the free memory is read
     torch.cuda.empty_cache()
     per_block = setup.kv_bytes_per_block(config.model, config.block_size, config.dtype)
@@ -144,15 +145,17 @@ def warm_up_steps(runner: ModelRunner) -> list[list[ScheduledSeq]]:
             [one(3, narrow, 1), one(4, 0, 2)],  # decode beside a chunk, narrow tables
             [one(5, widest, 1), one(6, narrow, 1)],  # decode at the widest table
             [one(7 + i, narrow, 1) for i in range(min(config.max_batch_size, 33))],  # many rows
+            [one(40, 0, min(config.max_batch_prefill_tokens, 300))],  # > 256 rows: prefill LoRA tiles
         ]
     return steps
 
 
 def warm_up(runner: ModelRunner) -> None:
     """Runs `warm_up_steps` (then captures the decode graphs when enabled: `enable_decode_graphs`)."""
-    with profiling_adapter(runner):
-        for items in warm_up_steps(runner):
-            run_step(runner, items)
-    if runner.config.cuda_graphs:
-        runner.enable_decode_graphs(capture=True)
-    torch.cuda.synchronize(runner.device)
+    with torch.cuda.device(runner.device):  # Triton launches on the current device
+        with profiling_adapter(runner):
+            for items in warm_up_steps(runner):
+                run_step(runner, items)
+        if runner.config.cuda_graphs:
+            runner.enable_decode_graphs(capture=True)
+        torch.cuda.synchronize(runner.device)

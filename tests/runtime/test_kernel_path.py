@@ -84,3 +84,15 @@ def test_rows_go_decode_first_and_tables_pad_with_the_null_block_to_a_multiple_o
     assert [item.seq.seq_id for item in decode_first(items)] == [1, 3, 0, 2]
     assert table_width([[1, 2]]) == 16 and table_width([[1] * 17]) == 32 and table_width([]) == 16
     assert padded([[1, 2], [3]], 4, fill=99) == [1, 2, 99, 99, 3, 99, 99, 99]
+
+
+def test_staging_uploads_each_part_as_a_view_of_one_fresh_tensor() -> None:
+    from lorafleet.runtime.engine.staging import HostStaging
+
+    staging = HostStaging(torch.device("cpu"))
+    first = staging.upload([[1, 2, 3], [], range(4, 6)], torch.int64)
+    assert [t.tolist() for t in first] == [[1, 2, 3], [], [4, 5]]
+    assert all(t.dtype == torch.int64 for t in first)
+    assert first[0].untyped_storage().data_ptr() == first[2].untyped_storage().data_ptr()  # one tensor
+    second = staging.upload([[7, 8, 9]], torch.int32)
+    assert second[0].dtype == torch.int32 and first[0].tolist() == [1, 2, 3]  # earlier views kept intact

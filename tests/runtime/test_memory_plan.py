@@ -92,7 +92,7 @@ def test_the_warm_up_steps_run_and_leave_the_real_blocks_alone() -> None:
     runner = _kernel_runner(max_batch_size=40, block_size=8, num_kv_blocks=80, max_loaded_adapters=4)
     before = runner.kv_cache[:, :, : runner.null_block].clone()
     steps = warmup.warm_up_steps(runner)
-    assert len(steps) == 10  # five shapes, with and without an adapter
+    assert len(steps) == 12  # six shapes, with and without an adapter
     for items in steps:
         warmup.run_step(runner, items)
     assert torch.equal(runner.kv_cache[:, :, : runner.null_block], before)
