@@ -18,8 +18,8 @@
 #   lora_kernels  benchmarks/kernels.py --quick (ours vs loop / bmm, paged vs stacked)
 #   decode        gpu_decode.py: decode tokens/s with and without CUDA graphs at batch 1/8/32,
 #                 LoRA kernel vs a per-adapter loop at 32 tokens x 32 adapters (graph vs graph)
-# Files in the results folder (7): gpu_check.json (the summary, also printed), kernel_tests.json,
-# engine.json, attention.json, kernels.json, decode.json, log.txt (every section's output).
+# Files in the results folder (8): gpu_check.json (the summary, also printed), kernel_tests.json,
+# engine.json, attention.json, kernels.json, decode.json + decode.png, log.txt (every section's output).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)

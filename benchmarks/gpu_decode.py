@@ -11,7 +11,7 @@
    no host sync and can be captured): both replayed from CUDA graphs, each call on the next of
    enough weight sets to exceed 4x the L2 cache, so the weights come from HBM.
 
-    python benchmarks/gpu_decode.py --json-out $OUT/decode.json
+    python benchmarks/gpu_decode.py --json-out $OUT/decode.json    # + decode.png next to it
     python benchmarks/gpu_decode.py --build DIR      # only write the checkpoint and adapters to DIR
     python benchmarks/gpu_decode.py --json-out ... --model-root DIR     # use them (gpu_check.sh
                                                      # builds them while the tests run)
@@ -35,6 +35,7 @@ from benchmarks.gpu_model import LLAMA_1B, TINY, Shape, build_adapters, build_mo
 from benchmarks.gpu_report import Report, device_facts  # noqa: E402
 from benchmarks.kernel_timing import peak_bandwidth, time_us  # noqa: E402
 
+RESULTS = Path(__file__).resolve().parent / "results"
 BATCHES = (1, 8, 32)
 SHAPES = {"llama-1b": LLAMA_1B, "tiny": TINY}  # tiny: a dry run of the script (on a CPU too)
 PROMPT_TOKENS = 32
@@ -183,6 +184,7 @@ def main() -> int:
         print(build(args.build, shape))
         return 0
     report = Report("decode")
+    report.data["shape"] = args.shape
     report.section("env", device_facts)
     report.section("lora_vs_loop", lora_vs_loop)
     root = args.model_root or Path(tempfile.mkdtemp(prefix="lf_gpu_decode_"))
@@ -192,8 +194,35 @@ def main() -> int:
         graphs = report.section("decode_graphs", lambda: decode_speed(model_dir, adapters, True))
         eager = report.section("decode_eager", lambda: decode_speed(model_dir, adapters, False))
         report.section("graph_speedup", lambda: speedups(graphs, eager))
-    report.write(args.json_out)
+    path = args.json_out or RESULTS / "gpu-decode.json"
+    report.write(path)
+    plot(report.data, path.with_suffix(".png"))
     return 0 if report.ok else 1
+
+
+def plot(data: dict[str, Any], path: Path) -> None:
+    """ms per decode step by batch, with and without CUDA graphs, base and adapters."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for axis, kind in zip(axes, ("base", "lora"), strict=True):
+        for name, label in (("decode_graphs", "CUDA graphs"), ("decode_eager", "eager")):
+            section = data.get(name) or {}
+            points = [(b, section[f"{kind}_b{b}"]["ms_per_step"]) for b in BATCHES
+                      if f"{kind}_b{b}" in section]
+            if points:
+                axis.plot(*zip(*points, strict=True), marker="o", label=label)
+        title = "every request on the base" if kind == "base" else "spread over the base and 4 adapters"
+        axis.set(xscale="log", xlabel="batch (sequences)", title=title)
+        axis.legend()
+    axes[0].set_ylabel("ms per decode step")
+    gpu = (data.get("env") or {}).get("gpu")
+    fig.suptitle(f"decode on {gpu or 'cpu'} ({data.get('shape')} shape, {'bf16' if gpu else 'fp32'})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 if __name__ == "__main__":
