@@ -53,10 +53,10 @@ print(torch.cuda.get_device_name(), 'torch', torch.__version__, 'triton', triton
 
 PARALLEL=()
 if "$PY" -c "import xdist" 2> /dev/null; then PARALLEL=(-n 6); fi
-section kernel_tests 170 "$PY" -m pytest tests/kernels -q -p no:cacheprovider ${PARALLEL[@]+"${PARALLEL[@]}"} \
+section kernel_tests 160 "$PY" -m pytest tests/kernels -q -p no:cacheprovider ${PARALLEL[@]+"${PARALLEL[@]}"} \
   -o addopts="" --junitxml="$WORK/kernel_tests.xml" &
-section engine 170 "$PY" benchmarks/gpu_engine.py --json-out "$RESULTS/engine.json" &
-section build_model 170 "$PY" benchmarks/gpu_decode.py --build "$WORK/decode_model" \
+section engine 160 "$PY" benchmarks/gpu_engine.py --json-out "$RESULTS/engine.json" &
+section build_model 160 "$PY" benchmarks/gpu_decode.py --build "$WORK/decode_model" \
   --shape "${DECODE_SHAPE:-llama-1b}" &
 wait
 
@@ -65,7 +65,7 @@ section attention 75 "$PY" benchmarks/attention.py --quick --json-out "$WORK/att
 cp "$WORK/attention/attention.json" "$RESULTS/" 2> /dev/null
 section lora_kernels 75 "$PY" benchmarks/kernels.py --quick --json-out "$WORK/kernels/kernels.json"
 cp "$WORK/kernels/kernels.json" "$RESULTS/" 2> /dev/null
-section decode 140 "$PY" benchmarks/gpu_decode.py --json-out "$RESULTS/decode.json" \
+section decode 150 "$PY" benchmarks/gpu_decode.py --json-out "$RESULTS/decode.json" \
   --model-root "$WORK/decode_model"
 
 for log in "$WORK"/*.log; do
