@@ -24,7 +24,11 @@ import triton
 import triton.language as tl
 
 
-@triton.jit
+# The q and k branches pick their head count and strides at run time: none may be specialised into a
+# constant (Triton turns an int argument equal to 1 into one, e.g. one KV head in Gemma 3 1B), or the
+# two branches would yield values of different types.
+@triton.jit(do_not_specialize=["num_q_heads", "num_k_heads", "stride_qt", "stride_qh", "stride_kt",
+                               "stride_kh"])
 def _rotary_kernel(
     q_ptr, k_ptr, positions_ptr, inv_freq_ptr, long_inv_freq_ptr,  # q [T, H, D], k [T, KVH, D]
     num_q_heads, num_k_heads, half, long_from, attention_factor,
