@@ -82,6 +82,8 @@ class EngineArgs:
             `max_lora_rank` on every projection take. The KV cache is sized after it.
         adapter_host_memory: host memory for adapter weights (bytes), least recently used evicted;
             default four times the device budget, at least 256 MiB.
+        cuda_graphs: replay decode steps from CUDA graphs captured at start, one per batch-size
+            bucket; default on for CUDA (off for MoE models, whose routing reads the device).
 
     Example:
         >>> EngineArgs("/models/mistral", adapters=(AdapterSource("sql", "/adapters/sql"),))
@@ -105,3 +107,4 @@ class EngineArgs:
     allow_hub_adapters: bool = False
     adapter_memory: int | float | None = None
     adapter_host_memory: int | None = None
+    cuda_graphs: bool | None = None

@@ -30,7 +30,8 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     if op.get_bind().dialect.name == "sqlite":
-        with op.batch_alter_table("endpoints", recreate="always", table_kwargs={"sqlite_autoincrement": False}):
+        plain_ids = {"sqlite_autoincrement": False}
+        with op.batch_alter_table("endpoints", recreate="always", table_kwargs=plain_ids):
             pass
     with op.batch_alter_table("replicas", schema=None) as batch_op:
         batch_op.drop_column("api_key_encrypted")

@@ -33,6 +33,8 @@ class EngineConfig:
     adapter_host_bytes: int  # host memory budget for adapter weights
     eos_token_ids: frozenset[int]  # the tokenizer's, config.json's and generation_config.json's
     generation_defaults: GenerationDefaults  # generation_config.json's sampling values
+    cuda_graphs: bool = False  # decode steps replayed from CUDA graphs (CUDA, not MoE)
+    memory_reserve: int = 0  # device bytes left free on purpose (engine/memory.py); 0 on the CPU
 
     @property
     def adapter_bytes(self) -> int:

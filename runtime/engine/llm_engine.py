@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from lorafleet.runtime.adapters import AdapterStore, AdapterVersion
 from lorafleet.runtime.args import AdapterSource, EngineArgs
-from lorafleet.runtime.engine import memory, setup
+from lorafleet.runtime.engine import memory, setup, warmup
 from lorafleet.runtime.engine.adapter_service import AdapterListing, AdapterReader, EngineAdapters
 from lorafleet.runtime.engine.config import EngineConfig
 from lorafleet.runtime.engine.delivery import DeliveryRegistry
@@ -104,7 +104,8 @@ class Engine:
         runner = ModelRunner(config, model)
         self.loop = EngineLoop(scheduler, runner, store)
         self.adapters = EngineAdapters(config, store, self.loop)
-        self.memory = memory.memory_split(model, list(model.lora_holders), runner.kv_cache, reserve=0)
+        self.memory = memory.memory_split(model, list(model.lora_holders), runner.kv_cache,
+                                          reserve=config.memory_reserve)
         self._seq_ids = itertools.count()
         self._deliveries = DeliveryRegistry()  # stream events reach each event loop in batches
 
@@ -149,9 +150,17 @@ class Engine:
             adapter_pages=num_pages,
             adapter_page_bytes=page_bytes,
         )
+        if setup.measures_kv_cache(args, device):
+            plan = warmup.plan_memory(config, model)
+            say(f"memory reserve: {plan.reserve >> 20} MiB (activations {plan.activations >> 20}, "
+                f"CUDA graphs {plan.graphs >> 20}, fragmentation {plan.fragmentation >> 20})")
+            config = setup.with_memory_plan(config, plan)
         engine = cls(config, model, tokenizer)
         say(f"KV pool: {config.num_kv_blocks} blocks x {config.block_size} tokens")
         say(f"adapter memory: {num_pages} pages per projection group, {config.adapter_bytes} bytes")
+        if device.type == "cuda":  # before the adapters: warm-up borrows a slot and empty pages
+            warmup.warm_up(engine.loop.runner)
+            say(f"warmed up{'; decode CUDA graphs captured' if config.cuda_graphs else ''}")
         for adapter in args.adapters:
             say(f"loading adapter {adapter.adapter_id} from {adapter.source}")
             engine.adapters.pin(adapter.adapter_id, adapter.source, adapter.revision)

@@ -177,8 +177,11 @@ class EngineLoop:
         }
         out = self.runner.execute(batch, wants)
         by_id = {item.seq.seq_id: item.seq for item in batch.items}
-        for seq_id, (start, logits) in out.prompt_logits.items():
-            by_id[seq_id].output.add_prompt_logits(start, logits)
+        for seq_id, (start, prompt_rows) in out.prompt_logits.items():
+            seq = by_id[seq_id]  # row j predicts prompt token start + j + 1
+            end = min(start + prompt_rows.hidden.shape[0] + 1, seq.num_prompt_tokens)
+            targets = seq.token_ids[start + 1 : end]
+            seq.output.add_prompt_logprobs(start, prompt_rows.logprobs(targets))
         rows = [SampleRequest(s.params, s.token_ids, s.generator) for s in out.sample_seqs]
         choices = sample(out.sample_logits, rows) if rows else []
         events = [seq.output.add_token(choice) for seq, choice in zip(out.sample_seqs, choices, strict=True)]

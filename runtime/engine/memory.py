@@ -1,9 +1,24 @@
-"""How the engine splits memory: adapter pages first (their budget), then the KV cache.
+"""How the engine splits memory: weights, adapter pages (their budget), a reserve, then the KV cache.
 
 Adapters are stored in pages of `kernels.PAGE_RANK` rank rows per projection group (every group
 gets the same number of pages, so "one page index" costs the sum of the groups' page bytes); the
 budget `EngineArgs.adapter_memory` is bytes or a fraction of the device memory free after the
-weights. The KV cache is sized afterwards (`setup.resolve_config`), from what is left.
+weights.
+
+On CUDA the KV cache is sized by measurement (`plan_memory`, fed by `warmup.measure_activations`):
+the engine runs its largest steps once with a one-block cache and measures what they allocate,
+then keeps a reserve free and gives the KV cache the rest. The reserve is
+
+- **activations**: the larger peak of the largest mixed step (max_batch_prefill_tokens prompt tokens
+  plus max_batch_size - 1 decode rows, sampled with every warper, prompt log-probs asked) and of
+  the largest decode step: the caching allocator keeps these segments for the steps that follow;
+- **graphs**: the CUDA graphs' private memory pool, which eager steps cannot reuse: the largest
+  decode step's temporaries (the graphs of smaller buckets reuse that pool) plus a little per graph;
+- **fragmentation**: `FRAGMENTATION_FRACTION` of the device (at least `MIN_FRAGMENTATION`): the
+  allocator's rounding and split segments, cuBLAS workspaces, Triton's loaded kernels, and
+  whatever a long-running server allocates that one profiling pass did not see.
+
+On the CPU the pool has a fixed default size (`setup.py`) and the reserve is 0.
 """
 
 from __future__ import annotations
@@ -17,6 +32,9 @@ from lorafleet.runtime.args import EngineArgs
 from lorafleet.runtime.errors import EngineError
 
 MIN_HOST_ADAPTER_BYTES = 256 << 20
+FRAGMENTATION_FRACTION = 0.03
+MIN_FRAGMENTATION = 256 << 20
+GRAPH_OVERHEAD = 2 << 20  # per captured graph: its instantiated launch parameters and static outputs
 
 
 def free_memory(device: torch.device) -> int:
@@ -55,6 +73,51 @@ def host_adapter_bytes(args: EngineArgs, device_adapter_bytes: int) -> int:
     if args.adapter_host_memory is not None:
         return args.adapter_host_memory
     return max(4 * device_adapter_bytes, MIN_HOST_ADAPTER_BYTES)
+
+
+@dataclass(frozen=True)
+class DeviceMemory:
+    """The device's memory as measured once the weights and adapter pages are in place."""
+
+    total: int
+    free: int
+
+
+def read_device_memory(device: torch.device) -> DeviceMemory:
+    free, total = torch.cuda.mem_get_info(device)
+    return DeviceMemory(total=int(total), free=int(free))
+
+
+@dataclass(frozen=True)
+class Activations:
+    """Peak temporaries of the profiling steps, in bytes (allocator segments beyond the baseline)."""
+
+    mixed: int  # the largest prefill chunk with the largest decode batch beside it
+    decode: int  # the largest decode batch alone
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    num_kv_blocks: int
+    activations: int
+    graphs: int
+    fragmentation: int
+
+    @property
+    def reserve(self) -> int:
+        return self.activations + self.graphs + self.fragmentation
+
+
+def plan_memory(
+    device: DeviceMemory, activations: Activations, *, kv_bytes_per_block: int, num_graphs: int
+) -> MemoryPlan:
+    """The KV blocks that fit next to the reserve (see the module docstring), the runner's null block
+    set aside; pure, so tests feed it any device. May return 0: the caller decides what is enough."""
+    graphs = activations.decode + GRAPH_OVERHEAD * num_graphs if num_graphs else 0
+    fragmentation = max(MIN_FRAGMENTATION, int(FRAGMENTATION_FRACTION * device.total))
+    working = max(activations.mixed, activations.decode)
+    left = device.free - working - graphs - fragmentation
+    return MemoryPlan(max(0, left // kv_bytes_per_block - 1), working, graphs, fragmentation)
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import torch
 from lorafleet.runtime.layers.sampler import SampleOutput
 from lorafleet.runtime.tokenizer import IncrementalDetokenizer, Tokenizer
 from lorafleet.runtime.types import FinishReason, GenerationResult, PreparedRequest, TokenEvent, TokenInfo
@@ -32,13 +31,10 @@ class RequestOutput:
         self.finished = False
         self._detokenizer = IncrementalDetokenizer(tokenizer, self.prompt_ids)
 
-    def add_prompt_logits(self, start: int, logits: torch.Tensor) -> None:  # logits [n, V]
-        """Log-probs of prompt tokens start+1 .. from the logits at positions start .."""
-        logprobs = torch.log_softmax(logits.float(), dim=-1)
-        for j in range(logits.shape[0]):
-            target = start + j + 1
-            if target < len(self.prompt_ids):
-                self.prompt_logprobs[target] = float(logprobs[j, self.prompt_ids[target]])
+    def add_prompt_logprobs(self, start: int, logprobs: list[float]) -> None:
+        """Log-probs of prompt tokens start+1 .. (`logprobs[j]` is token start+j+1's)."""
+        for j, value in enumerate(logprobs):
+            self.prompt_logprobs[start + j + 1] = value
 
     def add_token(self, sample: SampleOutput) -> TokenEvent:
         """Records one sampled token and returns its event (the last one carries the result)."""

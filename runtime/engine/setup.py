@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
 import torch
+from lorafleet.kernels.backend import backend_for
 from lorafleet.runtime.args import EngineArgs
 from lorafleet.runtime.engine.config import EngineConfig
-from lorafleet.runtime.engine.memory import host_adapter_bytes
+from lorafleet.runtime.engine.memory import MemoryPlan, host_adapter_bytes
 from lorafleet.runtime.errors import EngineError
 from lorafleet.runtime.models.args import ModelArgs
 from lorafleet.runtime.models.generation_config import GenerationDefaults
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 CPU_KV_BYTES = 2 << 30  # default KV pool on the CPU: at most 2 GiB
-GPU_MEMORY_FRACTION = 0.85  # share of free GPU memory (after weights) the KV pool may take
 
 
 def resolve_model_dir(model_id: str | os.PathLike[str], revision: str | None) -> tuple[Path, str | None]:
@@ -103,11 +104,7 @@ def resolve_config(
     if max_input >= total:
         raise EngineError(f"max_input_tokens ({max_input}) must be < max_total_tokens ({total})")
     num_kv_blocks = args.num_kv_blocks or _default_kv_blocks(args, model, dtype, device, total)
-    if num_kv_blocks * args.block_size < total:
-        raise EngineError(
-            f"the KV pool ({num_kv_blocks} blocks of {args.block_size} tokens) cannot hold one request of "
-            f"max_total_tokens={total}; raise num_kv_blocks/max_batch_total_tokens or lower max_total_tokens"
-        )
+    _check_pool(num_kv_blocks, args.block_size, total)
     return EngineConfig(
         args=args,
         model_dir=model_dir,
@@ -124,7 +121,47 @@ def resolve_config(
         adapter_host_bytes=host_adapter_bytes(args, adapter_pages * sum(adapter_page_bytes.values())),
         eos_token_ids=eos_token_ids,
         generation_defaults=generation_defaults,
+        cuda_graphs=resolve_cuda_graphs(args, model, device),
     )
+
+
+def resolve_cuda_graphs(args: EngineArgs, model: ModelArgs, device: torch.device) -> bool:
+    """On by default where they can run: CUDA, the Triton kernels, a dense model."""
+    reason = None
+    if device.type != "cuda":
+        reason = f"they need a CUDA device (device is {device})"
+    elif backend_for(device).name != "triton":
+        reason = "they need the Triton kernels (LORAFLEET_KERNELS=torch is set)"
+    elif model.is_moe:
+        reason = "MoE models run eagerly (their expert routing reads the device every step)"
+    if reason is not None and args.cuda_graphs:
+        raise EngineError(f"cuda_graphs: {reason}")
+    return reason is None and args.cuda_graphs is not False
+
+
+def measures_kv_cache(args: EngineArgs, device: torch.device) -> bool:
+    """Whether the KV pool is sized by profiling (CUDA, no size given); until then `resolve_config`
+    gives the pool one request's blocks."""
+    return device.type == "cuda" and not args.num_kv_blocks and not args.max_batch_total_tokens
+
+
+def with_memory_plan(config: EngineConfig, plan: MemoryPlan) -> EngineConfig:
+    """`config` with the measured KV pool and reserve; raises `EngineError` when the pool left
+    cannot hold one request of max_total_tokens."""
+    _check_pool(plan.num_kv_blocks, config.block_size, config.max_total_tokens,
+                hint=f"after a reserve of {plan.reserve >> 20} MiB (activations {plan.activations >> 20}, "
+                     f"CUDA graphs {plan.graphs >> 20}, fragmentation {plan.fragmentation >> 20}); lower "
+                     "max_batch_prefill_tokens, max_batch_size or adapter_memory, or turn cuda_graphs off")
+    return dataclasses.replace(config, num_kv_blocks=plan.num_kv_blocks, memory_reserve=plan.reserve)
+
+
+def _check_pool(num_kv_blocks: int, block_size: int, total: int, hint: str = "") -> None:
+    if num_kv_blocks * block_size < total:
+        raise EngineError(
+            f"the KV pool ({num_kv_blocks} blocks of {block_size} tokens) cannot hold one request of "
+            f"max_total_tokens={total}{' ' + hint if hint else ''}; raise num_kv_blocks/"
+            "max_batch_total_tokens or lower max_total_tokens"
+        )
 
 
 def kv_bytes_per_block(model: ModelArgs, block_size: int, dtype: torch.dtype) -> int:
@@ -138,8 +175,7 @@ def _default_kv_blocks(
     if args.max_batch_total_tokens:
         return -(-args.max_batch_total_tokens // args.block_size)
     per_block = kv_bytes_per_block(model, args.block_size, dtype)
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free * GPU_MEMORY_FRACTION) // per_block
+    if device.type == "cuda":  # a placeholder: measured and replaced (`with_memory_plan`)
+        return -(-total // args.block_size)
     wanted = -(-max(16 * total, 16384) // args.block_size)
     return min(wanted, CPU_KV_BYTES // per_block)

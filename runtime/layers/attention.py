@@ -13,6 +13,9 @@ Both use `torch.nn.functional.scaled_dot_product_attention`, which on CUDA dispa
 soft-capping (`soft_cap * tanh(scores / soft_cap)` before the mask and softmax) has no SDPA form:
 with `soft_cap` set, the same masks go through the explicit matmul-softmax-matmul of
 transformers' eager attention. `sliding_window` is per call, so each layer passes its own.
+
+Metadata carrying `kernel` (built by the model runner on CUDA) takes the paged kernels' path
+instead, which reads the cache in place: `layers/attention_cuda.py`.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from lorafleet.runtime.layers import attention_cuda
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,7 @@ class AttentionMetadata:
     slot_mapping: torch.Tensor  # [T] int64: block * block_size + offset of each new token
     prefills: tuple[PrefillSpan, ...]
     decode: DecodeGroup | None
+    kernel: attention_cuda.KernelAttention | None = None  # set: the kernels' path (CUDA)
 
 
 def paged_attention(
@@ -73,6 +78,10 @@ def paged_attention(
     soft_cap: float | None = None,
 ) -> torch.Tensor:  # [T, H, D]
     """Writes this step's keys/values into the cache and attends each row to its sequence."""
+    if meta.kernel is not None:  # the paged kernels (CUDA): no gather, no mask
+        return attention_cuda.paged_attention(
+            q, k, v, k_cache, v_cache, meta.slot_mapping, meta.kernel, scale, sliding_window, soft_cap
+        )
     num_kv_heads, head_dim = k_cache.shape[2], k_cache.shape[3]
     k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, meta.slot_mapping, k)
     v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, meta.slot_mapping, v)

@@ -3,11 +3,16 @@
 Llama and its kin scale the normalised activations by `weight` after casting back to the input
 dtype; Gemma computes `normalised * (1 + weight)` in float32 and casts at the end. The rounding
 differs in half precision, so the order matters for bit-level agreement with the oracle.
+
+On CUDA (with the Triton backend, `kernels.fused.fused_layers`) both forms, and the decoder's
+residual add before a norm (`add_and_norm`), run as one fused kernel that rounds as this code does
+(`lorafleet.kernels.fused_norm`); elsewhere the eager code below runs.
 """
 
 from __future__ import annotations
 
 import torch
+from lorafleet.kernels.fused import fused_layers
 from torch import nn
 
 
@@ -22,10 +27,26 @@ class RMSNorm(nn.Module):
         self.offset = offset
         init = torch.zeros if offset else torch.ones
         self.weight = nn.Parameter(init(dim, dtype=dtype, device=device), requires_grad=False)
+        self.fused = fused_layers(torch.device(device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [..., dim]
+        if self.fused:
+            from lorafleet.kernels import fused_norm
+
+            return fused_norm.rms_norm(x, self.weight, self.eps, self.offset)
         hidden = x.float()
         hidden = hidden * torch.rsqrt(hidden.pow(2).mean(-1, keepdim=True) + self.eps)
         if self.offset:
             return (hidden * (self.offset + self.weight.float())).to(x.dtype)
         return self.weight * hidden.to(x.dtype)
+
+    def add_and_norm(
+        self, x: torch.Tensor, residual: torch.Tensor  # [T, dim] each
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # (x + residual, its norm)
+        """The decoder's residual add followed by this norm (one kernel on CUDA)."""
+        if self.fused:
+            from lorafleet.kernels import fused_norm
+
+            return fused_norm.add_rms_norm(x, residual, self.weight, self.eps, self.offset)
+        total = x + residual
+        return total, self(total)

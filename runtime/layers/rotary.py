@@ -7,6 +7,10 @@ forward call from the largest position in it (a call that reaches past the origi
 the long set for all its tokens, and the keys cached earlier keep the short one); we pick it per
 token by its own position, so every token is rotated as in a transformers run that cached it the
 same way. Both agree for every sequence within the original length (the tests' case).
+
+On CUDA (with the Triton backend, `kernels.fused.fused_layers`) q and k are rotated in place by
+one fused kernel that computes cos/sin itself, rounded as this code rounds them
+(`lorafleet.kernels.fused_rotary`); elsewhere the eager code below runs.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+from lorafleet.kernels.fused import fused_layers
 from torch import nn
 
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "longrope")
@@ -110,8 +115,10 @@ class RotaryEmbedding(nn.Module):
         self.attention_factor = 1.0
         # Equal keys give equal tables: layers with equal keys share one module (and its tables).
         self.key = (self.rotary_dim, theta, repr(sorted((scaling or {}).items())))
-        # The last step's (positions, dtype, cos, sin): every layer sharing this module reuses them.
-        # One tuple, read once, so two engines' threads sharing it never mix their tables.
+        # This step's (positions, dtype, cos, sin): every layer sharing this module reuses them.
+        # The model forgets them as each step begins (`forget_tables`): its positions tensor may
+        # be a static buffer refilled in place. One tuple, read once, so two engines' threads
+        # sharing the module never mix their tables.
         self._tables: tuple[torch.Tensor, torch.dtype, torch.Tensor, torch.Tensor] | None = None
         if scaling is not None and rope_type_of(scaling) == "longrope":
             long = longrope_inv_freq(self.rotary_dim, theta, scaling, long=True)
@@ -125,6 +132,8 @@ class RotaryEmbedding(nn.Module):
         q: torch.Tensor,  # [T, H, D]
         k: torch.Tensor,  # [T, KVH, D]
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        if q.is_cuda and fused_layers(q.device):  # built before its device is known: decided per call
+            return self._fused(positions, q, k)
         cos, sin = self._cos_sin(positions, q.dtype)
         if self.rotary_dim == q.shape[-1]:
             return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
@@ -133,6 +142,9 @@ class RotaryEmbedding(nn.Module):
         q = torch.cat((q_rot * cos + _rotate_half(q_rot) * sin, q[..., r:]), dim=-1)
         k = torch.cat((k_rot * cos + _rotate_half(k_rot) * sin, k[..., r:]), dim=-1)
         return q, k
+
+    def forget_tables(self) -> None:
+        self._tables = None
 
     def _cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """cos/sin [T, 1, R] of `positions`, computed once per step (the runner builds one
@@ -146,3 +158,14 @@ class RotaryEmbedding(nn.Module):
         cos, sin = _tables(positions, inv_freq, self.attention_factor, dtype)
         self._tables = (positions, dtype, cos, sin)
         return cos, sin
+
+    def _fused(
+        self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # q, k rotated in place
+        from lorafleet.kernels import fused_rotary
+
+        return fused_rotary.rotary_embedding(
+            positions, q, k, self.inv_freq,
+            long_inv_freq=self.long_inv_freq if self.long_from is not None else None,
+            long_from=self.long_from or 0, attention_factor=self.attention_factor,
+        )

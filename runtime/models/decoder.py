@@ -154,8 +154,8 @@ class DecoderLayer(nn.Module):
         attn = self.self_attn(self.input_layernorm(x), positions, kv_cache, meta, lora)
         feed_forward = self.block_sparse_moe if self.is_moe else self.mlp
         if not self.sandwich:
-            x = x + attn
-            return x + feed_forward(self.post_attention_layernorm(x), lora)
+            x, normed = self.post_attention_layernorm.add_and_norm(x, attn)  # x + attn, then its norm
+            return x + feed_forward(normed, lora)
         x = x + self.post_attention_layernorm(attn)
         ff = feed_forward(self.pre_feedforward_layernorm(x), lora)
         return x + self.post_feedforward_layernorm(ff)
@@ -186,6 +186,7 @@ class DecoderModel(nn.Module):
             assert isinstance(layer, DecoderLayer)
             attn = layer.self_attn
             attn.rotary = shared.setdefault(attn.rotary.key, attn.rotary)
+        self.rotaries = list(shared.values())
         self.lora_groups = lora_groups(args)
         self.lora_holders = [m for m in self.modules() if isinstance(m, LoRABuffers)]
         self.lora_sites = self._lora_sites()
@@ -268,6 +269,8 @@ class DecoderModel(nn.Module):
         x = self.embed_tokens(input_ids)
         if self.args.embedding_scale is not None:  # Gemma: the scale rounded to the dtype first
             x = x * torch.tensor(self.args.embedding_scale, dtype=x.dtype)
+        for rotary in self.rotaries:  # `positions` may be a static buffer refilled since last step
+            rotary.forget_tables()
         for i, layer in enumerate(self.layers):
             x = layer(x, positions, kv_caches[i], meta, lora)
         return self.norm(x)

@@ -185,6 +185,12 @@ FLAGS = (
         "reuse the KV cache of prompt prefixes already computed with the same adapter (default true)",
     ),
     Flag(
+        "--cuda-graphs",
+        ("CUDA_GRAPHS",),
+        _bool,
+        "replay decode steps from CUDA graphs captured at start (default true on CUDA for dense models)",
+    ),
+    Flag(
         "--adapter-memory",
         ("ADAPTER_MEMORY",),
         parse_memory,

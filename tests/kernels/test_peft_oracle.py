@@ -24,7 +24,7 @@ def peft_layer():
     import transformers
     model_dir = tiny_model("mistral")
     paths = standard_adapters(model_dir)
-    base = transformers.AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32)
+    base = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     model = peft.PeftModel.from_pretrained(base, paths[NAMES[0]], adapter_name=NAMES[0])
     for name in NAMES[1:]:
         model.load_adapter(paths[name], adapter_name=name)
@@ -52,7 +52,7 @@ def _stack(modules: list, hidden_in: int) -> tuple[torch.Tensor, ...]:
 
 
 @pytest.mark.parametrize("fused", FUSED, ids=FUSED)
-def test_stacked_peft_adapters_match_peft_mixed_batch(peft_layer, fused: str, backend: str) -> None:
+def test_stacked_peft_adapters_match_peft_mixed_batch(peft_layer, fused: str, backend: str, device) -> None:
     parent = peft_layer.self_attn if fused == "qkv" else peft_layer.mlp
     modules = [getattr(parent, name) for name in FUSED[fused]]
     hidden_in = modules[0].base_layer.in_features
@@ -63,8 +63,10 @@ def test_stacked_peft_adapters_match_peft_mixed_batch(peft_layer, fused: str, ba
     with torch.no_grad():
         expected = torch.cat([m(x[:, None], adapter_names=adapter_names)[:, 0] for m in modules], dim=1)
         out = torch.cat([m.base_layer(x) for m in modules], dim=1)
-    kernels.add_lora_sliced(out, x, lora_a, lora_b, token_lora, scales, slice_widths=widths)
-    assert_close_to_reference(out, expected)
+    # PEFT runs on the CPU; the kernels on the test device (Triton needs CUDA or the interpreter)
+    on_device = [t.to(device) for t in (out, x, lora_a, lora_b, token_lora, scales)]
+    actual = kernels.add_lora_sliced(*on_device, slice_widths=widths)
+    assert_close_to_reference(actual.cpu(), expected)
 
 
 def _to_pages(
@@ -92,7 +94,7 @@ def _to_pages(
 
 
 @pytest.mark.parametrize("fused", FUSED, ids=FUSED)
-def test_paged_peft_adapters_match_peft_mixed_batch(peft_layer, fused: str, backend: str) -> None:
+def test_paged_peft_adapters_match_peft_mixed_batch(peft_layer, fused: str, backend: str, device) -> None:
     parent = peft_layer.self_attn if fused == "qkv" else peft_layer.mlp
     modules = [getattr(parent, name) for name in FUSED[fused]]
     hidden_in = modules[0].base_layer.in_features
@@ -105,5 +107,8 @@ def test_paged_peft_adapters_match_peft_mixed_batch(peft_layer, fused: str, back
     with torch.no_grad():
         expected = torch.cat([m(x[:, None], adapter_names=adapter_names)[:, 0] for m in modules], dim=1)
         out = torch.cat([m.base_layer(x) for m in modules], dim=1)
-    kernels.add_lora_paged(out, x, a_pages, b_pages, token_lora, scales, pages=pages, slice_widths=widths)
-    assert_close_to_reference(out, expected)
+    on_device = [t.to(device) for t in (out, x, a_pages, b_pages, token_lora, scales)]
+    pages = kernels.build_adapter_pages(pages.slot_pages, pages.slot_ranks, max_pages=pages.max_pages,
+                                        device=device)
+    actual = kernels.add_lora_paged(*on_device, pages=pages, slice_widths=widths)
+    assert_close_to_reference(actual.cpu(), expected)

@@ -111,9 +111,9 @@ def engine_prefill_logits(
             n = min(chunk or len(ids), len(ids) - seq.num_computed)
             engine.loop.scheduler.block_manager.allocate(seq, n)
             out = engine.loop.runner.execute(ScheduledBatch([ScheduledSeq(seq, n)]), {seq.seq_id})
-            start, logits = out.prompt_logits[seq.seq_id]
+            start, rows = out.prompt_logits[seq.seq_id]
             assert start == seq.num_computed
-            pieces.append(logits)
+            pieces.append(rows.logits())
             seq.num_computed += n
     finally:
         engine.loop.scheduler.block_manager.free(seq)

@@ -69,11 +69,19 @@ def test_defaults_match_tgi_port_and_concurrency():
         (["--lora-adapters", "a,b,c", "--max-loaded-adapters", "2"], {}, "--max-loaded-adapters"),
         (["--max-input-length", "100", "--max-total-tokens", "100"], {}, "--max-input-length"),
         (["--max-input-length", "100", "--max-batch-prefill-tokens", "50"], {}, "--max-batch-prefill-tokens"),
+        (["--cuda-graphs", "sometimes"], {}, "--cuda-graphs"),
+        ([], {"CUDA_GRAPHS": "2"}, "CUDA_GRAPHS"),
     ],
 )
 def test_bad_values_raise_an_error_naming_the_flag(argv, env, named):
     with pytest.raises(ConfigError, match=named):
         parse_config(["--model-id", "m", *argv], env=env)
+
+
+def test_cuda_graphs_default_to_the_engines_choice_and_can_be_turned_off():
+    assert parse_config(["--model-id", "m"], env={}).engine.cuda_graphs is None
+    assert parse_config(["--model-id", "m", "--cuda-graphs", "false"], env={}).engine.cuda_graphs is False
+    assert parse_config(["--model-id", "m"], env={"CUDA_GRAPHS": "true"}).engine.cuda_graphs is True
 
 
 def test_a_missing_model_id_is_an_error_naming_the_flag():
