@@ -82,8 +82,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     __import__("lorafleet.controlplane.dashboard", fromlist=["mount"]).mount(app)  # dashboard: /dashboard
 
     @app.get("/health", tags=["health"], summary="Liveness (no auth)")
-    def health() -> dict[str, str]:
-        return {"status": "ok"}
+    def health() -> dict[str, object]:
+        # `passes` counts finished reconciler loop iterations: a test that must see that nothing
+        # happens waits for passes instead of sleeping.
+        return {"status": "ok", "reconciler": {"passes": reconciler.passes, "leading": reconciler.leading}}
 
     @app.get("/api/agent-harnesses", include_in_schema=False)
     def agent_harnesses() -> JSONResponse:  # huggingface_hub 2.x probes this; a 404 is expected

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from dataclasses import dataclass, field
 
 from lorafleet.controlplane.catalog.service import Hardware
@@ -24,6 +23,7 @@ from lorafleet.controlplane.endpoints import repository
 from lorafleet.controlplane.endpoints.plan import LaunchOutcome
 from lorafleet.controlplane.endpoints.planner import EndpointPlanner
 from lorafleet.controlplane.endpoints.quota import Quota, QuotaTally
+from lorafleet.controlplane.endpoints.spec_view import EndpointSpec
 from lorafleet.controlplane.errors import ControlPlaneError
 from lorafleet.controlplane.launchers.base import Launcher, NoCapacityError, ReplicaHandle
 from lorafleet.controlplane.lease import ReconcilerLease
@@ -44,10 +44,6 @@ class PassReport:
     stopped: int = 0
     seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
-
-
-def new_replica_key() -> str:
-    return f"rep-{uuid.uuid4().hex[:12]}"
 
 
 class Reconciler:
@@ -76,6 +72,8 @@ class Reconciler:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._adopted_generation = 0  # the lease generation adopt() last ran for
         self._unrecorded: dict[str, ReplicaHandle] = {}  # started replicas whose handle is not saved
+        self.passes = 0  # loop iterations finished (led or not): tests wait on it instead of sleeping
+        self.leading = False  # whether the last iteration held the lease
 
     # --- loop -----------------------------------------------------------------------------
 
@@ -93,6 +91,7 @@ class Reconciler:
                     await asyncio.to_thread(self.tick)
                 except Exception:
                     log.exception("reconciler pass failed")
+                self.passes += 1
                 waits = [asyncio.create_task(self._wake.wait()), asyncio.create_task(stop.wait())]
                 await asyncio.wait(
                     waits, timeout=self.settings.reconcile_interval_s, return_when=asyncio.FIRST_COMPLETED
@@ -104,7 +103,8 @@ class Reconciler:
 
     def tick(self) -> PassReport | None:
         """One pass if this process holds (or can take) the lease; None otherwise."""
-        if not self.lease.try_acquire():
+        self.leading = self.lease.try_acquire()
+        if not self.leading:
             return None
         if self._adopted_generation != self.lease.generation:  # newly (re)acquired: adopt first
             self.adopt()
@@ -180,8 +180,9 @@ class Reconciler:
         live = {r.replica_key for rows in by_endpoint.values() for r in rows}
         self._api_keys = {k: v for k, v in self._api_keys.items() if k in live}
         for endpoint, _ in endpoints:
-            route = endpoint.spec.get("healthRoute", "/health")
-            metrics = self.planner.wants_metrics(endpoint.spec)
+            spec = EndpointSpec.from_stored(endpoint.spec)
+            route, scaling = spec.health_route, spec.compute.scaling
+            metrics = scaling.max_replica > 1 or scaling.can_scale_to_zero  # autoscaling, idleness
             for r in by_endpoint.get(endpoint.id, []):
                 if r.handle:
                     overdue = r.state == "starting" and (
@@ -203,22 +204,23 @@ class Reconciler:
         """Decide (one transaction), stop and start (none), record the outcome (one or two)."""
         name = f"{namespace}/{endpoint.name}"
         try:
+            # Resolved before the transaction: the catalog may ask the launcher (Ray's nodes).
+            view = self.planner.view(endpoint, namespace, tally.room(endpoint, namespace))
             # One transaction per endpoint, so one bad endpoint rolls back only its own changes and
             # an endpoint with nothing to do costs no write at all.
-            room = tally.room(endpoint, namespace)
-            plan = self.planner.reconcile(session, endpoint, namespace, replicas, probes, room)
+            decision = self.planner.reconcile(session, endpoint, view, replicas, probes)
             session.commit()
-            tally.launched(endpoint, namespace, len(plan.launches))
+            tally.launched(endpoint, namespace, len(decision.launches))
         except Exception as e:  # one bad endpoint must not stall the others
             session.rollback()
             log.exception("reconciling %s failed", name)
             report.errors.append(f"{name}: {e}")
             return
-        self._stop_rows(session, plan.stops, report)
-        if not plan.launches:
+        self._stop_rows(session, decision.stopping, report)
+        if not decision.launches:
             return
         outcomes = []
-        for launch in plan.launches:
+        for launch in decision.launches:
             try:
                 outcomes.append(LaunchOutcome(launch, handle=self.launcher.start(launch.spec)))
             except Exception as e:
@@ -238,7 +240,7 @@ class Reconciler:
             return
         report.started += sum(1 for o in outcomes if o.handle is not None)
         try:
-            self.planner.after_launches(session, plan, outcomes)
+            self.planner.after_launches(session, endpoint, decision, outcomes)
             session.commit()
         except Exception as e:
             session.rollback()

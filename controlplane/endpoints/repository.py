@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any, cast
 
 from lorafleet.controlplane.models import Endpoint, EndpointEvent, Namespace, Replica
-from sqlalchemy import CursorResult, delete, func, select, update
+from sqlalchemy import CursorResult, delete, select, update
 from sqlalchemy.orm import Session
 
 
@@ -92,10 +92,6 @@ def write_status(session: Session, *, endpoint_id: int, revision: int, values: d
         .execution_options(synchronize_session=False)
     )
     return bool(cast(CursorResult[Any], result).rowcount)
-
-
-def count_endpoints(session: Session) -> int:
-    return int(session.scalar(select(func.count(Endpoint.id))) or 0)
 
 
 def touch_active(session: Session, *, endpoint_id: int, moment: datetime) -> None:

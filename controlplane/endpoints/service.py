@@ -21,7 +21,8 @@ from lorafleet.controlplane.endpoints.local_paths import LocalRoots
 from lorafleet.controlplane.endpoints.quota import Claim, Quota, check_claims
 from lorafleet.controlplane.endpoints.render import render_endpoint
 from lorafleet.controlplane.endpoints.schemas import EndpointCreate, EndpointUpdate
-from lorafleet.controlplane.endpoints.spec import build_spec, check_spec, launch_digest_fields, merge_update
+from lorafleet.controlplane.endpoints.spec import build_spec, check_spec, merge_update
+from lorafleet.controlplane.endpoints.spec_view import EndpointSpec, launch_digest_fields
 from lorafleet.controlplane.errors import BadRequestError, ConflictError, NotFoundError
 from lorafleet.controlplane.models import Endpoint
 from lorafleet.controlplane.secretbox import SecretBox
@@ -116,7 +117,7 @@ class EndpointService:
             session,
             endpoint_id=endpoint.id,
             kind="created",
-            message=f"created on {self._instance_label(spec)}",
+            message=f"created on {EndpointSpec.from_stored(spec).instance_label}",
         )
         _wake(session)
         return endpoint
@@ -239,24 +240,13 @@ class EndpointService:
         catalog = self.hardware.catalog
         others = [e for e in repository.list_endpoints(session, namespace_id=principal.namespace_id)
                   if endpoint is None or e.id != endpoint.id]
-        running = [Claim.of(e.spec, catalog) for e in others if e.desired_state == "running"]
-        check_claims(self.quota, principal.namespace, Claim.of(spec, catalog), running,
-                     endpoints=len(others) + 1)
+        running = [Claim.of(EndpointSpec.from_stored(e.spec), catalog)
+                   for e in others if e.desired_state == "running"]
+        check_claims(self.quota, principal.namespace, Claim.of(EndpointSpec.from_stored(spec), catalog),
+                     running, endpoints=len(others) + 1)
 
     def _resolve(self, spec: dict[str, Any]) -> None:
-        compute, provider = spec["compute"], spec["provider"]
-        self.hardware.resolve(
-            vendor=provider["vendor"],
-            region=provider["region"],
-            instance_type=compute["instanceType"],
-            instance_size=compute["instanceSize"],
-            accelerator=compute["accelerator"],
-        )
-
-    @staticmethod
-    def _instance_label(spec: dict[str, Any]) -> str:
-        c, p = spec["compute"], spec["provider"]
-        return f"{p['vendor']}/{p['region']} {c['instanceType']} {c['instanceSize']}"
+        self.hardware.resolve_spec(EndpointSpec.from_stored(spec), check_accelerator=True)
 
     @staticmethod
     def _touch(endpoint: Endpoint, principal: Principal) -> None:

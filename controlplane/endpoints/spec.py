@@ -14,12 +14,9 @@ from typing import Any
 from lorafleet.controlplane.endpoints.env_policy import check_args, check_env
 from lorafleet.controlplane.endpoints.local_paths import REPOSITORY_PLACEHOLDER, LocalRoots
 from lorafleet.controlplane.endpoints.schemas import EndpointCreate, EndpointUpdate
+from lorafleet.controlplane.endpoints.spec_view import DEFAULT_HEALTH_ROUTE
 from lorafleet.controlplane.errors import BadRequestError
 from lorafleet.controlplane.launchers.base import LocalFolder
-
-DEFAULT_HEALTH_ROUTE = "/health"
-DEFAULT_SCALE_TO_ZERO_MINUTES = 15
-DEFAULT_PENDING_REQUESTS = 4.0
 
 
 def _split_image(
@@ -154,13 +151,3 @@ def runtime_env(
     if model.get("revision") and "REVISION" not in env:
         env["REVISION"] = model["revision"]
     return {**env, **secrets}, sources
-
-
-def launch_digest_fields(spec: dict[str, Any]) -> dict[str, Any]:
-    """The parts of a spec that, when changed, need new replicas."""
-    return {
-        "provider": spec["provider"],
-        "compute": {k: v for k, v in spec["compute"].items() if k != "scaling"},
-        "model": spec["model"],
-        "healthRoute": spec["healthRoute"],
-    }

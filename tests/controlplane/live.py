@@ -168,6 +168,20 @@ class LiveControlPlane:
         self.stop(sig)
         self.start()
 
+    def reconciler(self) -> dict[str, object]:
+        """`{"passes": n, "leading": bool}` from `/health`: finished reconciler loop iterations."""
+        return httpx.get(f"{self.url}/health", timeout=10).json()["reconciler"]
+
+    def wait_passes(self, count: int, timeout_s: float = 120.0) -> None:
+        """Returns once this process has finished `count` more reconciler loop iterations (a test
+        that must see that nothing happens waits for passes, not for a guessed time)."""
+        target = int(self.reconciler()["passes"]) + count  # type: ignore[call-overload]
+        deadline = time.monotonic() + timeout_s
+        while int(self.reconciler()["passes"]) < target:  # type: ignore[call-overload]
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.url} did not finish {count} reconciler passes in {timeout_s} s")
+            time.sleep(0.1)
+
     def output(self) -> str:
         try:
             return self.log_path.read_text(errors="replace")[-8000:]

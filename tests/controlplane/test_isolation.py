@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -186,7 +185,7 @@ def test_the_env_trick_of_the_issue_is_refused_and_runs_nothing(cp: LiveControlP
     error = response.json()
     assert error["field"].endswith(".PYTHONWARNINGS") and "HF_TOKEN" in error["accepted"]
     assert "PYTHONWARNINGS" in error["error"] and "MAX_TOTAL_TOKENS" in error["error"]
-    time.sleep(2.0)  # several reconciler passes: nothing may start
+    cp.wait_passes(3)  # several reconciler passes: nothing may start
     assert not MARKER.exists()
     assert httpx.get(f"{response.url}/ep-trick-{where}", headers=cp.headers).status_code == 404
 
