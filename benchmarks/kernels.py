@@ -14,11 +14,17 @@ its time, as a fraction of the device's peak. On a CPU the `ours` rows are the t
 or gathered as `torch_lora.choose_path` picks (the JSON says so): the Triton figures need a GPU
 (`benchmarks/gpu_check.sh`).
 
-    python benchmarks/kernels.py [--quick] [--out benchmarks/results]
+A second section (`kernels_paged.py`) runs adapters of ranks 8/16/64 stored in pages, read up to
+each one's true rank, against the same adapters zero-padded into a rank-64 stack: bytes read and
+time (on CUDA the Triton kernels, also from CUDA graphs; on a CPU the torch path).
+
+    python benchmarks/kernels.py [--quick] [--only stacked|paged] [--out benchmarks/results]
+                                 [--json-out PATH]     # the JSON at PATH, the PNG next to it
 
 `--cpu-paths` instead times the two forms of the CPU torch path (`grouped`, one matmul pair per
-adapter; `gathered`, per-token weights and bmm) at decode shapes, T tokens over D adapters, and
-which one `torch_lora.choose_path` picks (`kernels-cpu-paths.json`):
+adapter; `gathered`, per-token weights) at decode shapes, T tokens over D adapters, for uniform
+ranks (stacked) and ranks 8/16/64 in pages, in the engine's row layout (in place) and in the
+kernels' layout (copied), and which one `torch_lora.choose_path` picks (`kernels-cpu-paths.json`):
 
     OMP_NUM_THREADS=1 python benchmarks/kernels.py --cpu-paths
 """
@@ -27,19 +33,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
-from collections.abc import Callable
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from lorafleet import kernels
-from lorafleet.kernels import reference, torch_lora
+from lorafleet.kernels import build_adapter_pages, pages_for_rank, reference, torch_lora
+from lorafleet.kernels.torch_live import live_tokens
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks.*` when run as a script
+from benchmarks import kernels_paged  # noqa: E402
+from benchmarks.kernel_timing import graph_time_us, peak_bandwidth, time_us  # noqa: E402
 
 LAYERS = {"qo": (4096, 4096), "mlp": (4096, 14336)}
-NOMINAL_PEAK_GBPS = {"H200": 4800, "H100 NVL": 3900, "H100 PCIe": 2000, "H100": 3350, "A100-SXM4-80GB": 2039,
-                     "A100": 1555, "L40S": 864, "A10": 600, "L4": 300}
 MAX_GATHER_BYTES = 2 << 30  # bmm materialises T copies of A and B; skip it above this
 
 
@@ -108,43 +115,6 @@ def gathered_bmm(out, x, lora_a, lora_b, token_lora, scales) -> torch.Tensor:
     return out.add_((delta * (token_lora >= 0)[:, None]).to(out.dtype))
 
 
-def time_us(fn: Callable[[], object], device: torch.device, reps: int) -> float:
-    """Time of one call: on CUDA the median of 3 rounds of `reps` back-to-back calls timed with
-    events; on a CPU the best of 5 rounds (CPU machines here are shared, noise only adds)."""
-    fn()
-    samples = []
-    for _ in range(3 if device.type == "cuda" else 5):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            torch.cuda.synchronize()
-            start.record()
-            for _ in range(reps):
-                fn()
-            end.record()
-            torch.cuda.synchronize()
-            samples.append(start.elapsed_time(end) * 1e3 / reps)
-        else:
-            began = time.perf_counter()
-            for _ in range(reps):
-                fn()
-            samples.append((time.perf_counter() - began) * 1e6 / reps)
-    return statistics.median(samples) if device.type == "cuda" else min(samples)
-
-
-def graph_time_us(fn: Callable[[], object], reps: int) -> float:
-    """GPU time per call with launch gaps removed: `reps` calls captured in one CUDA graph."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        fn()  # warm caches (slice offsets, compiled kernels) outside capture
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(reps):
-            fn()
-    return time_us(graph.replay, torch.device("cuda"), 3) / reps
-
-
 def run_case(case: Case, device: torch.device, dtype: torch.dtype, quick: bool) -> Result:
     gen = torch.Generator().manual_seed(case.num_tokens * 131 + case.num_adapters)
     hidden_in, hidden_out = LAYERS[case.layer]
@@ -182,34 +152,55 @@ def run_case(case: Case, device: torch.device, dtype: torch.dtype, quick: bool) 
 
 
 # Decode shapes for the CPU forms: the demo model's fused q|k|v (hidden 256, 8 / 4 kv heads) and
-# o_proj, and a 7B-size q|k|v; (T tokens, D adapters) from one adapter to one token per adapter.
+# o_proj, and a 7B-size q|k|v, at one rank ("uniform", the stacked layout) or ranks 8/16/64 in
+# turn ("mixed", pages of 8 rows); (T tokens, D adapters) from one adapter to one token per adapter.
 CPU_PATH_LAYERS = {"demo_qkv": (256, (256, 128, 128), 8), "demo_o": (256, (256,), 16),
                    "7b_qkv": (4096, (4096, 1024, 1024), 16)}
 CPU_PATH_BATCHES = [(32, 1), (32, 4), (32, 8), (32, 16), (32, 32), (64, 32), (96, 32), (128, 32),
                     (8, 8), (16, 4), (4, 2)]
+CPU_PATH_RUNS = [("uniform", True), ("uniform", False), ("mixed", True)]  # (ranks, row layout)
 
 
-def cpu_path_times(layer: str, num_tokens: int, num_adapters: int, reps: int) -> dict:
+def _cpu_pool(layer: str, num_adapters: int, ranks_kind: str, row_layout: bool, gen: torch.Generator):
+    """Pages of random adapters: one page of R rows per slot (uniform) or ranks 8/16/64 in pages of 8."""
+    hidden_in, widths, rank = CPU_PATH_LAYERS[layer]
+    uniform = ranks_kind == "uniform"
+    ranks = [rank] * num_adapters if uniform else [(8, 16, 64)[i % 3] for i in range(num_adapters)]
+    page_rank = rank if uniform else kernels.PAGE_RANK
+    held = [pages_for_rank(r, page_rank) for r in ranks]
+    num_pages, num_slices = sum(held), len(widths)
+    a = torch.randn(num_pages, num_slices, page_rank, hidden_in, generator=gen) / hidden_in**0.5
+    b = torch.randn(num_pages, sum(widths), page_rank, generator=gen) / page_rank**0.5
+    if row_layout:  # A stored [P, K, S, R], B [P, R, N], as the engine's CPU layers keep them
+        a = a.permute(0, 3, 1, 2).contiguous().permute(0, 2, 3, 1)
+        b = b.transpose(1, 2).contiguous().transpose(1, 2)
+    firsts = [sum(held[:slot]) for slot in range(num_adapters)]
+    slot_pages = [list(range(first, first + count)) for first, count in zip(firsts, held, strict=True)]
+    pages = build_adapter_pages(slot_pages, ranks, max_pages=max(held), page_rank=page_rank)
+    return a, b, pages, widths
+
+
+def cpu_path_times(layer: str, num_tokens: int, num_adapters: int, reps: int, *, ranks: str = "uniform",
+                   row_layout: bool = True) -> dict:
     """µs per call of each forced form of the torch path, each active token on a random slot
     with every one of the D slots present."""
-    hidden_in, widths, rank = CPU_PATH_LAYERS[layer]
     gen = torch.Generator().manual_seed(num_tokens * 7 + num_adapters)
-    x = torch.randn(num_tokens, hidden_in, generator=gen)
+    lora_a, lora_b, pages, widths = _cpu_pool(layer, num_adapters, ranks, row_layout, gen)
+    x = torch.randn(num_tokens, lora_a.shape[3], generator=gen)
     out = torch.randn(num_tokens, sum(widths), generator=gen)
-    lora_a = torch.randn(num_adapters, len(widths), rank, hidden_in, generator=gen) / hidden_in**0.5
-    lora_b = torch.randn(num_adapters, sum(widths), rank, generator=gen) / rank**0.5
     extra = torch.randint(0, num_adapters, (num_tokens,), generator=gen)
     slots = torch.cat([torch.arange(num_adapters), extra])  # every slot first, then random ones
     token_lora = slots[:num_tokens][torch.randperm(num_tokens, generator=gen)]
     scales = torch.full((len(widths), num_adapters), 2.0)
     meta = kernels.prepare_lora_batch(token_lora, num_slots=num_adapters)
-    args = (out, x, lora_a, lora_b, scales, tuple(widths), meta)
-    times = {path: time_us(lambda p=path: torch_lora.apply(*args, path=p), x.device, reps)
+    args = (out, x, lora_a, lora_b, scales, tuple(widths), meta, pages)
+    times = {path: time_us(lambda p=path: torch_lora.apply_paged(*args, path=p), x.device, reps)
              for path in torch_lora.PATHS}
-    elements = torch_lora.elements_per_token(lora_a, lora_b)
-    chosen = torch_lora.choose_path(meta.num_active_tokens, meta.num_active_slots, elements)
-    return {"layer": layer, "num_tokens": num_tokens, "num_adapters": meta.num_active_slots, "rank": rank,
-            "elements_per_token": elements,
+    live = live_tokens(meta, pages)
+    chosen = torch_lora.chosen_path(x, lora_a, lora_b, meta, pages)
+    return {"layer": layer, "ranks": ranks, "row_layout": row_layout, "num_tokens": num_tokens,
+            "num_adapters": meta.num_active_slots,
+            "elements_per_token": live.elements_per_token(x.shape[1], len(widths), sum(widths)),
             "times_us": times, "chosen": chosen,
             "grouped_over_gathered": times["grouped"] / times["gathered"],
             "chosen_over_best": times[chosen] / min(times.values())}
@@ -217,42 +208,29 @@ def cpu_path_times(layer: str, num_tokens: int, num_adapters: int, reps: int) ->
 
 def run_cpu_paths(out_dir: Path) -> int:
     rows = []
-    for layer in CPU_PATH_LAYERS:
-        for num_tokens, num_adapters in CPU_PATH_BATCHES:
-            row = cpu_path_times(layer, num_tokens, num_adapters, reps=20 if layer.startswith("demo") else 3)
-            rows.append(row)
-            print(json.dumps(row | {"times_us": {k: round(v, 1) for k, v in row["times_us"].items()}}),
-                  flush=True)
+    for ranks, row_layout in CPU_PATH_RUNS:
+        for layer in CPU_PATH_LAYERS:
+            for num_tokens, num_adapters in CPU_PATH_BATCHES:
+                reps = 20 if layer.startswith("demo") else 3
+                row = cpu_path_times(layer, num_tokens, num_adapters, reps, ranks=ranks,
+                                     row_layout=row_layout)
+                rows.append(row)
+                print(json.dumps(row | {"times_us": {k: round(v, 1) for k, v in row["times_us"].items()}}),
+                      flush=True)
     out_dir.mkdir(parents=True, exist_ok=True)
+    worst = max(rows, key=lambda r: r["chosen_over_best"])
     report = {"device": "cpu", "torch_threads": torch.get_num_threads(),
-              "rule": f"gathered iff D >= 2 and T <= {torch_lora.GATHER_MAX_TOKENS_PER_SLOT} * D "
-                      f"and E <= {torch_lora.GATHER_MAX_ELEMENTS} (E = S*R*K + N*R)",
+              "rule": torch_lora.choose_path.__doc__.split("Args:")[0].strip(),
+              "worst_chosen_over_best": {k: worst[k] for k in ("layer", "ranks", "row_layout", "num_tokens",
+                                                               "num_adapters", "chosen_over_best")},
               "results": rows}
     (out_dir / "kernels-cpu-paths.json").write_text(json.dumps(report, indent=2))
     print(f"wrote {out_dir / 'kernels-cpu-paths.json'}")
     return 0
 
 
-def peak_bandwidth(device: torch.device) -> tuple[float, str]:
-    """(GB/s, where it came from): the nominal HBM figure for a known GPU, else a measured copy."""
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        for key, gbps in NOMINAL_PEAK_GBPS.items():
-            if key in name:
-                return float(gbps), f"nominal for {name}"
-    src = torch.empty(64 << 20 if device.type == "cuda" else 16 << 20, dtype=torch.float32, device=device)
-    dst = torch.empty_like(src)
-    seconds = time_us(lambda: dst.copy_(src), device, 5) / 1e6
-    return 2 * src.numel() * 4 / seconds / 1e9, f"measured copy on {device}"
-
-
-def plot(results: list[dict], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5))
+def plot(results: list[dict], left, right) -> None:
+    """Decode times per method (left) and each case's fraction of peak bandwidth (right)."""
     decode = [r for r in results if r["phase"] == "decode" and r["layer"] == "qo" and r["rank"] == 16]
     labels = [f"{r['num_tokens']}/{r['num_adapters']}" for r in decode]
     for method in ("ours_graph", "ours", "loop", "bmm", "reference"):
@@ -268,23 +246,10 @@ def plot(results: list[dict], path: Path, title: str) -> None:
     right.bar(range(len(results)), [r["bandwidth_fraction"] for r in results])
     right.set_xticks(range(len(results)), names, rotation=90, fontsize=6)
     right.set(ylabel="fraction of peak bandwidth (ours)")
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a few shapes per phase (CI, CPU)")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
-    parser.add_argument("--cpu-paths", action="store_true", help="time the CPU path's two forms instead")
-    args = parser.parse_args(argv)
-    if args.cpu_paths:
-        return run_cpu_paths(args.out)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    backend = kernels.select_backend(device)
-    peak_gbps, peak_source = peak_bandwidth(device)
+def run_stacked(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> list[dict]:
+    peak_gbps, _ = peak_bandwidth(device)
     results = []
     for case in cases(args.quick, device.type == "cuda"):
         row = run_case(case, device, dtype, args.quick).summary()
@@ -293,6 +258,61 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({k: row[k] for k in ("phase", "layer", "rank", "num_tokens", "num_adapters")}
                          | {"times_us": {k: round(v, 1) for k, v in row["times_us"].items()},
                             "bw": round(row["bandwidth_fraction"], 3)}), flush=True)
+    return results
+
+
+def run_paged(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> list[dict]:
+    rows = []
+    for case in kernels_paged.paged_cases(args.quick, device.type == "cuda"):
+        row = kernels_paged.run_paged_case(case, device, dtype, zipf_slots)
+        rows.append(row)
+        keys = ("phase", "layer", "num_tokens", "num_adapters")
+        print(json.dumps({"paged": True} | {k: row[k] for k in keys}
+                         | {"times_us": {k: round(v, 1) for k, v in row["times_us"].items()},
+                            "bytes_ratio": round(row["bytes_ratio"], 2),
+                            "speedup": round(row["speedup_vs_stacked"], 2)}), flush=True)
+    return rows
+
+
+def write_report(report: dict, json_path: Path) -> None:
+    """The JSON at `json_path` and one PNG next to it, a panel per section that ran."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(report, indent=2))
+    sections = [key for key in ("results", "paged") if report.get(key)]
+    num_panels = 2 * ("results" in sections) + ("paged" in sections)
+    fig, axes = plt.subplots(1, num_panels, figsize=(7 * num_panels, 5), squeeze=False)
+    panels = list(axes[0])
+    title = f"on {report['device']} ({report['backend']}, {report['dtype']})"
+    if "results" in sections:
+        plot(report["results"], panels.pop(0), panels.pop(0))
+    if "paged" in sections:
+        kernels_paged.plot_paged(report["paged"], panels.pop(0), "mixed ranks 8/16/64: paged vs padded stack")
+    fig.suptitle(f"add_lora {title}")
+    fig.tight_layout()
+    fig.savefig(json_path.with_suffix(".png"), dpi=120)
+    print(f"wrote {json_path} and {json_path.with_suffix('.png')}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a few shapes per phase (CI, CPU)")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results",
+                        help="folder of kernels-<device>[-quick].json and .png")
+    parser.add_argument("--json-out", type=Path, help="write the JSON here instead (and the PNG next to it)")
+    parser.add_argument("--only", choices=("stacked", "paged"), help="run one section (default: both)")
+    parser.add_argument("--cpu-paths", action="store_true", help="time the CPU path's two forms instead")
+    args = parser.parse_args(argv)
+    if args.cpu_paths:
+        return run_cpu_paths(args.out)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    backend = kernels.backend_for(device).name
+    peak_gbps, peak_source = peak_bandwidth(device)
     report = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "backend": backend,
@@ -304,13 +324,12 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick,
         "peak_GBps": peak_gbps,
         "peak_source": peak_source,
-        "results": results,
+        "results": run_stacked(args, device, dtype) if args.only != "paged" else [],
+        "paged_note": kernels_paged.NOTE,
+        "paged": run_paged(args, device, dtype) if args.only != "stacked" else [],
     }
-    args.out.mkdir(parents=True, exist_ok=True)
     stem = f"kernels-{device.type}{'-quick' if args.quick else ''}"
-    (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2))
-    plot(results, args.out / f"{stem}.png", f"add_lora on {report['device']} ({backend}, {report['dtype']})")
-    print(f"wrote {args.out / stem}.json and .png")
+    write_report(report, args.json_out or args.out / f"{stem}.json")
     return 0
 
 

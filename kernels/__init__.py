@@ -20,6 +20,12 @@ launch reads x once for every slice, one expand launch writes every slice. lora_
 `sum(widths[:s]) : sum(widths[:s+1])` — the same rows as in `out`; scales is [L] or [S, L]
 (per-slice scales for PEFT `alpha_pattern`/`rank_pattern`). Widths may differ (GQA).
 
+`add_lora_paged` is the same operation on paged adapter storage (`lorafleet.kernels.pages`):
+lora_a_pages [P, S, PR, K] and lora_b_pages [P, N, PR] hold PR = 8 rank rows of every slice per
+page; `pages = build_adapter_pages(slot_pages, ranks, max_pages=...)` says which pages hold
+each slot's rank rows and each slot's true rank, so an adapter costs ceil(r / 8) pages and the
+kernels stop at its rank. A token on an empty slot (rank 0) is left untouched, like -1.
+
 `prepare_lora_batch(token_lora, num_slots)` returns a frozen `LoraBatch`: tokens grouped by slot
 and cut into tiles, built on the device with one host sync (the slot range check; pass
 `validate=False` to skip it inside CUDA graph capture). Passing `meta=` skips that work in every
@@ -32,7 +38,8 @@ call by `torch_lora.choose_path`). `LORAFLEET_KERNELS=triton` forces Triton (wit
 `TRITON_INTERPRET=1` it runs on the CPU); `LORAFLEET_KERNELS=torch` forces torch. The public
 functions here check their inputs and raise `LoraKernelError` (a `ValueError`) naming the shapes
 before anything is launched; a caller that runs many layers with buffers that are consistent by
-construction (the engine) resolves `backend_for` once and calls `backend.apply(...)` directly.
+construction (the engine) resolves `backend_for` once and calls `backend.apply_paged(...)` (or
+`backend.apply(...)` for stacked weights) directly.
 """
 
 from __future__ import annotations
@@ -44,7 +51,13 @@ import torch
 from lorafleet.kernels.backend import LoraBackend, backend_for
 from lorafleet.kernels.batch import LoraBatch, prepare_lora_batch
 from lorafleet.kernels.errors import LoraKernelError
-from lorafleet.kernels.validation import check_meta, check_sliced_inputs
+from lorafleet.kernels.paged_attention import (
+    AttentionKernelError,
+    paged_decode_attention,
+    paged_prefill_attention,
+)
+from lorafleet.kernels.pages import PAGE_RANK, AdapterPages, build_adapter_pages, pages_for_rank
+from lorafleet.kernels.validation import check_meta, check_paged_inputs, check_sliced_inputs
 
 
 def add_lora(
@@ -121,12 +134,62 @@ def add_lora_sliced(
         return backend.apply(out, x, lora_a, lora_b, scales_2d, widths, meta)
 
 
+def add_lora_paged(
+    out: torch.Tensor,  # [T, N], N = sum(slice_widths)
+    x: torch.Tensor,  # [T, K]
+    lora_a_pages: torch.Tensor,  # [P, S, PR, K]
+    lora_b_pages: torch.Tensor,  # [P, N, PR]
+    token_lora: torch.Tensor,  # [T] int, -1 = no adapter
+    scales: torch.Tensor,  # [L] or [S, L] float32
+    *,
+    pages: AdapterPages,  # L slots: page table [L, max_pages], ranks [L]
+    slice_widths: Sequence[int],  # S output widths
+    meta: LoraBatch | None = None,
+) -> torch.Tensor:
+    """`add_lora_sliced` on paged adapter storage: each slot's rank rows live in its pages.
+
+    Slot l's A_s is [r, K] with row ρ = `lora_a_pages[page_table[l, ρ // PR], s, ρ % PR]` for
+    ρ < r = ranks[l], and its B the matching columns of `lora_b_pages`; then as in
+    `add_lora_sliced`: `out[t, slice s] += scales[s, l] * (x[t] @ A_s.T) @ B_s.T`, delta in fp32,
+    one rounding. Rows past a slot's rank are never read; tokens on slot -1 or on an empty slot
+    (rank 0) are left bit-identical.
+
+    Raises:
+        LoraKernelError (a ValueError): mismatched shapes, dtypes or devices, a page table that
+            points past the pool or was built for another page size, a slot out of range.
+
+    Example:
+        >>> pages = build_adapter_pages([[2], [0, 1]], [8, 16], max_pages=2)   # ranks 8 and 16
+        >>> qkv = add_lora_paged(qkv, x, a_pages, b_pages, token_lora, scales, pages=pages,
+        ...                      slice_widths=(4096, 1024, 1024), meta=meta)
+    """
+    widths = tuple(int(w) for w in slice_widths)
+    scales_2d = check_paged_inputs(out, x, lora_a_pages, lora_b_pages, token_lora, scales, widths, pages)
+    if meta is None:
+        meta = prepare_lora_batch(token_lora, pages.num_slots)
+    else:
+        check_meta(meta, token_lora, pages.num_slots)
+    if meta.num_tokens == 0 or not meta.has_lora_tokens:
+        return out  # nothing to add: launch nothing
+    backend = backend_for(x.device)
+    with torch.cuda.device(x.device) if x.device.type == "cuda" else contextlib.nullcontext():
+        return backend.apply_paged(out, x, lora_a_pages, lora_b_pages, scales_2d, widths, meta, pages)
+
+
 __all__ = [
+    "PAGE_RANK",
+    "AdapterPages",
+    "AttentionKernelError",
     "LoraBackend",
     "LoraBatch",
     "LoraKernelError",
     "add_lora",
+    "add_lora_paged",
     "add_lora_sliced",
     "backend_for",
+    "build_adapter_pages",
+    "pages_for_rank",
+    "paged_decode_attention",
+    "paged_prefill_attention",
     "prepare_lora_batch",
 ]

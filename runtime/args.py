@@ -44,6 +44,8 @@ class EngineArgs:
         num_kv_blocks: KV-cache blocks (overrides max_batch_total_tokens).
         prefix_caching: reuse the KV blocks of a prompt prefix already computed with the same
             adapter version (or the base); see `engine/block_manager.py`.
+        allow_hub_adapters: let requests name Hub repo ids (`org/name`) besides the registered
+            adapters; they are downloaded on first use. Paths in requests are always refused.
 
     Example:
         >>> EngineArgs("/models/mistral", adapters=(AdapterSource("sql", "/adapters/sql"),))
@@ -64,3 +66,4 @@ class EngineArgs:
     block_size: int = 16
     num_kv_blocks: int | None = None
     prefix_caching: bool = True
+    allow_hub_adapters: bool = False

@@ -51,12 +51,13 @@ RUNTIME_ENV = (
     "BLOCK_SIZE",
     "NUM_KV_BLOCKS",
     "LOG_LEVEL",
+    "PAYLOAD_LIMIT",
+    "ALLOW_HUB_ADAPTERS",
+    "PREFIX_CACHING",
 )
-# Settings the runtime side of issue 12 adds (tests/controlplane/test_env_policy.py checks every
-# RUNTIME_ENV name against the runtime's flags; move these up there once the runtime reads them).
-PENDING_RUNTIME_ENV = (
-    "PAYLOAD_LIMIT", "ALLOW_HUB_ADAPTERS", "ADAPTER_MEMORY", "ADAPTER_HOST_MEMORY", "PREFIX_CACHING"
-)
+# Settings the runtime's live-adapter memory budget adds (tests/controlplane/test_env_policy.py checks
+# every RUNTIME_ENV name against the runtime's flags; move these up there once the runtime reads them).
+PENDING_RUNTIME_ENV = ("ADAPTER_MEMORY", "ADAPTER_HOST_MEMORY")
 HUB_AUTH_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
 TENANT_ENV = frozenset(RUNTIME_ENV + PENDING_RUNTIME_ENV + HUB_AUTH_ENV)
 LAUNCHER_ENV = frozenset((

@@ -1,10 +1,14 @@
 """Reads a PEFT LoRA adapter and validates it against the base model.
 
-Accepted: `adapter_config.json` + `adapter_model.safetensors`, LoRA with `r`, `lora_alpha`,
-`use_rslora`, `target_modules` (any subset of q/k/v/o/gate/up/down, list or regex) and
-`rank_pattern`/`alpha_pattern`. Refused with a clear `AdapterLoadError`: pickled `.bin`
-weights, `use_dora`, `modules_to_save`, other PEFT types, biases, shapes or modules that do not
-fit the base. A different `base_model_name_or_path` only warns (paths differ between machines).
+Accepted: `adapter_config.json` + `adapter_model.safetensors` of a LoRA whose modules are
+LoRA-targetable in the base architecture (`models/lora_targets.py`), matched, ranked and scaled
+exactly as PEFT does it (`peft_rules.py`: `target_modules` list / regex / `all-linear`,
+`layers_to_transform`, `layers_pattern`, `exclude_modules`, `rank_pattern`, `alpha_pattern`,
+`use_rslora`). Refused with a clear `AdapterLoadError` naming the file and the field or module:
+pickled `.bin` weights, DoRA, `modules_to_save`, biases, other PEFT types, a config that targets
+modules the runtime cannot adapt (embeddings, LM head), weights for modules the config does not
+target, shapes or ranks that do not fit. A different `base_model_name_or_path` only warns
+(paths differ between machines).
 """
 
 from __future__ import annotations
@@ -18,11 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lorafleet.runtime.adapters.peft_rules import PeftRules, refuse_unsupported
 from lorafleet.runtime.errors import AdapterLoadError
-from lorafleet.runtime.models.decoder import LORA_MODULES, ModelArgs
+from lorafleet.runtime.models.args import ModelArgs
+from lorafleet.runtime.models.lora_targets import UNSUPPORTED, LoraTarget, lora_targets
 
 logger = logging.getLogger(__name__)
-_KEY = re.compile(r"layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)\.lora_([AB])(?:\.[^.]+)?\.weight$")
+# base_model.model.<module>.lora_A.weight (or .lora_A.<adapter name>.weight in old files)
+_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<which>[AB])(?:\.[^.]+)?\.weight$")
 
 
 @dataclass(frozen=True)
@@ -37,31 +44,36 @@ class AdapterWeights:
     adapter_id: str
     source: str
     max_rank: int
-    modules: dict[tuple[int, str], LoraModuleWeights]  # (layer, module) -> weights
+    modules: dict[str, LoraModuleWeights]  # full module name (model.layers.1.mlp.down_proj) -> weights
     digest: str = ""  # adapters.digest.adapter_digest of its files (set by whoever read the folder)
 
 
 def resolve_adapter_dir(source: str | os.PathLike[str], revision: str | None = None) -> Path:
-    """A local folder as is, otherwise a Hub repo id through `snapshot_download` (honours HF_HUB_OFFLINE)."""
+    """A local folder as is, otherwise a Hub repo id (for sources the operator registered)."""
     path = Path(source).expanduser()
     if path.is_dir():
         return path
     if path.is_absolute() or str(source).startswith((".", "~")) or str(source).count("/") > 1:
         raise AdapterLoadError(f"adapter {str(source)!r}: no such directory")
+    return download_hub_adapter(str(source), revision)
+
+
+def download_hub_adapter(repo_id: str, revision: str | None = None) -> Path:
+    """The adapter files of Hub repo `repo_id` via `snapshot_download` (honours HF_HUB_OFFLINE and
+    the cache); never looks at the local filesystem for `repo_id` itself."""
     from huggingface_hub import snapshot_download
 
     try:
         return Path(
             snapshot_download(
-                str(source),
+                repo_id,
                 revision=revision,
                 allow_patterns=["adapter_config.json", "adapter_model.safetensors", "*.bin"],
             )
         )
     except Exception as e:  # network, offline mode, unknown repo, auth: all mean "cannot load"
-        raise AdapterLoadError(
-            f"adapter {str(source)!r}: not a local directory and not downloadable: {e}"
-        ) from e
+        reason = f"{type(e).__name__}: {e}"[:300]  # Hub errors can be long; never echo them whole
+        raise AdapterLoadError(f"adapter {repo_id!r}: not downloadable from the Hub: {reason}") from e
 
 
 def read_adapter_config(folder: Path) -> dict[str, Any]:
@@ -72,42 +84,10 @@ def read_adapter_config(folder: Path) -> dict[str, Any]:
         raise AdapterLoadError(f"{path}: not found; a PEFT adapter needs adapter_config.json") from e
     except (OSError, json.JSONDecodeError) as e:
         raise AdapterLoadError(f"{path}: unreadable: {e}") from e
-    problems = {
-        "peft_type": config.get("peft_type", "LORA") != "LORA",
-        "use_dora": bool(config.get("use_dora")),
-        "modules_to_save": bool(config.get("modules_to_save")),
-        "bias": config.get("bias", "none") != "none",
-        "fan_in_fan_out": bool(config.get("fan_in_fan_out")),
-    }
-    for key, bad in problems.items():
-        if bad:
-            raise AdapterLoadError(f"{path}: {key}={config.get(key)!r} is not supported (plain LoRA only)")
+    if not isinstance(config, dict):
+        raise AdapterLoadError(f"{path}: expected a JSON object")
+    refuse_unsupported(config, path)
     return config
-
-
-def _pattern_value(patterns: dict[str, Any], key: str, default: Any) -> Any:
-    # PEFT: a pattern applies when the module name ends with it (as a regex), e.g. "down_proj".
-    for pattern, value in patterns.items():
-        if re.match(rf"(.*\.)?({pattern})$", key):
-            return value
-    return default
-
-
-def _targets(config: dict[str, Any], path: Path) -> set[str]:
-    targets = config.get("target_modules") or []
-    if isinstance(targets, str):  # a regex over full module names
-        return {
-            m
-            for m in LORA_MODULES
-            if re.fullmatch(targets, f"model.layers.0.self_attn.{m}")
-            or re.fullmatch(targets, f"model.layers.0.mlp.{m}")
-        }
-    unknown = [t for t in targets if t.split(".")[-1] not in LORA_MODULES]
-    if unknown:
-        raise AdapterLoadError(
-            f"{path}: target module(s) {unknown} not supported (supported: {LORA_MODULES})"
-        )
-    return {t.split(".")[-1] for t in targets}
 
 
 def load_adapter(
@@ -127,41 +107,58 @@ def load_adapter(
         logger.warning(
             "adapter %s was trained on %s, serving it on %s", adapter_id, declared_base, base_model_id
         )
-    targets = _targets(config, config_path)
-    tensors = _read_tensors(folder)
-    pairs: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
-    for name, tensor in tensors.items():
-        match = _KEY.search(name)
-        if not match:
-            raise AdapterLoadError(f"{folder}: tensor {name!r} is not a LoRA weight of a supported module")
-        layer, module, which = int(match[1]), match[2], match[3]
-        if module not in LORA_MODULES or (targets and module not in targets):
-            raise AdapterLoadError(f"{folder}: module {module!r} ({name}) is not a targetable projection")
-        if layer >= base.num_layers:
-            raise AdapterLoadError(f"{folder}: {name} is for layer {layer}; the base has {base.num_layers}")
-        pairs.setdefault((layer, module), {})[which] = tensor
-    modules = {}
-    for (layer, module), pair in sorted(pairs.items()):
-        modules[(layer, module)] = _module_weights(config, folder, base, layer, module, pair, max_rank, dtype)
+    targets = lora_targets(base)
+    rules = PeftRules.from_config(config, config_path, targets)
+    refused = [name for name in _unsupported_modules(base) if rules.targets(name)]
+    if refused:
+        raise AdapterLoadError(
+            f"{config_path}: target_modules selects {refused[0]!r}, which {base.architecture} cannot serve "
+            f"LoRA on (LoRA-targetable: {_short_names(targets)})"
+        )
+    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in _read_tensors(folder).items():
+        match = _KEY.match(key)
+        if not match or match["module"] not in targets:
+            raise AdapterLoadError(
+                f"{folder}: tensor {key!r} is not a LoRA weight of a module {base.architecture} can adapt "
+                f"(LoRA-targetable: {_short_names(targets)})"
+            )
+        if not rules.targets(match["module"]):
+            raise AdapterLoadError(
+                f"{folder}: tensor {key!r} is for {match['module']}, "
+                "which adapter_config.json does not target"
+            )
+        pairs.setdefault(match["module"], {})[match["which"]] = tensor
+    modules = {
+        name: _module_weights(rules, folder, targets[name], pairs[name], max_rank, dtype)
+        for name in targets
+        if name in pairs
+    }
     if not modules:
         raise AdapterLoadError(f"{folder}: adapter_model.safetensors holds no LoRA weights")
     return AdapterWeights(adapter_id, str(folder), max(w.lora_a.shape[0] for w in modules.values()), modules)
 
 
+def _unsupported_modules(base: ModelArgs) -> list[str]:
+    return [*UNSUPPORTED, *(f"model.layers.{i}" for i in range(base.num_layers))]
+
+
+def _short_names(targets: dict[str, LoraTarget]) -> str:
+    return ", ".join(dict.fromkeys(re.sub(r"^model\.layers\.\d+\.|experts\.\d+\.", "", n) for n in targets))
+
+
 def _module_weights(
-    config: dict[str, Any],
+    rules: PeftRules,
     folder: Path,
-    base: ModelArgs,
-    layer: int,
-    module: str,
+    target: LoraTarget,
     pair: dict[str, torch.Tensor],
     max_rank: int,
     dtype: torch.dtype,
 ) -> LoraModuleWeights:
-    where = f"{folder}: layers.{layer}.{module}"
+    where = f"{folder}: {target.name}"
     if set(pair) != {"A", "B"}:
         raise AdapterLoadError(f"{where}: needs both lora_A and lora_B weights")
-    out_features, in_features = base.module_shape(module)
+    out_features, in_features = target.out_features, target.in_features
     a, b = pair["A"], pair["B"]
     rank = a.shape[0]
     if a.dim() != 2 or b.dim() != 2 or a.shape[1] != in_features or tuple(b.shape) != (out_features, rank):
@@ -169,15 +166,17 @@ def _module_weights(
             f"{where}: shapes A{tuple(a.shape)} B{tuple(b.shape)} do not fit the base projection "
             f"({out_features}x{in_features}): expected A[r, {in_features}] and B[{out_features}, r]"
         )
-    key = f"model.layers.{layer}.{module}"
-    declared_rank = int(_pattern_value(config.get("rank_pattern") or {}, key, config.get("r", rank)))
+    declared_rank = rules.rank(target.name)
     if declared_rank != rank:
-        raise AdapterLoadError(f"{where}: weights have rank {rank}, adapter_config.json says {declared_rank}")
+        raise AdapterLoadError(
+            f"{where}: weights have rank {rank}, adapter_config.json says {declared_rank} "
+            "(r / rank_pattern, matched as PEFT matches them)"
+        )
     if rank > max_rank:
         raise AdapterLoadError(f"{where}: rank {rank} exceeds the engine's max_lora_rank {max_rank}")
-    alpha = float(_pattern_value(config.get("alpha_pattern") or {}, key, config.get("lora_alpha", rank)))
-    scale = alpha / rank**0.5 if config.get("use_rslora") else alpha / rank
-    return LoraModuleWeights(a.to(dtype).contiguous(), b.to(dtype).contiguous(), scale)
+    return LoraModuleWeights(
+        a.to(dtype).contiguous(), b.to(dtype).contiguous(), rules.scale(target.name, rank)
+    )
 
 
 def _read_tensors(folder: Path) -> dict[str, torch.Tensor]:

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 from lorafleet.runtime.args import EngineArgs
-from lorafleet.runtime.models.decoder import ModelArgs
+from lorafleet.runtime.models.args import ModelArgs
+from lorafleet.runtime.models.generation_config import GenerationDefaults
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,8 @@ class EngineConfig:
     max_batch_prefill_tokens: int  # new prompt tokens per step (longer prompts are chunked)
     num_kv_blocks: int
     max_cpu_adapters: int  # adapter weights kept in host memory (LRU)
-    eos_token_ids: frozenset[int]  # the tokenizer's and config.json's
+    eos_token_ids: frozenset[int]  # the tokenizer's, config.json's and generation_config.json's
+    generation_defaults: GenerationDefaults  # generation_config.json's sampling values
 
     @property
     def model_id(self) -> str:

@@ -21,7 +21,8 @@ from typing import Any
 import torch
 from lorafleet.runtime.adapters import AdapterStore, load_adapter, resolve_adapter_dir
 from lorafleet.runtime.adapters.digest import adapter_digest
-from lorafleet.runtime.adapters.loader import AdapterWeights
+from lorafleet.runtime.adapters.loader import AdapterWeights, download_hub_adapter
+from lorafleet.runtime.adapters.policy import check_request_adapter
 from lorafleet.runtime.args import AdapterSource, EngineArgs
 from lorafleet.runtime.engine import setup
 from lorafleet.runtime.engine.config import EngineConfig
@@ -33,7 +34,9 @@ from lorafleet.runtime.engine.scheduler import Scheduler, SchedulerConfig
 from lorafleet.runtime.engine.sequence import Sequence as Seq
 from lorafleet.runtime.engine.validation import prepare_request
 from lorafleet.runtime.errors import AdapterLoadError, EngineError, GenerationError
-from lorafleet.runtime.models.decoder import DecoderModel, LoraCapacity
+from lorafleet.runtime.models.args import LoraCapacity
+from lorafleet.runtime.models.decoder import DecoderModel
+from lorafleet.runtime.models.generation_config import read_generation_config, token_ids
 from lorafleet.runtime.models.loader import load_model, read_config
 from lorafleet.runtime.tokenizer import Tokenizer
 from lorafleet.runtime.types import GenerationRequest, GenerationResult, PreparedRequest, TokenEvent
@@ -44,6 +47,7 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class EngineInfo:
     model_id: str
+    architecture: str  # config.json's, e.g. "Qwen3ForCausalLM"
     model_sha: str | None
     dtype: str
     device: str
@@ -118,9 +122,11 @@ class Engine:
         device = setup.resolve_device(args.device)
         dtype = setup.resolve_dtype(args.dtype, device)
         tokenizer = Tokenizer(model_dir)
+        generation = read_generation_config(model_dir)
         lora = LoraCapacity(args.max_loaded_adapters, args.max_lora_rank)
         model = load_model(model_dir, model_args, dtype=dtype, device=device, lora=lora, progress=say)
         eos = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+        eos |= generation.eos_token_ids | _config_eos(raw_config, model_dir)
         config = setup.resolve_config(
             args,
             model_dir=model_dir,
@@ -128,13 +134,14 @@ class Engine:
             model=model_args,
             dtype=dtype,
             device=device,
-            eos_token_ids=frozenset(eos | _ids(raw_config.get("eos_token_id"))),
+            eos_token_ids=frozenset(eos),
+            generation_defaults=generation,
         )
         engine = cls(config, model, tokenizer)
         say(f"KV pool: {config.num_kv_blocks} blocks x {config.block_size} tokens")
         for adapter in args.adapters:
             say(f"loading adapter {adapter.adapter_id} from {adapter.source}")
-            engine.store.register(adapter.adapter_id, adapter.source, adapter.revision)
+            engine.register_adapter(adapter.adapter_id, adapter.source, adapter.revision)
             engine.loop.pin(adapter.adapter_id)
         return engine
 
@@ -175,6 +182,7 @@ class Engine:
         c = self.config
         return EngineInfo(
             model_id=c.model_id,
+            architecture=c.model.architecture,
             model_sha=c.model_sha,
             dtype=str(c.dtype).removeprefix("torch."),
             device=str(c.device),
@@ -207,12 +215,26 @@ class Engine:
             prefix_cache_hit_tokens=counters.prefix_cache_hit_tokens,
         )
 
+    def register_adapter(self, adapter_id: str, source: str, revision: str | None = None) -> None:
+        """Lets requests name `adapter_id`: its weights come from `source` (a local folder or a Hub
+        repo id, the operator's choice), loaded on first use and evicted LRU (unlike `adapters=`
+        of `from_args`, which are also pinned). Safe to call while the engine runs."""
+        self.store.register(adapter_id, source, revision)
+
     def prepare(self, request: GenerationRequest) -> PreparedRequest:
         """Checks and tokenizes `request` once and loads its adapter into host memory.
 
         Call it off the event loop (it may read the adapter from disk or the Hub). Raises
-        `EngineValidationError` (or `AdapterLoadError`) for a request the engine would refuse.
+        `EngineValidationError` (or `AdapterLoadError`) for a request the engine would refuse,
+        including an `adapter_id` that is neither registered nor an allowed Hub repo id
+        (`adapters.policy`): that check comes first, before any file is read.
         """
+        if request.adapter_id is not None:
+            check_request_adapter(
+                request.adapter_id,
+                registered=self.store.is_registered(request.adapter_id),
+                allow_hub=self.config.args.allow_hub_adapters,
+            )
         prepared = prepare_request(request, self.config, self.tokenizer)
         if request.adapter_id is None:
             return prepared
@@ -289,8 +311,14 @@ class Engine:
             )
         return weights.digest
 
-    def _load_adapter_weights(self, adapter_id: str, source: str, revision: str | None) -> AdapterWeights:
-        folder = resolve_adapter_dir(source, revision)
+    def _load_adapter_weights(
+        self, adapter_id: str, source: str | None, revision: str | None
+    ) -> AdapterWeights:
+        # source None: an unregistered id that passed the policy, i.e. a Hub repo id.
+        if source is None:
+            folder = download_hub_adapter(adapter_id)
+        else:
+            folder = resolve_adapter_dir(source, revision)
         weights = load_adapter(
             adapter_id,
             folder,
@@ -302,11 +330,12 @@ class Engine:
         return replace(weights, digest=adapter_digest(folder))
 
 
-def _ids(value: Any) -> set[int]:
+def _config_eos(raw_config: dict[str, Any], model_dir: os.PathLike[str]) -> set[int]:
     """`eos_token_id` of config.json: absent, one id or a list."""
-    if value is None:
-        return set()
-    return {int(v) for v in value} if isinstance(value, list) else {int(value)}
+    try:
+        return token_ids(raw_config.get("eos_token_id"))
+    except ValueError as e:
+        raise EngineError(f"{model_dir}/config.json: {e}") from e
 
 
 class _BlockingSink:

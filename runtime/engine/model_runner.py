@@ -17,7 +17,7 @@ from lorafleet.runtime.engine.scheduler import ScheduledBatch
 from lorafleet.runtime.engine.sequence import Sequence
 from lorafleet.runtime.layers.attention import AttentionMetadata, DecodeGroup, PrefillSpan
 from lorafleet.runtime.layers.lora_linear import LoraStep
-from lorafleet.runtime.models.decoder import LORA_GROUP_OF, LORA_MODULES, DecoderModel
+from lorafleet.runtime.models.decoder import DecoderModel
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class ModelRunner:
             device=config.device,
         )
         self._num_slots = max(config.max_loaded_adapters, 1)
-        self._group_names = tuple(dict.fromkeys(LORA_GROUP_OF.values()))
+        self._group_names = model.lora_groups
         # Per slot: the projection groups its adapter targets (in any layer). Host-side, so building
         # a step's per-group slots costs no tensor op and no device sync.
         self._slot_groups: list[frozenset[str]] = [frozenset()] * self._num_slots
@@ -59,16 +59,12 @@ class ModelRunner:
 
     def set_adapter(self, slot: int, weights: AdapterWeights) -> None:
         """Writes `weights` into `slot` of every layer's stacked buffers (clearing untargeted ones)."""
-        for layer in range(self.args.num_layers):
-            for linear in {
-                id(m): m for m in (self.model.lora_linear(layer, n) for n in LORA_MODULES)
-            }.values():
-                linear.reset_lora(slot)
-        for (layer, module), w in weights.modules.items():
-            self.model.lora_linear(layer, module).set_lora(
-                slot, module, w.lora_a.to(self.device), w.lora_b.to(self.device), w.scale
-            )
-        self._slot_groups[slot] = frozenset(LORA_GROUP_OF[module] for _, module in weights.modules)
+        for holder in self.model.lora_holders:
+            holder.reset_lora(slot)
+        sites = self.model.lora_sites
+        for name, w in weights.modules.items():
+            sites[name].set_lora(slot, w.lora_a.to(self.device), w.lora_b.to(self.device), w.scale)
+        self._slot_groups[slot] = frozenset(sites[name].group for name in weights.modules)
 
     @torch.inference_mode()
     def execute(self, batch: ScheduledBatch, wants_prompt_logits: set[int]) -> StepOutput:

@@ -9,7 +9,8 @@ import torch
 from lorafleet.runtime.args import EngineArgs
 from lorafleet.runtime.engine.config import EngineConfig
 from lorafleet.runtime.errors import EngineError
-from lorafleet.runtime.models.decoder import ModelArgs
+from lorafleet.runtime.models.args import ModelArgs
+from lorafleet.runtime.models.generation_config import GenerationDefaults
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 CPU_KV_BYTES = 2 << 30  # default KV pool on the CPU: at most 2 GiB
@@ -30,7 +31,14 @@ def resolve_model_dir(model_id: str | os.PathLike[str], revision: str | None) ->
             snapshot_download(
                 str(model_id),
                 revision=revision,
-                allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.bin"],
+                allow_patterns=[
+                    "*.json",
+                    "*.safetensors",
+                    "tokenizer*",
+                    "*.bin",
+                    "*.jinja",
+                    "additional_chat_templates/*",
+                ],
             )
         )
     except Exception as e:  # offline, unknown repo, auth...
@@ -83,6 +91,7 @@ def resolve_config(
     dtype: torch.dtype,
     device: torch.device,
     eos_token_ids: frozenset[int],
+    generation_defaults: GenerationDefaults,
 ) -> EngineConfig:
     """Fills in defaults (after the weights are loaded, so free device memory is known) and checks
     that the limits are consistent; raises `EngineError` naming the option."""
@@ -109,6 +118,7 @@ def resolve_config(
         num_kv_blocks=num_kv_blocks,
         max_cpu_adapters=max(4 * args.max_loaded_adapters, 16),
         eos_token_ids=eos_token_ids,
+        generation_defaults=generation_defaults,
     )
 
 

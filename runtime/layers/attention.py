@@ -9,7 +9,10 @@ keys/values at their slots, then attends:
 - prefill chunks run one sequence at a time with a causal mask offset by the tokens already cached.
 
 Both use `torch.nn.functional.scaled_dot_product_attention`, which on CUDA dispatches to its fused
-(flash / memory-efficient) kernels and on the CPU to its fused C++ path.
+(flash / memory-efficient) kernels and on the CPU to its fused C++ path. Gemma 2's score
+soft-capping (`soft_cap * tanh(scores / soft_cap)` before the mask and softmax) has no SDPA form:
+with `soft_cap` set, the same masks go through the explicit matmul-softmax-matmul of
+transformers' eager attention. `sliding_window` is per call, so each layer passes its own.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ def paged_attention(
     meta: AttentionMetadata,
     scale: float,
     sliding_window: int | None = None,
+    soft_cap: float | None = None,
 ) -> torch.Tensor:  # [T, H, D]
     """Writes this step's keys/values into the cache and attends each row to its sequence."""
     num_kv_heads, head_dim = k_cache.shape[2], k_cache.shape[3]
@@ -62,14 +66,16 @@ def paged_attention(
     v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, meta.slot_mapping, v)
     out = torch.empty_like(q)
     if meta.decode is not None:
-        out[meta.decode.token_index] = _decode(q, k_cache, v_cache, meta.decode, scale, sliding_window)
+        out[meta.decode.token_index] = _decode(
+            q, k_cache, v_cache, meta.decode, scale, sliding_window, soft_cap
+        )
     for span in meta.prefills:
         if span.start_pos == 0:  # nothing cached before this chunk: attend to its own keys/values
             rows = slice(span.token_start, span.token_end)
-            out[rows] = _fresh_prefill(q[rows], k[rows], v[rows], scale, sliding_window)
+            out[rows] = _fresh_prefill(q[rows], k[rows], v[rows], scale, sliding_window, soft_cap)
         else:
             out[span.token_start : span.token_end] = _prefill(
-                q, k_cache, v_cache, span, scale, sliding_window
+                q, k_cache, v_cache, span, scale, sliding_window, soft_cap
             )
     return out
 
@@ -88,6 +94,7 @@ def _decode(
     group: DecodeGroup,
     scale: float,
     sliding_window: int | None,
+    soft_cap: float | None,
 ) -> torch.Tensor:  # [B, H, D]
     query = q[group.token_index].unsqueeze(2)  # [B, H, 1, D]
     keys = _gather(k_cache, group.block_tables)
@@ -96,9 +103,7 @@ def _decode(
     mask = key_pos < group.context_lens[:, None]  # [B, C]
     if sliding_window is not None:
         mask &= key_pos > (group.context_lens[:, None] - 1 - sliding_window)
-    out = F.scaled_dot_product_attention(
-        query, keys, values, attn_mask=mask[:, None, None, :], scale=scale, enable_gqa=True
-    )
+    out = _attend(query, keys, values, mask[:, None, None, :], scale, soft_cap)
     return out.squeeze(2)
 
 
@@ -108,21 +113,17 @@ def _fresh_prefill(
     v: torch.Tensor,  # [n, KVH, D]
     scale: float,
     sliding_window: int | None,
+    soft_cap: float | None,
 ) -> torch.Tensor:  # [n, H, D]
     n = q.shape[0]
     mask = None
-    if sliding_window is not None and sliding_window < n:
+    if (sliding_window is not None and sliding_window < n) or soft_cap is not None:
         pos = torch.arange(n, device=q.device)
-        mask = (pos[None, :] <= pos[:, None]) & (pos[None, :] > pos[:, None] - sliding_window)
-    out = F.scaled_dot_product_attention(
-        q.transpose(0, 1).unsqueeze(0),
-        k.transpose(0, 1).unsqueeze(0),
-        v.transpose(0, 1).unsqueeze(0),
-        attn_mask=mask,
-        is_causal=mask is None,
-        scale=scale,
-        enable_gqa=True,
-    )
+        mask = pos[None, :] <= pos[:, None]
+        if sliding_window is not None:
+            mask &= pos[None, :] > pos[:, None] - sliding_window
+    query, keys, values = (t.transpose(0, 1).unsqueeze(0) for t in (q, k, v))
+    out = _attend(query, keys, values, mask, scale, soft_cap)
     return out.squeeze(0).transpose(0, 1)
 
 
@@ -133,6 +134,7 @@ def _prefill(
     span: PrefillSpan,
     scale: float,
     sliding_window: int | None,
+    soft_cap: float | None,
 ) -> torch.Tensor:  # [n, H, D]
     n = span.token_end - span.token_start
     context = span.start_pos + n
@@ -144,5 +146,27 @@ def _prefill(
     mask = key_pos <= q_pos
     if sliding_window is not None:
         mask &= key_pos > q_pos - sliding_window
-    out = F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=scale, enable_gqa=True)
+    out = _attend(query, keys, values, mask, scale, soft_cap)
     return out.squeeze(0).transpose(0, 1)
+
+
+def _attend(
+    query: torch.Tensor,  # [B, H, n, D]
+    keys: torch.Tensor,  # [B, KVH, ctx, D]
+    values: torch.Tensor,  # [B, KVH, ctx, D]
+    mask: torch.Tensor | None,  # bool, broadcastable to [B, H, n, ctx]; None = causal
+    scale: float,
+    soft_cap: float | None,
+) -> torch.Tensor:  # [B, H, n, D]
+    if soft_cap is None:
+        return F.scaled_dot_product_attention(
+            query, keys, values, attn_mask=mask, is_causal=mask is None, scale=scale, enable_gqa=True
+        )
+    assert mask is not None  # callers build an explicit mask when capping
+    groups = query.shape[1] // keys.shape[1]
+    keys, values = keys.repeat_interleave(groups, dim=1), values.repeat_interleave(groups, dim=1)
+    scores = torch.matmul(query, keys.transpose(-1, -2)) * scale  # [B, H, n, ctx]
+    scores = torch.tanh(scores / soft_cap) * soft_cap
+    scores = scores.masked_fill(~mask, float("-inf"))
+    weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    return torch.matmul(weights, values)

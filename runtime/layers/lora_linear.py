@@ -29,32 +29,34 @@ from torch import nn
 class LoraStep:
     """Which adapter slot each row of this step's flat batch uses, per projection group.
 
-    A group (`qkv`, `o`, `gate_up`, `down`) that no row's adapter targets is absent, and its
-    layers skip LoRA entirely: q/v-only adapters cost nothing in the MLP.
+    A group (`qkv`, `o`, `gate_up`, `down`; MoE models: `router`, `experts`) that no row's adapter
+    targets is absent, and its layers skip LoRA entirely: q/v-only adapters cost nothing in the
+    MLP. The MoE block maps the `experts` rows onto composite expert slots itself (`layers/moe.py`).
     """
 
     groups: dict[str, kernels.LoraBatch]  # prepare_lora_batch of the group's row slots, for all layers
     backend: kernels.LoraBackend  # kernels.backend_for the model's device, resolved once
 
 
-class LoRALinear(nn.Module):
-    """`y = x @ W.T (+ b)`, then each slice `s` gets `scale * (x @ A_s.T) @ B_s.T` for its slot."""
+class LoRABuffers(nn.Module):
+    """The stacked LoRA buffers of `num_slots` slots over fused output slices, and the LoRA math.
+
+    The base of `LoRALinear` (one base weight) and of the MoE experts' layers (one base weight
+    per expert, slot = expert * adapter slots + adapter slot: `layers/moe.py`).
+    """
 
     def __init__(
         self,
         in_features: int,
         slices: tuple[tuple[str, int], ...],  # (module name, out features) in output order
         *,
-        group: str,
-        bias: bool,
-        max_loras: int,
+        num_slots: int,
         max_rank: int,
         dtype: torch.dtype,
         device: torch.device,
     ) -> None:
         super().__init__()
         self.in_features = in_features
-        self.group = group
         self.slice_index = {name: s for s, (name, _) in enumerate(slices)}
         self.slice_widths = tuple(width for _, width in slices)
         self.slice_bounds: dict[str, tuple[int, int]] = {}
@@ -63,16 +65,7 @@ class LoRALinear(nn.Module):
             self.slice_bounds[name] = (offset, offset + width)
             offset += width
         self.out_features = offset
-        self.weight = nn.Parameter(
-            torch.empty(offset, in_features, dtype=dtype, device=device), requires_grad=False
-        )
-        self.bias = (
-            nn.Parameter(torch.empty(offset, dtype=dtype, device=device), requires_grad=False)
-            if bias
-            else None
-        )
-        self.has_lora = max_loras > 0
-        num_slots, num_slices = max(max_loras, 1), len(slices)
+        num_slices = len(slices)
         self.row_layout = device.type == "cpu"
         if self.row_layout:  # A [L, K, S, R], B [L, R, N]: the CPU path's per-token rows, contiguous
             a_shape, b_shape = (num_slots, in_features, num_slices, max_rank), (num_slots, max_rank, offset)
@@ -107,13 +100,48 @@ class LoRALinear(nn.Module):
         self.lora_b_storage.data[slot].zero_()
         self.lora_scales.data[:, slot] = 0.0
 
+    def add_lora(
+        self, out: torch.Tensor, x: torch.Tensor, meta: kernels.LoraBatch, backend: kernels.LoraBackend
+    ) -> torch.Tensor:  # out [T, N] += LoRA(x [T, K]) for each row's slot in `meta`
+        # The buffers are this layer's own, consistent by construction: no checks on this path.
+        return backend.apply(out, x, self.lora_a, self.lora_b, self.lora_scales, self.slice_widths, meta)
+
+
+class LoRALinear(LoRABuffers):
+    """`y = x @ W.T (+ b)`, then each slice `s` gets `scale * (x @ A_s.T) @ B_s.T` for its slot."""
+
+    def __init__(
+        self,
+        in_features: int,
+        slices: tuple[tuple[str, int], ...],  # (module name, out features) in output order
+        *,
+        group: str,
+        bias: bool,
+        max_loras: int,
+        max_rank: int,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
+        super().__init__(
+            in_features, slices, num_slots=max(max_loras, 1), max_rank=max_rank, dtype=dtype, device=device
+        )
+        self.group = group
+        self.has_lora = max_loras > 0
+        self.weight = nn.Parameter(
+            torch.empty(self.out_features, in_features, dtype=dtype, device=device), requires_grad=False
+        )
+        self.bias = (
+            nn.Parameter(torch.empty(self.out_features, dtype=dtype, device=device), requires_grad=False)
+            if bias
+            else None
+        )
+
     def forward(self, x: torch.Tensor, lora: LoraStep | None) -> torch.Tensor:  # x [T, K] -> [T, N]
         out = torch.nn.functional.linear(x, self.weight, self.bias)
         meta = lora.groups.get(self.group) if lora is not None and self.has_lora else None
         if lora is None or meta is None:
             return out
-        # The buffers are this layer's own, consistent by construction: no checks on this path.
-        return lora.backend.apply(out, x, self.lora_a, self.lora_b, self.lora_scales, self.slice_widths, meta)
+        return self.add_lora(out, x, meta, lora.backend)
 
 
 def _buffer(*shape: int, dtype: torch.dtype, device: torch.device) -> nn.Parameter:

@@ -1,4 +1,13 @@
-"""Rotary position embeddings, including Llama 3's `rope_scaling` (as transformers computes it)."""
+"""Rotary position embeddings as transformers computes them: `default`, `linear`, Llama 3's
+`llama3` and Phi-3's `longrope` scaling, on all of each head or its first part (`partial_rotary_factor`).
+
+LongRoPE has two sets of frequencies: `short_factor` up to `original_max_position_embeddings` and
+`long_factor` beyond, and scales cos/sin by an attention factor. transformers picks the set per
+forward call from the largest position in it (a call that reaches past the original length uses
+the long set for all its tokens, and the keys cached earlier keep the short one); we pick it per
+token by its own position, so every token is rotated as in a transformers run that cached it the
+same way. Both agree for every sequence within the original length (the tests' case).
+"""
 
 from __future__ import annotations
 
@@ -9,14 +18,19 @@ from typing import Any
 import torch
 from torch import nn
 
-SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "longrope")
+
+
+def rope_type_of(scaling: Mapping[str, Any] | None) -> str:
+    scaling = scaling or {}
+    return str(scaling.get("rope_type", scaling.get("type", "default")))
 
 
 def rope_inv_freq(head_dim: int, theta: float, scaling: Mapping[str, Any] | None) -> torch.Tensor:
-    """Inverse frequencies [head_dim // 2] in float32 for the config's `rope_theta`/`rope_scaling`."""
+    """Inverse frequencies [head_dim // 2] in float32 (the short set for longrope)."""
     exponents = torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim
     inv_freq = 1.0 / (theta**exponents)
-    rope_type = (scaling or {}).get("rope_type", (scaling or {}).get("type", "default"))
+    rope_type = rope_type_of(scaling)
     if rope_type not in SUPPORTED_ROPE_TYPES:
         raise ValueError(
             f"rope_scaling type {rope_type!r} is not supported (supported: {SUPPORTED_ROPE_TYPES})"
@@ -25,7 +39,26 @@ def rope_inv_freq(head_dim: int, theta: float, scaling: Mapping[str, Any] | None
         return inv_freq / float(scaling["factor"])  # type: ignore[index]
     if rope_type == "llama3":
         return _llama3_inv_freq(inv_freq, scaling)  # type: ignore[arg-type]
+    if rope_type == "longrope":
+        return longrope_inv_freq(head_dim, theta, scaling, long=False)  # type: ignore[arg-type]
     return inv_freq
+
+
+def longrope_inv_freq(head_dim: int, theta: float, scaling: Mapping[str, Any], *, long: bool) -> torch.Tensor:
+    factors = torch.tensor(scaling["long_factor" if long else "short_factor"], dtype=torch.float32)
+    if factors.numel() != head_dim // 2:
+        raise ValueError(f"longrope factors have {factors.numel()} values, expected {head_dim // 2}")
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim
+    return 1.0 / (factors * theta**exponents)
+
+
+def longrope_attention_factor(scaling: Mapping[str, Any]) -> float:
+    """cos/sin scale: given, or sqrt(1 + ln(s) / ln(original)) with s = max / original positions."""
+    if scaling.get("attention_factor") is not None:
+        return float(scaling["attention_factor"])
+    original = float(scaling["original_max_position_embeddings"])
+    factor = float(scaling["max_position_embeddings"]) / original
+    return 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))
 
 
 def _llama3_inv_freq(inv_freq: torch.Tensor, scaling: Mapping[str, Any]) -> torch.Tensor:
@@ -52,11 +85,26 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 class RotaryEmbedding(nn.Module):
     """Applies RoPE (the non-interleaved "rotate half" layout of HF checkpoints) by position."""
 
-    inv_freq: torch.Tensor  # [head_dim // 2] float32
+    inv_freq: torch.Tensor  # [rotary_dim // 2] float32
+    long_inv_freq: torch.Tensor  # longrope only: the set for positions past `long_from`
 
-    def __init__(self, head_dim: int, theta: float, scaling: Mapping[str, Any] | None) -> None:
+    def __init__(
+        self,
+        head_dim: int,
+        theta: float,
+        scaling: Mapping[str, Any] | None,
+        partial_rotary_factor: float = 1.0,
+    ) -> None:
         super().__init__()
-        self.register_buffer("inv_freq", rope_inv_freq(head_dim, theta, scaling), persistent=False)
+        self.rotary_dim = int(head_dim * partial_rotary_factor)
+        self.register_buffer("inv_freq", rope_inv_freq(self.rotary_dim, theta, scaling), persistent=False)
+        self.long_from: int | None = None
+        self.attention_factor = 1.0
+        if scaling is not None and rope_type_of(scaling) == "longrope":
+            long = longrope_inv_freq(self.rotary_dim, theta, scaling, long=True)
+            self.register_buffer("long_inv_freq", long, persistent=False)
+            self.long_from = int(scaling["original_max_position_embeddings"])
+            self.attention_factor = longrope_attention_factor(scaling)
 
     def forward(
         self,
@@ -64,8 +112,17 @@ class RotaryEmbedding(nn.Module):
         q: torch.Tensor,  # [T, H, D]
         k: torch.Tensor,  # [T, KVH, D]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        freqs = positions.float()[:, None] * self.inv_freq[None, :]  # [T, D/2], float32 as HF
+        inv_freq = self.inv_freq[None, :]  # [1, R/2]
+        if self.long_from is not None:
+            inv_freq = torch.where((positions >= self.long_from)[:, None], self.long_inv_freq, inv_freq)
+        freqs = positions.float()[:, None] * inv_freq  # [T, R/2], float32 as HF
         emb = torch.cat((freqs, freqs), dim=-1)
-        cos = emb.cos().to(q.dtype)[:, None, :]  # [T, 1, D]
-        sin = emb.sin().to(q.dtype)[:, None, :]
-        return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+        cos = (emb.cos() * self.attention_factor).to(q.dtype)[:, None, :]  # [T, 1, R]
+        sin = (emb.sin() * self.attention_factor).to(q.dtype)[:, None, :]
+        if self.rotary_dim == q.shape[-1]:
+            return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+        r = self.rotary_dim
+        q_rot, k_rot = q[..., :r], k[..., :r]
+        q = torch.cat((q_rot * cos + _rotate_half(q_rot) * sin, q[..., r:]), dim=-1)
+        k = torch.cat((k_rot * cos + _rotate_half(k_rot) * sin, k[..., r:]), dim=-1)
+        return q, k

@@ -1,105 +1,74 @@
-"""The decoder-only transformer shared by Llama, Mistral and Qwen2 (they differ only in config).
+"""The decoder-only transformer shared by every supported family (Llama's, with `ModelArgs` switches).
 
-RMSNorm, RoPE, grouped-query attention over the paged cache, SwiGLU. q/k/v are fused into one
-`LoRALinear` (three slices) and gate/up into another (two slices), so the base matmuls are few
-and every projection can carry LoRA.
+RMSNorm, RoPE, grouped-query attention over the paged cache, a gated MLP or a sparse MoE block.
+q/k/v are fused into one `LoRALinear` and gate/up into another, so the base matmuls are few and
+every projection can carry LoRA. The slices of a fused layer are the *checkpoint's and PEFT's*
+modules: three (q_proj, k_proj, v_proj) for Llama, one (qkv_proj) for Phi-3, whose PEFT adapters
+hold one A [r, hidden] and one B [q+k+v, r] for the fused module — a single-slice LoRA over the
+fused output, computed exactly as PEFT computes it, never split into three.
+
+Module attributes carry the Hugging Face names, so `checkpoint_tensors()` and `lora_sites` can
+map checkpoint tensors and PEFT module names onto parameters and LoRA slots by path.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
+import torch.nn.functional as F
 from lorafleet.runtime.layers.attention import AttentionMetadata, paged_attention
-from lorafleet.runtime.layers.lora_linear import LoRALinear, LoraStep
+from lorafleet.runtime.layers.lora_linear import LoRABuffers, LoRALinear, LoraStep
+from lorafleet.runtime.layers.moe import ExpertsLinear, SparseMoE
+from lorafleet.runtime.layers.norms import RMSNorm
 from lorafleet.runtime.layers.rotary import RotaryEmbedding
+from lorafleet.runtime.models.args import LoraCapacity, ModelArgs
+from lorafleet.runtime.models.lora_targets import lora_groups, lora_targets
 from torch import nn
 
-LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-LORA_GROUP_OF = {  # the fused LoRALinear each projection lives in
-    "q_proj": "qkv",
-    "k_proj": "qkv",
-    "v_proj": "qkv",
-    "o_proj": "o",
-    "gate_proj": "gate_up",
-    "up_proj": "gate_up",
-    "down_proj": "down",
-}
+ACTIVATIONS = {"silu": F.silu, "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh")}
 
 
 @dataclass(frozen=True)
-class ModelArgs:
-    architecture: str
-    vocab_size: int
-    hidden_size: int
-    intermediate_size: int
-    num_layers: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    rms_norm_eps: float
-    rope_theta: float
-    rope_scaling: dict[str, Any] | None
-    max_position_embeddings: int
-    tie_word_embeddings: bool
-    attention_bias: bool  # Qwen2: q/k/v carry a bias
-    sliding_window: int | None
+class LoraSite:
+    """Where a PEFT module's LoRA lives: a slice of a layer's stacked buffers (of one expert)."""
 
-    def module_shape(self, module: str) -> tuple[int, int]:
-        """(out_features, in_features) of a LoRA-targetable projection."""
-        q, kv, h, i = (
-            self.num_heads * self.head_dim,
-            self.num_kv_heads * self.head_dim,
-            self.hidden_size,
-            (self.intermediate_size),
-        )
-        shapes = {
-            "q_proj": (q, h),
-            "k_proj": (kv, h),
-            "v_proj": (kv, h),
-            "o_proj": (h, q),
-            "gate_proj": (i, h),
-            "up_proj": (i, h),
-            "down_proj": (h, i),
-        }
-        return shapes[module]
+    holder: LoRABuffers
+    slice_name: str
+    group: str
+    expert: int | None = None
+
+    def set_lora(self, slot: int, lora_a: torch.Tensor, lora_b: torch.Tensor, scale: float) -> None:
+        if self.expert is not None:
+            assert isinstance(self.holder, ExpertsLinear)
+            slot = self.holder.composite_slot(self.expert, slot)
+        self.holder.set_lora(slot, self.slice_name, lora_a, lora_b, scale)
 
 
-@dataclass(frozen=True)
-class LoraCapacity:
-    max_loras: int  # adapter slots
-    max_rank: int
-
-
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float, dtype: torch.dtype, device: torch.device) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim, dtype=dtype, device=device), requires_grad=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, dim]
-        hidden = x.float()
-        hidden = hidden * torch.rsqrt(hidden.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * hidden.to(x.dtype)
+def _norm(args: ModelArgs, dim: int, dtype: torch.dtype, device: torch.device) -> RMSNorm:
+    return RMSNorm(dim, args.rms_norm_eps, dtype, device, offset=args.norm_offset)
 
 
 class Attention(nn.Module):
-    def __init__(self, args: ModelArgs, lora: LoraCapacity, dtype: torch.dtype, device: torch.device) -> None:
+    def __init__(
+        self, args: ModelArgs, layer: int, lora: LoraCapacity, dtype: torch.dtype, device: torch.device
+    ) -> None:
         super().__init__()
         self.args = args
-        q, kv = args.num_heads * args.head_dim, args.num_kv_heads * args.head_dim
+        q, kv, d = args.num_heads * args.head_dim, args.num_kv_heads * args.head_dim, args.head_dim
         common = {"max_loras": lora.max_loras, "max_rank": lora.max_rank, "dtype": dtype, "device": device}
-        self.qkv_proj = LoRALinear(
-            args.hidden_size,
-            (("q_proj", q), ("k_proj", kv), ("v_proj", kv)),
-            group="qkv",
-            bias=args.attention_bias,
-            **common,
+        slices = (
+            (("qkv_proj", q + 2 * kv),) if args.fused_qkv else (("q_proj", q), ("k_proj", kv), ("v_proj", kv))
         )
+        self.qkv_proj = LoRALinear(args.hidden_size, slices, group="qkv", bias=args.attention_bias, **common)
         self.o_proj = LoRALinear(q, (("o_proj", args.hidden_size),), group="o", bias=False, **common)
-        self.rotary = RotaryEmbedding(args.head_dim, args.rope_theta, args.rope_scaling).to(device)
-        self.scale = args.head_dim**-0.5
+        self.q_norm = _norm(args, d, dtype, device) if args.qk_norm else None
+        self.k_norm = _norm(args, d, dtype, device) if args.qk_norm else None
+        self.window = args.window(layer)
+        local = self.window is not None and args.local_rope_theta is not None
+        theta, scaling = (args.local_rope_theta, None) if local else (args.rope_theta, args.rope_scaling)
+        self.rotary = RotaryEmbedding(d, theta, scaling, args.partial_rotary_factor).to(device)  # type: ignore[arg-type]
+        self.scale = args.attention_scale or d**-0.5
 
     def forward(
         self,
@@ -115,8 +84,12 @@ class Attention(nn.Module):
         q = qkv[:, :q_size].reshape(-1, a.num_heads, a.head_dim)
         k = qkv[:, q_size : q_size + kv_size].reshape(-1, a.num_kv_heads, a.head_dim)
         v = qkv[:, q_size + kv_size :].reshape(-1, a.num_kv_heads, a.head_dim)
+        if self.q_norm is not None and self.k_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         q, k = self.rotary(positions, q, k)
-        out = paged_attention(q, k, v, kv_cache[0], kv_cache[1], meta, self.scale, a.sliding_window)
+        out = paged_attention(
+            q, k, v, kv_cache[0], kv_cache[1], meta, self.scale, self.window, a.attn_logit_softcap
+        )
         return self.o_proj(out.reshape(-1, q_size), lora)
 
 
@@ -125,25 +98,44 @@ class MLP(nn.Module):
         super().__init__()
         common = {"max_loras": lora.max_loras, "max_rank": lora.max_rank, "dtype": dtype, "device": device}
         i = args.intermediate_size
-        self.gate_up_proj = LoRALinear(
-            args.hidden_size, (("gate_proj", i), ("up_proj", i)), group="gate_up", bias=False, **common
-        )
+        slices = (("gate_up_proj", 2 * i),) if args.fused_gate_up else (("gate_proj", i), ("up_proj", i))
+        self.gate_up_proj = LoRALinear(args.hidden_size, slices, group="gate_up", bias=False, **common)
         self.down_proj = LoRALinear(i, (("down_proj", args.hidden_size),), group="down", bias=False, **common)
         self.intermediate_size = i
+        self.act = ACTIVATIONS[args.hidden_act]
 
     def forward(self, x: torch.Tensor, lora: LoraStep | None) -> torch.Tensor:
         gate_up = self.gate_up_proj(x, lora)
         gate, up = gate_up[:, : self.intermediate_size], gate_up[:, self.intermediate_size :]
-        return self.down_proj(torch.nn.functional.silu(gate) * up, lora)
+        return self.down_proj(self.act(gate) * up, lora)
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, args: ModelArgs, lora: LoraCapacity, dtype: torch.dtype, device: torch.device) -> None:
+    def __init__(
+        self, args: ModelArgs, layer: int, lora: LoraCapacity, dtype: torch.dtype, device: torch.device
+    ) -> None:
         super().__init__()
-        self.input_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps, dtype, device)
-        self.self_attn = Attention(args, lora, dtype, device)
-        self.post_attention_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps, dtype, device)
-        self.mlp = MLP(args, lora, dtype, device)
+        self.input_layernorm = _norm(args, args.hidden_size, dtype, device)
+        self.self_attn = Attention(args, layer, lora, dtype, device)
+        self.post_attention_layernorm = _norm(args, args.hidden_size, dtype, device)
+        self.sandwich = args.sandwich_norms
+        if args.sandwich_norms:  # Gemma: post_attention_layernorm normalises the attention output
+            self.pre_feedforward_layernorm = _norm(args, args.hidden_size, dtype, device)
+            self.post_feedforward_layernorm = _norm(args, args.hidden_size, dtype, device)
+        if args.is_moe:
+            self.block_sparse_moe = SparseMoE(
+                args.hidden_size,
+                args.intermediate_size,
+                args.num_experts,
+                args.num_experts_per_tok,
+                max_loras=lora.max_loras,
+                max_rank=lora.max_rank,
+                dtype=dtype,
+                device=device,
+            )
+        else:
+            self.mlp = MLP(args, lora, dtype, device)
+        self.is_moe = args.is_moe
 
     def forward(
         self,
@@ -153,8 +145,14 @@ class DecoderLayer(nn.Module):
         meta: AttentionMetadata,
         lora: LoraStep | None,
     ) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), positions, kv_cache, meta, lora)
-        return x + self.mlp(self.post_attention_layernorm(x), lora)
+        attn = self.self_attn(self.input_layernorm(x), positions, kv_cache, meta, lora)
+        feed_forward = self.block_sparse_moe if self.is_moe else self.mlp
+        if not self.sandwich:
+            x = x + attn
+            return x + feed_forward(self.post_attention_layernorm(x), lora)
+        x = x + self.post_attention_layernorm(attn)
+        ff = feed_forward(self.pre_feedforward_layernorm(x), lora)
+        return x + self.post_feedforward_layernorm(ff)
 
 
 class DecoderModel(nn.Module):
@@ -166,8 +164,10 @@ class DecoderModel(nn.Module):
         self.dtype = dtype
         self.embed_tokens = nn.Embedding(args.vocab_size, args.hidden_size, dtype=dtype, device=device)
         self.embed_tokens.weight.requires_grad_(False)
-        self.layers = nn.ModuleList(DecoderLayer(args, lora, dtype, device) for _ in range(args.num_layers))
-        self.norm = RMSNorm(args.hidden_size, args.rms_norm_eps, dtype, device)
+        self.layers = nn.ModuleList(
+            DecoderLayer(args, i, lora, dtype, device) for i in range(args.num_layers)
+        )
+        self.norm = _norm(args, args.hidden_size, dtype, device)
         if args.tie_word_embeddings:
             self.lm_head_weight = self.embed_tokens.weight
         else:
@@ -175,22 +175,59 @@ class DecoderModel(nn.Module):
                 torch.empty(args.vocab_size, args.hidden_size, dtype=dtype, device=device),
                 requires_grad=False,
             )
+        self.lora_groups = lora_groups(args)
+        self.lora_holders = [m for m in self.modules() if isinstance(m, LoRABuffers)]
+        self.lora_sites = self._lora_sites()
 
-    def lora_linear(self, layer: int, module: str) -> LoRALinear:
-        """The `LoRALinear` holding projection `module` of layer `layer`."""
-        block = self.layers[layer]
-        assert isinstance(block, DecoderLayer)
-        attn, mlp = block.self_attn, block.mlp
-        owners = {
-            "q_proj": attn.qkv_proj,
-            "k_proj": attn.qkv_proj,
-            "v_proj": attn.qkv_proj,
-            "o_proj": attn.o_proj,
-            "gate_proj": mlp.gate_up_proj,
-            "up_proj": mlp.gate_up_proj,
-            "down_proj": mlp.down_proj,
-        }
-        return owners[module]
+    def _holders_by_parent(self) -> list[tuple[str, LoRABuffers]]:
+        """(Hugging Face name of the holder's parent module, holder): ("model.layers.0.self_attn", qkv)."""
+        return [
+            (f"model.{path.rsplit('.', 1)[0]}", module)
+            for path, module in self.named_modules()
+            if isinstance(module, LoRABuffers)
+        ]
+
+    def _lora_sites(self) -> dict[str, LoraSite]:
+        sites: dict[str, LoraSite] = {}
+        for parent, holder in self._holders_by_parent():
+            for name in holder.slice_index:
+                if isinstance(holder, ExpertsLinear):
+                    for expert in range(holder.num_experts):
+                        sites[f"{parent}.experts.{expert}.{name}"] = LoraSite(holder, name, "experts", expert)
+                else:
+                    assert isinstance(holder, LoRALinear)
+                    sites[f"{parent}.{name}"] = LoraSite(holder, name, holder.group)
+        targets = lora_targets(self.args)
+        # The table the adapter loader validates against and the model's own layers must agree.
+        assert set(sites) == set(targets), (
+            f"LoRA sites differ from lora_targets(): {set(sites) ^ set(targets)}"
+        )
+        return {name: sites[name] for name in targets}
+
+    def checkpoint_tensors(self) -> dict[str, torch.Tensor]:
+        """Every tensor a checkpoint of this architecture holds, by name -> the (view of the)
+        parameter it is copied into; `lm_head.weight` is absent when tied to the embeddings."""
+        tensors: dict[str, torch.Tensor] = {}
+        holder_params = {id(p) for holder in self.lora_holders for p in holder.parameters()}
+        for parent, holder in self._holders_by_parent():
+            for name, (lo, hi) in holder.slice_bounds.items():
+                if isinstance(holder, ExpertsLinear):
+                    for expert in range(holder.num_experts):
+                        tensors[f"{parent}.experts.{expert}.{name}.weight"] = holder.weight.data[
+                            expert, lo:hi
+                        ]
+                    continue
+                assert isinstance(holder, LoRALinear)
+                tensors[f"{parent}.{name}.weight"] = holder.weight.data[lo:hi]
+                if holder.bias is not None:
+                    tensors[f"{parent}.{name}.bias"] = holder.bias.data[lo:hi]
+        for path, param in self.named_parameters(remove_duplicate=False):
+            if path == "lm_head_weight":
+                if not self.args.tie_word_embeddings:
+                    tensors["lm_head.weight"] = param.data
+            elif id(param) not in holder_params:
+                tensors[f"model.{path}"] = param.data
+        return tensors
 
     def forward(
         self,
@@ -201,9 +238,15 @@ class DecoderModel(nn.Module):
         lora: LoraStep | None,
     ) -> torch.Tensor:  # [T, hidden], after the final norm
         x = self.embed_tokens(input_ids)
+        if self.args.embedding_scale is not None:  # Gemma: the scale rounded to the dtype first
+            x = x * torch.tensor(self.args.embedding_scale, dtype=x.dtype)
         for i, layer in enumerate(self.layers):
             x = layer(x, positions, kv_caches[i], meta, lora)
         return self.norm(x)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:  # [n, hidden] -> [n, V] float32
-        return torch.nn.functional.linear(hidden, self.lm_head_weight).float()
+        logits = torch.nn.functional.linear(hidden, self.lm_head_weight)
+        cap = self.args.final_logit_softcap
+        if cap is not None:  # Gemma 2, in the model's dtype as transformers does
+            logits = torch.tanh(logits / cap) * cap
+        return logits.float()

@@ -1,7 +1,9 @@
 """Builds a `DecoderModel` from a Hugging Face folder: `config.json` + safetensors (single or sharded).
 
 Tensors are read one at a time with `safetensors.safe_open` (memory-mapped) and copied into the
-model's preallocated parameters, so the checkpoint never sits in memory twice.
+model's preallocated parameters (converted to the serving dtype on the way), so the checkpoint
+never sits in memory twice. The model names every tensor it expects (`checkpoint_tensors`), so
+one loader serves every architecture.
 """
 
 from __future__ import annotations
@@ -14,13 +16,12 @@ from typing import Any
 
 import torch
 from lorafleet.runtime.errors import ModelLoadError
-from lorafleet.runtime.models import llama, mistral, qwen2
-from lorafleet.runtime.models.decoder import DecoderModel, LoraCapacity, ModelArgs
+from lorafleet.runtime.models import gemma2, gemma3, llama, mistral, mixtral, phi3, qwen2, qwen3
+from lorafleet.runtime.models.args import LoraCapacity, ModelArgs
+from lorafleet.runtime.models.decoder import DecoderModel
 
-_ARCHITECTURES = {
-    name: module.model_args for module in (llama, mistral, qwen2) for name in module.ARCHITECTURES
-}
-_LAYER_KEY = re.compile(r"^model\.layers\.(\d+)\.(self_attn|mlp)\.(\w+)\.(weight|bias)$")
+FAMILIES = (llama, mistral, qwen2, qwen3, gemma2, gemma3, phi3, mixtral)
+ARCHITECTURES = {name: module.model_args for module in FAMILIES for name in module.ARCHITECTURES}
 _IGNORED = re.compile(r"rotary_emb\.inv_freq$")
 
 
@@ -34,14 +35,14 @@ def read_config(model_dir: Path) -> tuple[dict[str, Any], ModelArgs]:
     except (OSError, json.JSONDecodeError) as e:
         raise ModelLoadError(f"{path}: unreadable or not JSON: {e}") from e
     arch = (config.get("architectures") or [None])[0]
-    if arch not in _ARCHITECTURES:
+    if arch not in ARCHITECTURES:
         raise ModelLoadError(
-            f"{path}: architecture {arch!r} is not supported (supported: {', '.join(sorted(_ARCHITECTURES))})"
+            f"{path}: architecture {arch!r} is not supported (supported: {', '.join(sorted(ARCHITECTURES))})"
         )
     try:
-        return config, _ARCHITECTURES[arch](config)
+        return config, ARCHITECTURES[arch](config)
     except (KeyError, ValueError, TypeError) as e:
-        raise ModelLoadError(f"{path}: invalid {arch} config: {e}") from e
+        raise ModelLoadError(f"{path}: invalid or unsupported {arch} config: {e}") from e
 
 
 def weight_files(model_dir: Path) -> list[Path]:
@@ -64,15 +65,15 @@ def weight_files(model_dir: Path) -> list[Path]:
     raise ModelLoadError(f"{single}: not found (nor model.safetensors.index.json)")
 
 
-def iter_tensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yields (name, tensor) one at a time; a corrupt file raises `ModelLoadError` naming it."""
+def iter_tensors(files: list[Path]) -> Iterator[tuple[Path, str, torch.Tensor]]:
+    """Yields (file, name, tensor) one at a time; a corrupt file raises `ModelLoadError` naming it."""
     from safetensors import safe_open
 
     for path in files:
         try:
             with safe_open(str(path), framework="pt", device="cpu") as f:
                 for name in f.keys():  # noqa: SIM118 - safe_open has no __iter__
-                    yield name, f.get_tensor(name)
+                    yield path, name, f.get_tensor(name)
         except ModelLoadError:
             raise
         except Exception as e:  # safetensors raises its own error types for corrupt headers/data
@@ -96,63 +97,23 @@ def load_model(
         )
     with torch.device(device):
         model = DecoderModel(args, lora, dtype, device).eval()
-    expected = _expected_names(args)
-    for name, tensor in iter_tensors(files):
-        if _IGNORED.search(name):
-            continue
-        if name not in expected:
-            raise ModelLoadError(f"{model_dir}: unexpected tensor {name!r} for {args.architecture}")
-        _assign(model, name, tensor, model_dir)
-        expected.discard(name)
-    if args.tie_word_embeddings:
-        expected.discard("lm_head.weight")
-    if expected:
-        raise ModelLoadError(f"{model_dir}: tensors missing from the checkpoint: {sorted(expected)[:5]}")
+    targets = model.checkpoint_tensors()
+    missing = set(targets)
+    with torch.no_grad():
+        for path, name, tensor in iter_tensors(files):
+            if _IGNORED.search(name) or (name == "lm_head.weight" and args.tie_word_embeddings):
+                continue  # tied checkpoints may still carry the LM head: it is the embedding
+            target = targets.get(name)
+            if target is None:
+                raise ModelLoadError(f"{path}: unexpected tensor {name!r} for {args.architecture}")
+            if target.shape != tensor.shape:
+                raise ModelLoadError(
+                    f"{path}: {name} has shape {tuple(tensor.shape)}, expected {tuple(target.shape)}"
+                )
+            target.copy_(tensor)
+            missing.discard(name)
+    if missing:
+        raise ModelLoadError(f"{model_dir}: tensors missing from the checkpoint: {sorted(missing)[:5]}")
     if progress:
         progress(f"loaded weights from {len(files)} file(s)")
     return model
-
-
-def _expected_names(args: ModelArgs) -> set[str]:
-    names = {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"}
-    for i in range(args.num_layers):
-        prefix = f"model.layers.{i}"
-        names |= {f"{prefix}.input_layernorm.weight", f"{prefix}.post_attention_layernorm.weight"}
-        for module in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            names.add(f"{prefix}.self_attn.{module}.weight")
-        for module in ("gate_proj", "up_proj", "down_proj"):
-            names.add(f"{prefix}.mlp.{module}.weight")
-        if args.attention_bias:
-            names |= {f"{prefix}.self_attn.{m}.bias" for m in ("q_proj", "k_proj", "v_proj")}
-    return names
-
-
-def _assign(model: DecoderModel, name: str, tensor: torch.Tensor, model_dir: Path) -> None:
-    def copy(target: torch.Tensor) -> None:
-        if target.shape != tensor.shape:
-            raise ModelLoadError(
-                f"{model_dir}: {name} has shape {tuple(tensor.shape)}, expected {tuple(target.shape)}"
-            )
-        target.copy_(tensor)
-
-    with torch.no_grad():
-        if name == "model.embed_tokens.weight":
-            copy(model.embed_tokens.weight)
-        elif name == "model.norm.weight":
-            copy(model.norm.weight)
-        elif name == "lm_head.weight":
-            if not model.args.tie_word_embeddings:
-                copy(model.lm_head_weight)
-        elif match := _LAYER_KEY.match(name):
-            layer, module, kind = int(match[1]), match[3], match[4]
-            linear = model.lora_linear(layer, module)
-            lo, hi = linear.slice_bounds[module]
-            target = linear.weight[lo:hi] if kind == "weight" else linear.bias[lo:hi]  # type: ignore[index]
-            copy(target)
-        else:
-            layer_norm = re.match(
-                r"^model\.layers\.(\d+)\.(input_layernorm|post_attention_layernorm)\.weight$", name
-            )
-            if not layer_norm:
-                raise ModelLoadError(f"{model_dir}: unexpected tensor {name!r}")
-            copy(getattr(model.layers[int(layer_norm[1])], layer_norm[2]).weight)

@@ -11,6 +11,7 @@ from lorafleet.runtime.server import __version__
 from lorafleet.runtime.server.config import ServerConfig
 from lorafleet.runtime.server.context import ServerContext
 from lorafleet.runtime.server.errors import install_error_handlers
+from lorafleet.runtime.server.guard import ReplicaGuard
 from lorafleet.runtime.server.loading import load_engine
 from lorafleet.runtime.server.routes_info import info_router
 from lorafleet.runtime.server.routes_openai import openai_router
@@ -46,6 +47,8 @@ def create_app(
 
     app = FastAPI(title="lorafleet runtime", version=__version__, lifespan=lifespan)
     app.state.context = ctx
+    # Before routing: unauthenticated requests and oversized bodies never reach a route.
+    app.add_middleware(ReplicaGuard, api_key=config.api_key, payload_limit=config.payload_limit)
     install_error_handlers(app)
     app.include_router(info_router(ctx))
     app.include_router(tgi_router(ctx))

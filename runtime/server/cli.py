@@ -22,6 +22,7 @@ from typing import Any
 
 from lorafleet.runtime.args import EngineArgs
 from lorafleet.runtime.server.config import ConfigError, ServerConfig, parse_adapter_list
+from lorafleet.runtime.server.logs import MIN_LOG_MAX_BYTES, configure_logging
 
 logger = logging.getLogger("lorafleet.runtime.server")
 
@@ -74,6 +75,26 @@ def _text(value: str) -> str:
     return value.strip()
 
 
+def _switch(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+        raise ValueError("must be true or false")
+    return lowered in ("true", "1", "yes", "on")
+
+
+def _log_max_bytes(value: str) -> int:
+    number = _int(value)
+    if number < MIN_LOG_MAX_BYTES:
+        raise ValueError(f"must be at least {MIN_LOG_MAX_BYTES} bytes")
+    return number
+
+
+def _one_shard(value: str) -> int:
+    if _int(value) != 1:
+        raise ValueError("must be 1: this runtime serves a model on one device (no tensor parallelism)")
+    return 1
+
+
 @dataclass(frozen=True)
 class Flag:
     name: str  # --model-id
@@ -81,7 +102,10 @@ class Flag:
     parse: Callable[[str], Any]
     help: str
     aliases: tuple[str, ...] = ()
-    field: str = ""  # "engine.<EngineArgs field>" or a ServerConfig field; default: from the name
+    # "engine.<EngineArgs field>", a ServerConfig field, or "-" (checked, not kept); default: from the name
+    field: str = ""
+    secret: bool = False  # its value never appears in errors
+    switch: bool = False  # `--flag` alone means true
 
     @property
     def dest(self) -> str:
@@ -156,6 +180,39 @@ FLAGS = (
     Flag("--hostname", ("HOSTNAME",), _text, "address to listen on (default 0.0.0.0)", field="hostname"),
     Flag("--port", ("PORT",), _port, "port to listen on (default 3000)", field="port"),
     Flag("--log-level", ("LOG_LEVEL",), _choice(LOG_LEVELS), "log level (default info)", field="log_level"),
+    Flag(
+        "--api-key",
+        ("API_KEY",),
+        _text,
+        "every route but /health and /ping needs `Authorization: Bearer <key>` (prefer the variable: "
+        "a flag shows in the process list); unset, the replica is open",
+        field="api_key",
+        secret=True,
+    ),
+    Flag(
+        "--payload-limit",
+        ("PAYLOAD_LIMIT",),
+        _positive_int,
+        "largest request body in bytes; larger ones get 413 (default 2000000)",
+        field="payload_limit",
+    ),
+    Flag(
+        "--allow-hub-adapters",
+        ("ALLOW_HUB_ADAPTERS",),
+        _switch,
+        "let requests name Hub repo ids `org/name` besides the registered adapters (default false)",
+        field="engine.allow_hub_adapters",
+        switch=True,
+    ),
+    Flag("--log-file", ("LOG_FILE",), _text, "log to this rotated file (default stderr)", field="log_file"),
+    Flag(
+        "--log-max-bytes",
+        ("LOG_MAX_BYTES",),
+        _log_max_bytes,
+        "size at which the log file rotates; one backup is kept (default 10000000)",
+        field="log_max_bytes",
+    ),
+    Flag("--num-shard", ("NUM_SHARD",), _one_shard, "devices to shard the model over (only 1)", field="-"),
 )
 
 
@@ -166,8 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for flag in FLAGS:
         env_help = " or ".join(f"${e}" for e in flag.env)
+        extra: dict[str, Any] = {"nargs": "?", "const": "true"} if flag.switch else {}
         parser.add_argument(
-            flag.name, *flag.aliases, dest=flag.dest, default=None, help=f"{flag.help} [{env_help}]"
+            flag.name, *flag.aliases, dest=flag.dest, default=None, help=f"{flag.help} [{env_help}]", **extra
         )
     return parser
 
@@ -183,13 +241,16 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
             origin, raw = next(((e, env[e]) for e in flag.env if env.get(e, "").strip()), (origin, None))
         if raw is None:
             continue
-        owner, field = flag.target
         try:
-            values[owner][field] = flag.parse(raw)
+            value = flag.parse(raw)
         except ConfigError:
             raise
         except ValueError as e:
-            raise ConfigError(f"{flag.label()}: invalid value {raw!r} (from {origin}): {e}") from e
+            shown = "(hidden)" if flag.secret else repr(raw)
+            raise ConfigError(f"{flag.label()}: invalid value {shown} (from {origin}): {e}") from e
+        if flag.field != "-":
+            owner, field = flag.target
+            values[owner][field] = value
     if "model_id" not in values["engine"]:
         raise ConfigError("--model-id/MODEL_ID is required: a local model directory or a Hub repo id")
     _check_limits(values["engine"])
@@ -223,11 +284,17 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"lorafleet-runtime: error: {e}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    try:
+        configure_logging(config.log_level, config.log_file, config.log_max_bytes)
+    except OSError as e:
+        print(f"lorafleet-runtime: error: --log-file/LOG_FILE: cannot open it: {e}", file=sys.stderr)
+        return 2
+    if config.api_key is None:
+        logger.warning(
+            "no --api-key/API_KEY: every route is open to anyone who reaches %s:%d",
+            config.hostname,
+            config.port,
+        )
     return serve(config)
 
 
@@ -244,6 +311,7 @@ def serve(config: ServerConfig) -> int:
             host=config.hostname,
             port=config.port,
             log_level=config.log_level,
+            log_config=None,  # logging is configured already (stderr or the rotated --log-file)
             timeout_graceful_shutdown=30,
         )
     )

@@ -7,7 +7,7 @@ the fields here are the HTTP server's own.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from lorafleet.runtime.args import AdapterSource, EngineArgs
 
@@ -16,13 +16,23 @@ class ConfigError(ValueError):
     """A bad flag or environment value; the message names the flag (and its env var)."""
 
 
+DEFAULT_PAYLOAD_LIMIT = 2_000_000  # bytes, as TGI's --payload-limit
+DEFAULT_LOG_MAX_BYTES = 10_000_000
+
+
 @dataclass(frozen=True)
 class ServerConfig:
+    """The HTTP server's options. `api_key` None means an open replica (a developer's laptop)."""
+
     engine: EngineArgs
     max_concurrent_requests: int = 128
     hostname: str = "0.0.0.0"
     port: int = 3000
     log_level: str = "info"
+    api_key: str | None = field(default=None, repr=False)  # never printed, logged or served
+    payload_limit: int = DEFAULT_PAYLOAD_LIMIT
+    log_file: str | None = None  # None: stderr
+    log_max_bytes: int = DEFAULT_LOG_MAX_BYTES  # the log file and its one backup each stay under it
 
 
 def parse_adapter_list(value: str, *, flag: str = "--lora-adapters") -> tuple[AdapterSource, ...]:

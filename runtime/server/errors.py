@@ -98,5 +98,6 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         logger.exception("unexpected error while serving a request")
-        error = IncompleteGenerationError(f"Internal error: {type(exc).__name__}: {exc}")
+        # Bounded: an exception's text may quote client input.
+        error = IncompleteGenerationError(f"Internal error: {type(exc).__name__}: {str(exc)[:300]}")
         return JSONResponse(error.to_json(), status_code=error.status_code)

@@ -22,6 +22,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 BASE_ADAPTER_LABEL = "__base__"
+OTHER_ADAPTERS_LABEL = "__other__"
+MAX_ADAPTER_LABELS = 512  # distinct `adapter` label values; later adapters share OTHER_ADAPTERS_LABEL
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 TOKEN_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 
@@ -156,12 +158,28 @@ class ServerMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self._adapter_labels: set[str] = {BASE_ADAPTER_LABEL}  # only the event loop records
         self.output_length = Histogram(
             "lorafleet_request_generated_tokens",
             "Output tokens per request",
             buckets=TOKEN_BUCKETS,
             registry=r,
         )
+
+    def _adapter_label(self, adapter_id: str | None) -> str:
+        """The adapter's own label, while the label set is under its cap.
+
+        Only admitted requests get here (refused ids are counted by `error_type` alone), but with
+        Hub adapters allowed a client may still cycle through many real repos: the cap keeps
+        every scrape, and the registry, bounded.
+        """
+        label = adapter_id or BASE_ADAPTER_LABEL
+        if label in self._adapter_labels:
+            return label
+        if len(self._adapter_labels) >= MAX_ADAPTER_LABELS:
+            return OTHER_ADAPTERS_LABEL
+        self._adapter_labels.add(label)
+        return label
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -184,7 +202,7 @@ class ServerMetrics:
         finished: float,
     ) -> None:
         """Records one request that ran in the engine (finished, failed or cancelled)."""
-        adapter = adapter_id or BASE_ADAPTER_LABEL
+        adapter = self._adapter_label(adapter_id)
         self.requests.labels(adapter=adapter, outcome=outcome).inc()
         self.generated_tokens.labels(adapter=adapter).inc(num_generated)
         self.prompt_tokens.labels(adapter=adapter).inc(num_prompt_tokens)

@@ -45,7 +45,8 @@ class StreamOptions(BaseModel):
 class OpenAISamplingFields(BaseModel):
     """Fields shared by chat and text completions."""
 
-    model_config = ConfigDict(extra="ignore")
+    # NaN passes every range check (all comparisons are false): refuse NaN and inf as floats.
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
     model: str | None = None
     max_tokens: int | None = None

@@ -67,6 +67,7 @@ def info_payload(ctx: ServerContext) -> dict[str, Any]:
     return {
         "model_id": i.model_id,
         "model_sha": i.model_sha,
+        "architecture": i.architecture,
         "model_dtype": i.dtype,
         "model_device_type": i.device,
         "model_pipeline_tag": "text-generation",

@@ -29,11 +29,11 @@ def openai_router(ctx: ServerContext) -> APIRouter:
     async def completions(body: CompletionRequest, request: Request) -> Response:
         engine = ctx.holder.require()
         generation = fmt.completion_request(body, engine.info.model_id)
+        model = body.model or engine.info.model_id
+        running = await ctx.service.admit(generation)  # first: it bounds the prompt's length
         prompt_text = body.prompt_input() if isinstance(body.prompt_input(), str) else ""
         if body.echo and not isinstance(generation.prompt, str):
             prompt_text = engine.tokenizer.decode(list(generation.prompt))
-        model = body.model or engine.info.model_id
-        running = await ctx.service.admit(generation)
         if body.stream:
             stream = _completion_chunks(ctx, body, running, model, str(prompt_text))
             return EventStreamResponse(stream, on_close=running.release)

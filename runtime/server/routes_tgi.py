@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,9 +17,12 @@ from lorafleet.runtime.server.generation import ClientDisconnected, RunningReque
 from lorafleet.runtime.server.openai_schemas import ChatCompletionRequest
 from lorafleet.runtime.server.schemas import CompatGenerateRequest, GenerateRequest, TokenizeRequest
 from lorafleet.runtime.server.sse import EventStreamResponse, sse_event
+from lorafleet.runtime.tokenizer import LONE_SURROGATE
 from pydantic import BaseModel, ValidationError
 
 CLIENT_CLOSED_REQUEST = 499  # nginx's code for "the client went away"; never seen by the client
+TOKENIZE_CONCURRENCY = 2  # /tokenize runs in worker threads; its memory grows with the input
+TOKENS_PER_JSON_SLICE = 4096
 
 
 def tgi_router(ctx: ServerContext) -> APIRouter:
@@ -68,12 +72,16 @@ def tgi_router(ctx: ServerContext) -> APIRouter:
         answer = await generate(body, request)
         return Response(status_code=CLIENT_CLOSED_REQUEST) if answer is None else JSONResponse([answer])
 
+    tokenize_slots = asyncio.Semaphore(TOKENIZE_CONCURRENCY)
+
     @router.post("/tokenize")
-    async def tokenize(body: TokenizeRequest) -> list[dict[str, Any]]:
-        engine = ctx.holder.require()
-        tokenizer = engine.tokenizer
-        ids = tokenizer.encode(body.inputs, add_special_tokens=body.add_special_tokens)
-        return token_spans(tokenizer, body.inputs, ids)
+    async def tokenize(body: TokenizeRequest) -> Response:
+        """TGI's `/tokenize`, linear in the input and off the event loop (the body is already
+        bounded by the payload limit); the JSON is built in the worker thread too."""
+        tokenizer = ctx.holder.require().tokenizer
+        async with tokenize_slots:
+            content = await asyncio.to_thread(tokenize_json, tokenizer, body.inputs, body.add_special_tokens)
+        return Response(content, media_type="application/json")
 
     return router
 
@@ -104,24 +112,15 @@ def _parse(model: type[BaseModel], payload: Any) -> Any:
         raise RequestValidationError(e.errors()) from e
 
 
-def token_spans(tokenizer: Any, text: str, ids: list[int]) -> list[dict[str, Any]]:
-    """TGI's `/tokenize` answer: each token's id, text and character span in `text`.
-
-    Spans come from decoding growing prefixes, which is exact for byte-level BPE even when a
-    character spans several tokens; special tokens (BOS) get an empty span at 0, as in TGI.
-    """
-    spans, content_ids, previous_end = [], [], 0
-    for token_id in ids:
-        if tokenizer.is_special(token_id):
-            spans.append({"id": token_id, "text": tokenizer.decode([token_id]), "start": 0, "stop": 0})
-            continue
-        content_ids.append(token_id)
-        decoded = tokenizer.decode(content_ids)
-        if text.startswith(decoded):
-            end = len(decoded)
-            piece = text[previous_end:end]
-        else:  # an incomplete character: no span of its own yet
-            piece, end = "", previous_end
-        spans.append({"id": token_id, "text": piece, "start": previous_end, "stop": end})
-        previous_end = end
-    return spans
+def tokenize_json(tokenizer: Any, text: str, add_special_tokens: bool) -> bytes:
+    """The `/tokenize` answer as JSON bytes: `[{"id", "text", "start", "stop"}]` (`Tokenizer.token_spans`)."""
+    if LONE_SURROGATE.search(text):
+        raise InputValidationError("`inputs` is not valid Unicode: it holds a lone surrogate")
+    tokens = [
+        {"id": i, "text": piece, "start": start, "stop": stop}
+        for i, piece, start, stop in tokenizer.token_spans(text, add_special_tokens)
+    ]
+    # json.dumps holds the GIL for its whole run: serialise in slices so the event loop gets turns.
+    slices = range(0, len(tokens), TOKENS_PER_JSON_SLICE)
+    parts = [json.dumps(tokens[at : at + TOKENS_PER_JSON_SLICE], ensure_ascii=False)[1:-1] for at in slices]
+    return f"[{','.join(parts)}]".encode()

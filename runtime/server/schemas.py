@@ -19,7 +19,8 @@ MAX_TOP_N_TOKENS = 5
 class GenerateParameters(BaseModel):
     """TGI's `parameters` object."""
 
-    model_config = ConfigDict(extra="ignore")
+    # NaN passes every range check (all comparisons are false): refuse NaN and inf as floats.
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
     adapter_id: str | None = None
     best_of: int | None = None

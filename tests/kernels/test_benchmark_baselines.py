@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -45,3 +46,31 @@ def test_full_benchmark_covers_the_issue_shapes(bench) -> None:
     assert {(c.layer, c.rank) for c in cases} == {("qo", 16), ("qo", 64), ("mlp", 16), ("mlp", 64)}
     decode = {(c.num_tokens, c.num_adapters) for c in cases if c.phase == "decode"}
     assert (64, 32) in decode and (1, 1) in decode and (256, 64) in decode
+
+
+@pytest.fixture
+def tiny_paged_layers(bench, monkeypatch: pytest.MonkeyPatch):
+    """The paged section on a layer small enough for a test (its real shapes are 7B's)."""
+    monkeypatch.setattr(bench.kernels_paged, "PAGED_LAYERS", {"qkv": (48, (32, 16, 16))})
+    return bench.kernels_paged
+
+
+def test_paged_case_runs_the_same_adapters_both_ways_and_counts_the_padding(bench, tiny_paged_layers,
+                                                                            device) -> None:
+    case = tiny_paged_layers.PagedCase("decode", "qkv", num_tokens=12, num_adapters=6)
+    row = tiny_paged_layers.run_paged_case(case, device, torch.float32, bench.zipf_slots)
+    assert row["max_abs_diff"] < 1e-4  # paged and padded stacked compute the same delta
+    present = row["ranks_present"]
+    assert sum(present.values()) == row["adapters_present"] > 1
+    per_row = 4 * (3 * 48 + 64)  # bytes of one rank row of A (three slices) and B, fp32
+    ranks_read = sum(int(rank) * count for rank, count in present.items())
+    assert row["bytes_stacked"] - row["bytes_paged"] == per_row * (64 * row["adapters_present"] - ranks_read)
+
+
+def test_paged_section_writes_json_and_png_where_asked(bench, tiny_paged_layers, tmp_path: Path) -> None:
+    target = tmp_path / "gpu" / "kernels.json"
+    assert bench.main(["--quick", "--only", "paged", "--json-out", str(target)]) == 0
+    report = json.loads(target.read_text())
+    assert report["results"] == [] and len(report["paged"]) == 2
+    assert {row["phase"] for row in report["paged"]} == {"decode", "prefill"}
+    assert target.with_suffix(".png").stat().st_size > 0

@@ -14,16 +14,27 @@ from lorafleet.runtime.engine.sequence import Sequence, SequenceStatus
 
 from tests.fixtures import standard_adapters, tiny_model
 
+# Gemma 2's attention soft-capping exists only in transformers' eager attention (SDPA skips it).
+ATTENTION = {"gemma2": "eager"}
+
+
+def reference_model(model_dir: Path, arch: str):  # type: ignore[no-untyped-def]
+    """transformers' model of `arch` on `model_dir`, in float32 and the attention that implements it."""
+    import transformers
+
+    return transformers.AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=torch.float32, attn_implementation=ATTENTION.get(arch, "sdpa")
+    ).eval()
+
 
 @functools.lru_cache(maxsize=3)
 def peft_model(arch: str):  # type: ignore[no-untyped-def]
     """A PeftModel over the tiny `arch` checkpoint with every standard adapter loaded by name."""
-    import transformers
     from peft import PeftModel
 
     model_dir = tiny_model(arch)
     adapters = standard_adapters(model_dir)
-    base = transformers.AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32).eval()
+    base = reference_model(model_dir, arch)
     names = list(adapters)
     model = PeftModel.from_pretrained(base, adapters[names[0]], adapter_name=names[0]).eval()
     for name in names[1:]:
@@ -48,15 +59,26 @@ def oracle_logits(arch: str, ids: list[int], adapter: str | None) -> torch.Tenso
         return model(torch.tensor([ids])).logits[0].float()
 
 
-@torch.no_grad()
 def oracle_greedy(arch: str, ids: list[int], adapter: str | None, num_tokens: int) -> list[int]:
-    """Greedy continuation by full recomputation (no EOS handling: the engine runs with ignore_eos)."""
+    """Greedy continuation by transformers + peft with their own KV cache (no EOS handling: the
+    engine runs with ignore_eos). On every fixture it gave the same tokens as recomputing the whole
+    sequence each step, 2-10x faster. Memoised per process: the batching and the preemption tests
+    ask for the same continuations.
+    """
+    return list(_oracle_greedy(arch, tuple(ids), adapter, num_tokens))
+
+
+@functools.lru_cache(maxsize=256)
+@torch.no_grad()
+def _oracle_greedy(arch: str, ids: tuple[int, ...], adapter: str | None, num_tokens: int) -> tuple[int, ...]:
     model = peft_model(arch)
-    tokens = list(ids)
+    tokens: list[int] = []
     with active(model, adapter):
+        out = model(torch.tensor([ids]), use_cache=True)
         for _ in range(num_tokens):
-            tokens.append(int(model(torch.tensor([tokens])).logits[0, -1].argmax()))
-    return tokens[len(ids) :]
+            tokens.append(int(out.logits[0, -1].argmax()))
+            out = model(torch.tensor([tokens[-1:]]), past_key_values=out.past_key_values, use_cache=True)
+    return tuple(tokens)
 
 
 def engine_for(arch: str, **kwargs) -> Engine:  # type: ignore[no-untyped-def]

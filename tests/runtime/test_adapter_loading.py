@@ -41,13 +41,13 @@ def _load(folder: Path, args, **kw):  # type: ignore[no-untyped-def]
 def test_rank_and_alpha_patterns_and_rslora_give_peft_scales(base) -> None:  # type: ignore[no-untyped-def]
     _, args, adapters = base
     patterns = _load(adapters["r8-mlp-patterns"], args)
-    assert patterns.modules[(0, "down_proj")].lora_a.shape[0] == 4  # rank_pattern
-    assert patterns.modules[(0, "up_proj")].scale == pytest.approx(32 / 8)  # alpha_pattern
-    assert patterns.modules[(0, "gate_proj")].scale == pytest.approx(16 / 8)
-    assert patterns.modules[(0, "down_proj")].scale == pytest.approx(16 / 4)
+    assert patterns.modules["model.layers.0.mlp.down_proj"].lora_a.shape[0] == 4  # rank_pattern
+    assert patterns.modules["model.layers.0.mlp.up_proj"].scale == pytest.approx(32 / 8)  # alpha_pattern
+    assert patterns.modules["model.layers.0.mlp.gate_proj"].scale == pytest.approx(16 / 8)
+    assert patterns.modules["model.layers.0.mlp.down_proj"].scale == pytest.approx(16 / 4)
     rslora = _load(adapters["r64-rslora"], args)
-    assert rslora.modules[(1, "q_proj")].scale == pytest.approx(8 / 64**0.5)
-    assert set(m for _, m in _load(adapters["r8-qv"], args).modules) == {"q_proj", "v_proj"}
+    assert rslora.modules["model.layers.1.self_attn.q_proj"].scale == pytest.approx(8 / 64**0.5)
+    assert {m.rsplit(".", 1)[1] for m in _load(adapters["r8-qv"], args).modules} == {"q_proj", "v_proj"}
 
 
 @pytest.mark.parametrize(
@@ -75,7 +75,7 @@ def test_shape_mismatch_is_an_error_naming_the_module(base, tmp_path) -> None:  
     key = next(k for k in tensors if "layers.1.self_attn.v_proj.lora_B" in k)
     tensors[key] = torch.zeros(7, 8)
     save_file(tensors, folder / "adapter_model.safetensors")
-    with pytest.raises(AdapterLoadError, match=r"layers\.1\.v_proj"):
+    with pytest.raises(AdapterLoadError, match=r"layers\.1\.self_attn\.v_proj"):
         _load(folder, args)
 
 

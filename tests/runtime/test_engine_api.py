@@ -25,17 +25,17 @@ PROMPT = "The adapter answers the question"
 
 
 @pytest.fixture(scope="module")
-def engine():  # type: ignore[no-untyped-def]
-    model_dir = tiny_model("mistral")
-    adapters = standard_adapters(model_dir)
+def engine(adapter_dirs):  # type: ignore[no-untyped-def]
     engine = Engine.from_pretrained(
-        model_dir,
-        adapters={"qv": str(adapters["r8-qv"])},
+        tiny_model("mistral"),
+        adapters={"qv": adapter_dirs["r8-qv"]},  # preloaded and pinned
         max_loaded_adapters=2,
         max_total_tokens=96,
         max_input_tokens=64,
         progress=lambda _: None,
     )
+    for name, path in adapter_dirs.items():  # registered: loaded on first use, evicted LRU
+        engine.register_adapter(name, path)
     with engine:
         yield engine
 
@@ -58,6 +58,11 @@ def adapter_dirs():  # type: ignore[no-untyped-def]
         (SamplingParams(stop=("a", "b", "c", "d", "e")), "stop"),
         (SamplingParams(max_new_tokens=0), "max_new_tokens"),
         (SamplingParams(max_new_tokens=90), "max_new_tokens"),
+        (SamplingParams(temperature=float("nan")), "temperature"),  # NaN passes every comparison
+        (SamplingParams(top_p=float("nan")), "top_p"),
+        (SamplingParams(typical_p=float("nan")), "typical_p"),
+        (SamplingParams(repetition_penalty=float("inf")), "repetition_penalty"),
+        (SamplingParams(frequency_penalty=float("-inf")), "frequency_penalty"),
     ],
 )
 def test_bad_parameters_are_refused_naming_the_parameter(engine, params, name) -> None:  # type: ignore[no-untyped-def]
@@ -79,9 +84,9 @@ def test_input_length_limits_and_truncate(engine) -> None:  # type: ignore[no-un
 
 def test_unknown_adapter_is_an_adapter_load_error(engine) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(AdapterLoadError, match="no-such"):
-        engine.prepare(GenerationRequest(PROMPT, adapter_id="/nonexistent/no-such-adapter"))
+        engine.prepare(GenerationRequest(PROMPT, adapter_id="no-such-adapter"))
     with pytest.raises(AdapterLoadError):
-        engine.generate([GenerationRequest(PROMPT, adapter_id="/nonexistent/no-such-adapter")])
+        engine.generate([GenerationRequest(PROMPT, adapter_id="no-such-adapter")])
 
 
 def test_stop_sequence_ends_generation_and_is_kept_in_the_text(engine) -> None:  # type: ignore[no-untyped-def]
@@ -199,27 +204,25 @@ async def test_a_stream_ending_inside_a_character_carries_the_held_back_text_in_
     assert "".join(e.text for e in events) == result.generated_text
 
 
-def test_adapters_load_on_first_use_and_idle_ones_are_evicted_lru_but_not_pinned(
-    engine, adapter_dirs
-) -> None:  # type: ignore[no-untyped-def]
+def test_adapters_load_on_first_use_and_idle_ones_are_evicted_lru_but_not_pinned(engine) -> None:  # type: ignore[no-untyped-def]
     before = engine.stats()
     params = SamplingParams(max_new_tokens=2)
     for name in ("r16-all", "r64-rslora", "r16-all"):
-        engine.generate([GenerationRequest(PROMPT, params, adapter_id=adapter_dirs[name])])
+        engine.generate([GenerationRequest(PROMPT, params, adapter_id=name)])
     after = engine.stats()
     assert (
         after.adapter_loads - before.adapter_loads == 3
         and after.adapter_evictions - before.adapter_evictions == 2
     )
-    assert engine.loaded_adapters() == ["qv", adapter_dirs["r16-all"]]  # the pinned one stays
+    assert engine.loaded_adapters() == ["qv", "r16-all"]  # the pinned one stays
 
 
 def test_more_concurrent_adapters_than_slots_all_complete(engine, adapter_dirs) -> None:  # type: ignore[no-untyped-def]
     params = SamplingParams(max_new_tokens=4, ignore_eos=True)
-    requests = [GenerationRequest(PROMPT, params, adapter_id=adapter_dirs[n]) for n in adapter_dirs]
+    requests = [GenerationRequest(PROMPT, params, adapter_id=n) for n in adapter_dirs]
     results = engine.generate(requests)  # 4 adapters, 1 free slot: they take turns
     assert [len(r.tokens) for r in results] == [4] * 4
-    assert [r.adapter_id for r in results] == [adapter_dirs[n] for n in adapter_dirs]
+    assert [r.adapter_id for r in results] == list(adapter_dirs)
 
 
 def test_info_and_stats_describe_the_engine(engine) -> None:  # type: ignore[no-untyped-def]
@@ -250,9 +253,10 @@ def test_dynamic_adapter_is_refused_when_every_slot_is_pinned(adapter_dirs) -> N
     engine = Engine.from_pretrained(
         model_dir, adapters={"qv": adapter_dirs["r8-qv"]}, max_loaded_adapters=1, progress=lambda _: None
     )
+    engine.register_adapter("r16-all", adapter_dirs["r16-all"])
     with engine:
         with pytest.raises(AdapterLoadError, match="pinned"):
-            engine.prepare(GenerationRequest(PROMPT, adapter_id=adapter_dirs["r16-all"]))
+            engine.prepare(GenerationRequest(PROMPT, adapter_id="r16-all"))
         [result] = engine.generate(
             [GenerationRequest(PROMPT, SamplingParams(max_new_tokens=2), adapter_id="qv")]
         )

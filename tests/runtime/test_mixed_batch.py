@@ -16,6 +16,7 @@ from tests.runtime.oracle import corpus_prompts, engine_for, oracle_greedy
 
 NUM_TOKENS = 32
 ADAPTERS = [None, "r8-qv", "r16-all", None, "r64-rslora", "r8-mlp-patterns", "r16-all"]
+ARCHS = ["mistral", "llama", "qwen3", "phi3", "gemma2", "gemma3", "mixtral"]
 
 
 async def _staggered(engine: Engine, requests: list[GenerationRequest]) -> list[list[int]]:
@@ -43,7 +44,7 @@ def _requests(engine: Engine) -> list[GenerationRequest]:
     return [GenerationRequest(p, params, adapter_id=a) for p, a in zip(prompts, ADAPTERS, strict=True)]
 
 
-@pytest.mark.parametrize("arch", ["mistral", "llama"])
+@pytest.mark.parametrize("arch", ARCHS)
 async def test_staggered_mixed_adapter_batch_matches_peft_greedy_token_by_token(arch: str) -> None:
     assert len({a for a in ADAPTERS if a}) >= 3 and None in ADAPTERS
     with engine_for(arch, max_batch_prefill_tokens=16) as engine:  # 16: long prompts are chunked too
@@ -51,10 +52,12 @@ async def test_staggered_mixed_adapter_batch_matches_peft_greedy_token_by_token(
         outputs = await _staggered(engine, requests)
         assert engine.stats().batch_size == 0
     for request, got in zip(requests, outputs, strict=True):
-        assert got == oracle_greedy(arch, request.prompt, request.adapter_id, NUM_TOKENS), request.adapter_id
+        assert got == oracle_greedy(arch, list(request.prompt), request.adapter_id, NUM_TOKENS), (
+            request.adapter_id
+        )
 
 
-@pytest.mark.parametrize("arch", ["mistral", "llama"])
+@pytest.mark.parametrize("arch", ARCHS)
 async def test_preemption_by_a_tiny_kv_pool_keeps_greedy_tokens_identical(arch: str) -> None:
     # 5 blocks of 16 tokens hold one or two of these ~56-token sequences: the rest get preempted.
     with engine_for(arch, max_total_tokens=64, num_kv_blocks=5, block_size=16) as engine:
@@ -64,7 +67,9 @@ async def test_preemption_by_a_tiny_kv_pool_keeps_greedy_tokens_identical(arch: 
     assert stats.preemptions > 0
     assert stats.num_free_blocks == 5
     for request, got in zip(requests, outputs, strict=True):
-        assert got == oracle_greedy(arch, request.prompt, request.adapter_id, NUM_TOKENS), request.adapter_id
+        assert got == oracle_greedy(arch, list(request.prompt), request.adapter_id, NUM_TOKENS), (
+            request.adapter_id
+        )
 
 
 @pytest.mark.parametrize("arch", ["mistral", "llama"])

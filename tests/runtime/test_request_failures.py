@@ -31,24 +31,32 @@ def engine():  # type: ignore[no-untyped-def]
     engine = Engine.from_pretrained(
         tiny_model("mistral"), max_loaded_adapters=1, max_total_tokens=480, progress=lambda _: None
     )
+    for name, path in standard_adapters(tiny_model("mistral")).items():
+        engine.register_adapter(name, str(path))  # registered, not preloaded: nothing is pinned
     with engine:
         yield engine
 
 
-def _copies(source: Path, folder: Path, n: int) -> list[str]:
+def _copies(engine: Engine, source: Path, folder: Path, n: int) -> list[str]:
+    """`n` registered copies of the adapter in `source`; their names are unique to `folder`."""
     folder.mkdir()
+    names = []
     for i in range(n):
         shutil.copytree(source, folder / f"copy-{i}")
-    return [str(folder / f"copy-{i}") for i in range(n)]
+        names.append(f"{folder.parent.name}-copy-{i}")
+        engine.register_adapter(names[-1], str(folder / f"copy-{i}"))
+    return names
 
 
-async def _one_attempt(engine: Engine, adapters: dict[str, Path], tmp_path: Path) -> bool:
+async def _one_attempt(engine: Engine, tmp_path: Path) -> bool:
     """False when the slot holder finished before the test could break the waiting adapter."""
-    broken = tmp_path / "broken"
+    adapters = standard_adapters(tiny_model("mistral"))
+    broken, broken_name = tmp_path / "broken", f"{tmp_path.name}-broken"
     shutil.copytree(adapters["r8-qv"], broken)
-    holder = engine.stream(GenerationRequest(PROMPT, LONG, adapter_id=str(adapters["r16-all"])))
+    engine.register_adapter(broken_name, str(broken))
+    holder = engine.stream(GenerationRequest(PROMPT, LONG, adapter_id="r16-all"))
     await holder.__anext__()  # running: it holds the only adapter slot
-    victim = engine.stream(GenerationRequest(PROMPT, SHORT, adapter_id=str(broken)))
+    victim = engine.stream(GenerationRequest(PROMPT, SHORT, adapter_id=broken_name))
     victim_first = asyncio.ensure_future(victim.__anext__())  # validated (weights cached), then waits
     while engine.stats().queue_size == 0:  # queued behind the slot
         await asyncio.sleep(0.005)
@@ -56,7 +64,7 @@ async def _one_attempt(engine: Engine, adapters: dict[str, Path], tmp_path: Path
     # weights are evicted from the host cache: the loop must reload it, and that fails.
     weights = broken / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
-    for other in _copies(adapters["r8-mlp-patterns"], tmp_path / "others", HOST_CACHE):
+    for other in _copies(engine, adapters["r8-mlp-patterns"], tmp_path / "others", HOST_CACHE):
         engine.prepare(GenerationRequest(PROMPT, adapter_id=other))
     holder_alive = engine.stats().batch_size >= 1 and not victim_first.done()
     bystander = asyncio.ensure_future(_collect(engine.stream(GenerationRequest(PROMPT, BYSTANDER))))
@@ -76,15 +84,14 @@ async def _collect(stream):  # type: ignore[no-untyped-def]
 
 
 async def test_an_adapter_that_breaks_while_queued_fails_its_request_alone(engine, tmp_path):  # type: ignore[no-untyped-def]
-    adapters = standard_adapters(tiny_model("mistral"))
     for attempt in range(ATTEMPTS):
-        if await _one_attempt(engine, adapters, tmp_path / f"attempt-{attempt}"):
+        if await _one_attempt(engine, tmp_path / f"attempt-{attempt}"):
             break
     else:
         pytest.fail(f"{LONG.max_new_tokens} tokens always finished before the adapter could be broken")
     # The engine still serves, including a request on another adapter (the slot was given
     # back), and every block is free again.
-    other = GenerationRequest(PROMPT, SHORT, adapter_id=str(adapters["r8-qv"]))
+    other = GenerationRequest(PROMPT, SHORT, adapter_id="r8-qv")
     [after] = engine.generate([other])
     assert len(after.tokens) == SHORT.max_new_tokens
     stats = engine.stats()

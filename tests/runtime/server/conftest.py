@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -29,7 +30,14 @@ STARTUP_TIMEOUT_S = 180
 class RunningServer:
     url: str
     process: subprocess.Popen
-    log_path: Path
+    log_path: Path  # the process's stdout and stderr
+    api_key: str | None = None
+    log_file: Path | None = None  # --log-file/LOG_FILE, when set
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """What a client sends: the replica's key, when it has one."""
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -37,7 +45,7 @@ class RunningServer:
     def metric(self, name: str, labels: str = "") -> float:
         """The value of one sample of `/metrics` (0 when absent)."""
         wanted = f"{name}{{{labels}}}" if labels else name
-        for line in httpx.get(f"{self.url}/metrics", timeout=30).text.splitlines():
+        for line in httpx.get(f"{self.url}/metrics", headers=self.headers, timeout=30).text.splitlines():
             if line.startswith("#"):
                 continue
             key, _, value = line.rpartition(" ")
@@ -73,7 +81,14 @@ def run_server(args: list[str], log_path: Path, env: dict[str, str] | None = Non
             stderr=subprocess.STDOUT,
             env=full_env,
         )
-    server = RunningServer(f"http://127.0.0.1:{port}", process, log_path)
+    log_file = (env or {}).get("LOG_FILE")
+    server = RunningServer(
+        f"http://127.0.0.1:{port}",
+        process,
+        log_path,
+        api_key=(env or {}).get("API_KEY"),
+        log_file=Path(log_file) if log_file else None,
+    )
     try:
         wait_healthy(server)
         yield server
@@ -119,6 +134,25 @@ def server(
     log_path = tmp_path_factory.mktemp("server") / "server.log"
     args = ["--model-id", str(model_dir), "--lora-adapters", adapter_flag(adapters)]
     with run_server(args, log_path) as running:
+        yield running
+
+
+SECURED_LOG_MAX_BYTES = 64 * 1024  # the smallest the runtime accepts: rotation shows quickly
+
+
+@pytest.fixture(scope="module")
+def secured_server(
+    model_dir: Path, adapters: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
+    """The standard replica as the control plane runs it: its own API key and a rotated log file."""
+    folder = tmp_path_factory.mktemp("secured")
+    env = {
+        "API_KEY": f"replica-key-{secrets.token_hex(16)}",
+        "LOG_FILE": str(folder / "replica.log"),
+        "LOG_MAX_BYTES": str(SECURED_LOG_MAX_BYTES),
+    }
+    args = ["--model-id", str(model_dir), "--lora-adapters", adapter_flag(adapters)]
+    with run_server(args, folder / "stdout.log", env=env) as running:
         yield running
 
 

@@ -102,3 +102,90 @@ def test_the_module_entry_point_exits_2_with_the_flag_in_stderr():
     )
     assert proc.returncode == 2
     assert "--port/PORT" in proc.stderr
+
+
+# The contract with the control plane: every variable it lets tenants set, or sets itself, is a
+# real flag of the runtime (CUDA_VISIBLE_DEVICES is read by CUDA itself).
+TENANT_VARIABLES = [
+    "MODEL_ID", "REVISION", "LORA_ADAPTERS", "DTYPE", "MAX_INPUT_LENGTH", "MAX_INPUT_TOKENS",
+    "MAX_TOTAL_TOKENS", "MAX_BATCH_PREFILL_TOKENS", "MAX_BATCH_TOTAL_TOKENS", "MAX_CONCURRENT_REQUESTS",
+    "MAX_LOADED_ADAPTERS", "BLOCK_SIZE", "NUM_KV_BLOCKS", "LOG_LEVEL", "PAYLOAD_LIMIT", "ALLOW_HUB_ADAPTERS",
+]  # fmt: skip
+LAUNCHER_VARIABLES = ["PORT", "HOSTNAME", "API_KEY", "DEVICE", "NUM_SHARD", "LOG_FILE", "LOG_MAX_BYTES"]
+
+
+def test_every_variable_of_the_control_plane_contract_is_a_runtime_flag():
+    from lorafleet.runtime.server.cli import FLAGS
+
+    known = {variable for flag in FLAGS for variable in flag.env}
+    assert set(TENANT_VARIABLES + LAUNCHER_VARIABLES) <= known
+
+
+def test_security_settings_come_from_the_launchers_variables(tmp_path):
+    env = {
+        "API_KEY": "k3y",
+        "PAYLOAD_LIMIT": "4096",
+        "ALLOW_HUB_ADAPTERS": "true",
+        "LOG_FILE": str(tmp_path / "replica.log"),
+        "LOG_MAX_BYTES": "100000",
+        "NUM_SHARD": "1",
+    }
+    config = parse_config(["--model-id", "m"], env=env)
+    assert (config.api_key, config.payload_limit, config.engine.allow_hub_adapters) == ("k3y", 4096, True)
+    assert (config.log_file, config.log_max_bytes) == (str(tmp_path / "replica.log"), 100000)
+    assert "k3y" not in repr(config)
+
+
+def test_defaults_are_an_open_replica_with_tgis_payload_limit_and_no_hub_adapters():
+    config = parse_config(["--model-id", "m"], env={})
+    assert (config.api_key, config.payload_limit, config.engine.allow_hub_adapters) == (
+        None,
+        2_000_000,
+        False,
+    )
+    assert (config.log_file, config.log_max_bytes) == (None, 10_000_000)
+
+
+def test_allow_hub_adapters_is_a_switch_that_also_takes_a_value():
+    assert parse_config(["--model-id", "m", "--allow-hub-adapters"], env={}).engine.allow_hub_adapters
+    off = parse_config(["--model-id", "m", "--allow-hub-adapters", "false"], env={"ALLOW_HUB_ADAPTERS": "1"})
+    assert not off.engine.allow_hub_adapters
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"PAYLOAD_LIMIT": "0"}, "PAYLOAD_LIMIT"),
+        ({"PAYLOAD_LIMIT": "2MB"}, "PAYLOAD_LIMIT"),
+        ({"ALLOW_HUB_ADAPTERS": "maybe"}, "ALLOW_HUB_ADAPTERS"),
+        ({"LOG_MAX_BYTES": "1000"}, "LOG_MAX_BYTES"),
+        ({"NUM_SHARD": "2"}, "NUM_SHARD"),
+    ],
+)
+def test_bad_security_values_name_their_variable(env, named):
+    with pytest.raises(ConfigError, match=named):
+        parse_config(["--model-id", "m"], env=env)
+
+
+def test_a_bad_api_key_is_refused_without_echoing_it():
+    with pytest.raises(ConfigError, match="--api-key") as caught:
+        parse_config(["--model-id", "m", "--api-key", "   "], env={})
+    assert "(hidden)" in str(caught.value) and "'   '" not in str(caught.value)
+
+
+def test_a_log_file_that_cannot_be_opened_exits_2_naming_the_flag(tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lorafleet.runtime",
+            "--model-id",
+            "m",
+            "--log-file",
+            str(tmp_path / "no" / "x.log"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2 and "--log-file/LOG_FILE" in proc.stderr

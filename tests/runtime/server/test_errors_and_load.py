@@ -7,6 +7,8 @@ import json
 import shutil
 import socket
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -14,7 +16,27 @@ from huggingface_hub import InferenceClient
 from huggingface_hub.errors import ValidationError as HubValidationError
 from lorafleet.runtime.engine import GenerationRequest, SamplingParams
 
+from tests.runtime.hub_cache import put_in_hub_cache
+from tests.runtime.server.conftest import RunningServer, adapter_flag, run_server
+
 ADAPTER_IDS = [None, "r8-qv", "r16-all", "r64-rslora", "r8-mlp-patterns"]
+
+
+@pytest.fixture(scope="module")
+def hub_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The replica's (offline) Hub cache: tests add repos to it while the server runs."""
+    return tmp_path_factory.mktemp("hub-cache")
+
+
+@pytest.fixture(scope="module")
+def server(
+    model_dir: Path, adapters: dict[str, Path], hub_cache: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
+    """The standard replica, with Hub adapters allowed (read from `hub_cache`, offline)."""
+    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    args = ["--model-id", str(model_dir), "--lora-adapters", adapter_flag(adapters), "--allow-hub-adapters"]
+    with run_server(args, log_path, env={"HF_HUB_CACHE": str(hub_cache)}) as running:
+        yield running
 
 
 def post(server, path: str, body: object) -> httpx.Response:  # type: ignore[no-untyped-def]
@@ -75,17 +97,18 @@ def test_huggingface_hub_raises_its_typed_validation_error(server):
         InferenceClient(server.url).text_generation("hi", max_new_tokens=2, adapter_id="no-such-adapter")
 
 
-def test_a_broken_adapter_fails_alone_while_good_requests_succeed(server, adapters, tmp_path):
+def test_a_broken_adapter_fails_alone_while_good_requests_succeed(server, adapters, hub_cache, tmp_path):
     broken = tmp_path / "broken-adapter"
     shutil.copytree(adapters["r8-qv"], broken)
     weights = broken / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
+    put_in_hub_cache(hub_cache, "acme/broken", broken)
 
     async def run() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
             bodies = [
                 {"inputs": f"story {i}", "parameters": {"max_new_tokens": 4, "adapter_id": a}}
-                for i, a in enumerate([str(broken), "r8-qv", None, str(broken), "r16-all"])
+                for i, a in enumerate(["acme/broken", "r8-qv", None, "acme/broken", "r16-all"])
             ]
             return await asyncio.gather(*(client.post("/generate", json=b) for b in bodies))
 
@@ -93,18 +116,19 @@ def test_a_broken_adapter_fails_alone_while_good_requests_succeed(server, adapte
     assert statuses == [422, 200, 200, 422, 200]
 
 
-def test_an_adapter_directory_not_preloaded_is_loaded_on_first_use(server, model_dir, tmp_path):
+def test_a_hub_adapter_not_preloaded_is_loaded_on_first_use(server, model_dir, hub_cache):
     from tests.fixtures import AdapterSpec, tiny_adapter
 
     fresh = tiny_adapter(model_dir, AdapterSpec(r=4, target_modules=("q_proj", "o_proj"), seed=77))
+    put_in_hub_cache(hub_cache, "acme/fresh", fresh)
     loads_before = server.metric("lorafleet_adapter_loads_total")
     response = post(
-        server, "/generate", {"inputs": "hi", "parameters": {"max_new_tokens": 2, "adapter_id": str(fresh)}}
+        server, "/generate", {"inputs": "hi", "parameters": {"max_new_tokens": 2, "adapter_id": "acme/fresh"}}
     )
     assert response.status_code == 200, response.text
     assert server.metric("lorafleet_adapter_loads_total") >= loads_before + 1
     models = httpx.get(f"{server.url}/v1/models", timeout=30).json()["data"]
-    assert str(fresh) in {m["id"] for m in models}
+    assert "acme/fresh" in {m["id"] for m in models}
 
 
 def test_fifty_concurrent_mixed_adapter_requests_all_match_the_engine(server, engine):

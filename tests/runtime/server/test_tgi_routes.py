@@ -148,3 +148,7 @@ def test_tokenize_returns_ids_and_spans_of_the_input(server, engine):
     assert "".join(t["text"] for t in tokens if t["stop"] > t["start"] or t["text"] == "") != ""
     content = [t for t in tokens if t["stop"] > t["start"]]
     assert "".join(text[t["start"] : t["stop"]] for t in content) == text
+
+
+def test_a_replica_without_an_api_key_says_in_its_log_that_it_is_open(server):
+    assert "no --api-key/API_KEY: every route is open" in server.log()
