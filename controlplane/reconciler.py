@@ -15,6 +15,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from lorafleet.controlplane.catalog.service import Hardware
 from lorafleet.controlplane.clock import utcnow
@@ -31,9 +32,11 @@ from lorafleet.controlplane.models import Endpoint, Replica
 from lorafleet.controlplane.probes import Probe, ProbeJob, probe_all
 from lorafleet.controlplane.secretbox import SecretBox
 from lorafleet.controlplane.settings import Settings
+from lorafleet.controlplane.usage import repository as usage
 from sqlalchemy.orm import Session
 
 log = logging.getLogger("lorafleet.controlplane.reconciler")
+USAGE_MINUTES_KEPT = timedelta(days=1)  # per-minute usage (charts, token limits); totals are kept
 
 
 @dataclass
@@ -166,9 +169,10 @@ class Reconciler:
                 log_tail=self.settings.log_tail_lines,
             )
             tally = QuotaTally(self.quota, self.hardware.catalog, endpoints, by_endpoint)
+            loads = self._gateway_loads(session)
             for endpoint, namespace in endpoints:
                 rows = by_endpoint.get(endpoint.id, [])
-                self._reconcile(session, endpoint, namespace, rows, probes, report, tally)
+                self._reconcile(session, endpoint, namespace, rows, probes, report, tally, loads)
         report.seconds = time.monotonic() - started_at
         return report
 
@@ -180,15 +184,14 @@ class Reconciler:
         live = {r.replica_key for rows in by_endpoint.values() for r in rows}
         self._api_keys = {k: v for k, v in self._api_keys.items() if k in live}
         for endpoint, _ in endpoints:
-            spec = EndpointSpec.from_stored(endpoint.spec)
-            route, scaling = spec.health_route, spec.compute.scaling
-            metrics = scaling.max_replica > 1 or scaling.can_scale_to_zero  # autoscaling, idleness
+            route = EndpointSpec.from_stored(endpoint.spec).health_route
             for r in by_endpoint.get(endpoint.id, []):
                 if r.handle:
                     overdue = r.state == "starting" and (
                         (now - r.created_at).total_seconds() > self.settings.startup_timeout_s
                     )
-                    jobs[r.replica_key] = ProbeJob(r.handle, route, metrics, overdue, self._api_key(r))
+                    # `/metrics` always: token usage, and whether a draining replica is idle.
+                    jobs[r.replica_key] = ProbeJob(r.handle, route, True, overdue, self._api_key(r))
         return jobs
 
     def _reconcile(
@@ -200,12 +203,14 @@ class Reconciler:
         probes: dict[str, Probe],
         report: PassReport,
         tally: QuotaTally,
+        loads: dict[int, int],
     ) -> None:
         """Decide (one transaction), stop and start (none), record the outcome (one or two)."""
         name = f"{namespace}/{endpoint.name}"
         try:
             # Resolved before the transaction: the catalog may ask the launcher (Ray's nodes).
-            view = self.planner.view(endpoint, namespace, tally.room(endpoint, namespace))
+            view = self.planner.view(endpoint, namespace, tally.room(endpoint, namespace),
+                                     loads.get(endpoint.id, 0))
             # One transaction per endpoint, so one bad endpoint rolls back only its own changes and
             # an endpoint with nothing to do costs no write at all.
             decision = self.planner.reconcile(session, endpoint, view, replicas, probes)
@@ -246,6 +251,17 @@ class Reconciler:
             session.rollback()
             log.exception("writing the status of %s after its launches failed", name)
             report.errors.append(f"{name}: {e}")
+
+    def _gateway_loads(self, session: Session) -> dict[int, int]:
+        """endpoint id → the gateways' pending + in-flight requests; every 100 passes, old usage
+        minutes and the load rows of gateways that stopped reporting are dropped."""
+        now = utcnow()
+        if self.passes % 100 == 0:
+            usage.prune(session, minutes_before=now - USAGE_MINUTES_KEPT,
+                        loads_before=now - timedelta(hours=1))
+        loads = usage.fresh_loads(session, usage.load_since(self.settings.gateway_flush_s, now))
+        session.commit()
+        return loads
 
     def _api_key(self, row: Replica) -> str | None:
         """The replica's key for probes; None if it has none (started before keys) or it cannot be

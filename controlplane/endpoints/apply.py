@@ -13,6 +13,7 @@ from typing import Any
 from lorafleet.controlplane.endpoints import repository
 from lorafleet.controlplane.endpoints.plan import Launch, Plan
 from lorafleet.controlplane.models import Endpoint, Replica
+from lorafleet.controlplane.usage import repository as usage
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -43,9 +44,10 @@ def apply(
             session.delete(row)
     for kind, message in plan.events:
         repository.add_event(session, endpoint_id=endpoint.id, kind=kind, message=message)
-    if plan.touch_active is not None:
-        repository.touch_active(session, endpoint_id=endpoint.id, moment=plan.touch_active)
-        set_committed_value(endpoint, "last_active_at", plan.touch_active)  # no ORM flush: it bumps revision
+    for adapter, (prompt, generated) in plan.usage.items():
+        assert plan.moment is not None
+        usage.add(session, endpoint_id=endpoint.id, adapter=adapter, source=usage.REPLICAS_SOURCE,
+                  moment=plan.moment, delta=usage.UsageDelta(input_tokens=prompt, output_tokens=generated))
     write_status(session, endpoint, plan.status)
     return stopping, [new_launch() for _ in range(plan.launches)]
 

@@ -1,11 +1,17 @@
 """The planner's decisions, as pure functions: no database, no launcher, no clock of their own.
 
 `decide(view, replicas, probes, clocks, now)` is one endpoint's reconciliation: record crashes
-(with exponential backoff), mark replicas ready or unhealthy, stop what must stop (pause, scale to
-zero, scale-down, the old replicas of a finished rolling update), choose the target replica count
-(autoscaling with a scale-down cooldown, capped by the namespace's quota), give up after too many
-failures, and compute the status the API shows. `settle(...)` recomputes the status once the
-launches it asked for have happened. `apply.py` writes the results.
+(with exponential backoff), mark replicas ready or unhealthy, take replicas out of service (pause,
+scale to zero, scale-down, the old replicas of a finished rolling update), choose the target
+replica count (autoscaling on the gateways' load, with a scale-down cooldown, capped by the
+namespace's quota), give up after too many failures, collect the replicas' token counts, and
+compute the status the API shows. `settle(...)` recomputes the status once the launches it asked
+for have happened. `apply.py` writes the results.
+
+A ready replica is never stopped at once: it is first `draining` (gateways stop routing to it
+within one refresh) and stopped once it has no request in flight and `drain_grace_s` has passed,
+or after `drain_timeout_s` whatever it still serves. So a rolling update or a scale-down loses no
+request. Replicas that are not serving (starting, unhealthy, exited) are stopped at once.
 """
 
 from __future__ import annotations
@@ -41,37 +47,38 @@ def decide(
     """One endpoint's plan for this pass.
 
     Args:
-        view: the endpoint (status columns, typed spec, current digest, placement, quota room).
+        view: the endpoint (status columns, typed spec, current digest, placement, quota room, load).
         replicas: its replica rows, none `stopping`.
         probes: replica key → probe, for rows with a handle.
-        clocks: what the planner remembers of the endpoint (backoff, cooldown, request counters).
+        clocks: what the planner remembers of the endpoint (backoff, cooldown).
         now: this pass's instant.
         limits: the reconciler settings.
     """
-    plan = Plan(view.id, view.revision, clocks)
+    plan = Plan(view.id, view.revision, clocks, moment=now.wall)
     failures, live = _observe(view, replicas, probes, now, limits, plan)
     if failures != view.failure_count:
         plan.status["failure_count"] = failures
     if view.desired_state != "running" or view.state == "failed":
-        _stop(plan, live)
+        _retire(plan, live, now)
         plan.status.update(ready_replicas=0, target_replicas=0)
-        if view.desired_state == "paused":
-            plan.status["url"] = None
-        return _finish(plan)
+        if view.desired_state in ("paused", "scaledToZero"):  # a scaled-to-zero endpoint keeps its URL
+            plan.status["url"] = None if view.desired_state == "paused" else view.gateway_url
+        return plan
     current = [r for r in live if r.spec_digest == view.digest]
     old = [r for r in live if r.spec_digest != view.digest]
-    if _idle_too_long(view, live, plan, now):
-        _stop(plan, live)
+    if _idle_too_long(view, live, now):
+        _retire(plan, live, now)
         plan.events.append(("scaled-to-zero", "idle longer than scaleToZeroTimeout"))
         plan.status.update(desired_state="scaledToZero", state="scaledToZero", ready_replicas=0,
-                           message="Endpoint scaled to zero after being idle", target_replicas=0)
-        return _finish(plan)
-    target = _target(view, live, plan, now, limits)
+                           message="Endpoint scaled to zero after being idle", target_replicas=0,
+                           url=view.gateway_url)
+        return plan
+    target = _target(view, plan, now, limits)
     pending_reason = ""
     if view.room is not None and target > view.room.capacity:  # keep what runs, start no more
         target, pending_reason = max(view.room.capacity, len(current)), view.room.reason
     if failures > limits.max_restarts:
-        return _finish(_give_up(plan, failures, current, old))
+        return _give_up(plan, failures, current, old, now, view.gateway_url)
     if len(current) < target and now.monotonic >= plan.clocks.not_before:
         if isinstance(view.placement, str):
             pending_reason = view.placement
@@ -79,14 +86,15 @@ def decide(
             plan.launches = target - len(current)
     elif len(current) > target:
         surplus = sorted(current, key=lambda r: (r.is_ready, r.id))[: len(current) - target]
-        _stop(plan, surplus)
+        _retire(plan, surplus, now)
         current = [r for r in current if r not in surplus]
     if sum(r.is_ready for r in current) >= target:
-        _stop(plan, old)
+        _retire(plan, old, now)
         old = []
     plan.census, plan.target = census(current, old), target
-    plan.status.update(status_values(view.state, view.message, plan.census, target, pending_reason))
-    return _finish(plan)
+    plan.status.update(status_values(view.state, view.message, plan.census, target, pending_reason,
+                                     view.gateway_url))
+    return plan
 
 
 def settle(view: EndpointView, plan: Plan, reports: Sequence[LaunchReport]) -> Plan:
@@ -111,23 +119,21 @@ def settle(view: EndpointView, plan: Plan, reports: Sequence[LaunchReport]) -> P
             after.clocks = replace(after.clocks, last_failure=pending_reason)
             failures += 1
     after.census = replace(plan.census, current=plan.census.current + started)
-    after.status = status_values(view.state, view.message, after.census, plan.target, pending_reason)
+    after.status = status_values(view.state, view.message, after.census, plan.target, pending_reason,
+                                 view.gateway_url)
     if failures != view.failure_count:
         after.status["failure_count"] = failures
     return after
 
 
 def census(current: Sequence[ReplicaView], old: Sequence[ReplicaView]) -> Census:
-    ready = [r for r in current if r.is_ready]
-    old_ready = [r for r in old if r.is_ready]
-    serving = ready or old_ready
-    return Census(len(current), len(ready), len(old), len(old_ready), serving[0].url if serving else None)
+    return Census(len(current), sum(r.is_ready for r in current), len(old), sum(r.is_ready for r in old))
 
 
-def status_values(
-    state: str, message: str, counts: Census, target: int, pending_reason: str
-) -> dict[str, Any]:
-    """The status columns for these replica counts (`state`/`message`: the endpoint's now)."""
+def status_values(state: str, message: str, counts: Census, target: int, pending_reason: str,
+                  url: str | None) -> dict[str, Any]:
+    """The status columns for these replica counts (`state`/`message`: the endpoint's now; `url`:
+    its URL, shown while a replica serves)."""
     serving = counts.current_ready or counts.old_ready
     if state == "updateFailed" and counts.old_ready and not counts.current_ready:
         pass  # an update that gave up, while the old replicas still serve: keep saying so
@@ -141,7 +147,7 @@ def status_values(
         state, message = "pending", pending_reason or WAITING
     if pending_reason and state != "running":
         message = pending_reason
-    return {"state": state, "message": message, "url": counts.serving_url, "ready_replicas": serving,
+    return {"state": state, "message": message, "url": url if serving else None, "ready_replicas": serving,
             "target_replicas": target}
 
 
@@ -156,47 +162,74 @@ def _observe(
     limits: PlannerLimits,
     plan: Plan,
 ) -> tuple[int, list[ReplicaView]]:
-    """Applies the probes: crashes counted and stopped, replicas marked ready or unhealthy.
-    Returns the failure count and the live replicas (as they are after this pass)."""
-    failures, live, seen = view.failure_count, [], dict(plan.clocks.requests_seen)
+    """Applies the probes: crashes counted and stopped, replicas marked ready or unhealthy, drained
+    replicas stopped, tokens collected. Returns the failure count and the replicas in service."""
+    failures, live = view.failure_count, []
     for replica in replicas:
         probe = probes.get(replica.key)
         if probe is None:  # no handle yet (start in progress elsewhere) or just started
-            live.append(replica)
+            if replica.state != "draining":
+                live.append(replica)
+            continue
+        _collect_tokens(plan, replica, probe)
+        if replica.state == "draining":
+            if probe.status.phase == "exited" or _drained(replica, probe, now, limits):
+                plan.stops.append(replica.key)
             continue
         if probe.status.phase == "exited":
             code = probe.status.exit_code
             what = f"replica {replica.key} exited{'' if code is None else f' with code {code}'}"
             failures = _record_failure(plan, failures, what, probe.logs, now, limits)
-            _stop(plan, [replica])
+            plan.stops.append(replica.key)
             continue
         if probe.healthy:
             if not replica.is_ready:
-                plan.replica_changes[replica.key] = {"state": "ready", "ready_at": now.wall,
-                                                     "url": probe.status.url}
+                _change(plan, replica, state="ready", ready_at=now.wall, url=probe.status.url)
                 plan.events.append(("replica-ready", f"replica {replica.key} ready at {probe.status.url}"))
                 failures = 0
             replica = replace(replica, state="ready", url=probe.status.url, queue_size=probe.queue_size)
-            plan.replica_changes.setdefault(replica.key, {})["queue_size"] = probe.queue_size
-            counted, previous = probe.requests_seen, seen.get(replica.key)
-            if probe.queue_size > 0 or (counted is not None and previous is not None and counted > previous):
-                plan.touch_active = now.wall
-            if counted is not None:
-                seen[replica.key] = counted
+            _change(plan, replica, queue_size=probe.queue_size)
         elif replica.is_ready:
-            plan.replica_changes[replica.key] = {"state": "unhealthy",
-                                                 "message": "health route stopped answering 200"}
+            _change(plan, replica, state="unhealthy", message="health route stopped answering 200")
             replica = replace(replica, state="unhealthy")
         elif replica.state == "starting" and (
             (now.wall - replica.created_at).total_seconds() > limits.startup_timeout_s
         ):
             what = f"replica {replica.key} not healthy after {limits.startup_timeout_s:.0f} s"
             failures = _record_failure(plan, failures, what, probe.logs, now, limits)
-            _stop(plan, [replica])
+            plan.stops.append(replica.key)
             continue
         live.append(replica)
-    plan.clocks = replace(plan.clocks, requests_seen=seen)
     return failures, live
+
+
+def _drained(replica: ReplicaView, probe: Probe, now: Now, limits: PlannerLimits) -> bool:
+    """Whether a draining replica may stop: past the grace period (no gateway routes to it any
+    more) with nothing in flight, or past the drain timeout."""
+    since = (now.wall - (replica.drain_started_at or now.wall)).total_seconds()
+    idle = not probe.healthy or probe.in_flight == 0
+    return (since >= limits.drain_grace_s and idle) or since >= limits.drain_timeout_s
+
+
+def _collect_tokens(plan: Plan, replica: ReplicaView, probe: Probe) -> None:
+    """Adds the tokens the replica counted since the last pass to the plan's usage."""
+    if probe.tokens is None:
+        return
+    seen = replica.usage_seen
+    for adapter, counts in probe.tokens.items():
+        before = seen.get(adapter) or (0, 0)
+        # A counter below what was seen was reset (cannot happen for one replica key; be safe).
+        deltas = [int(c - b) if c >= b else int(c) for c, b in zip(counts, before, strict=False)]
+        if any(deltas):
+            total = plan.usage.get(adapter, (0, 0))
+            plan.usage[adapter] = (total[0] + deltas[0], total[1] + deltas[1])
+    tokens = {adapter: [int(c) for c in counts] for adapter, counts in probe.tokens.items()}
+    if tokens != dict(seen):
+        _change(plan, replica, usage_seen=tokens)
+
+
+def _change(plan: Plan, replica: ReplicaView, **values: Any) -> None:
+    plan.replica_changes.setdefault(replica.key, {}).update(values)
 
 
 def _record_failure(
@@ -214,23 +247,21 @@ def _record_failure(
 # --- decisions --------------------------------------------------------------------------------
 
 
-def _idle_too_long(view: EndpointView, live: Sequence[ReplicaView], plan: Plan, now: Now) -> bool:
+def _idle_too_long(view: EndpointView, live: Sequence[ReplicaView], now: Now) -> bool:
+    """No request through the gateway for `scaleToZeroTimeout` minutes (gateways reset the timer)."""
     scaling = view.spec.compute.scaling
-    if not scaling.can_scale_to_zero or not any(r.is_ready for r in live):
+    if not scaling.can_scale_to_zero or not any(r.is_ready for r in live) or view.load > 0:
         return False
-    last_active = plan.touch_active or view.last_active_at
-    return (now.wall - last_active).total_seconds() > scaling.scale_to_zero_minutes * 60
+    return (now.wall - view.last_active_at).total_seconds() > scaling.scale_to_zero_minutes * 60
 
 
-def _target(
-    view: EndpointView, live: Sequence[ReplicaView], plan: Plan, now: Now, limits: PlannerLimits
-) -> int:
-    """Replicas wanted: the queue per replica under `pendingRequests`, within min/max; a
-    scale-down waits `scale_down_cooldown_s` after the last scale-up."""
+def _target(view: EndpointView, plan: Plan, now: Now, limits: PlannerLimits) -> int:
+    """Replicas wanted: the gateways' load (pending + in flight) per replica at most
+    `pendingRequests`, within min/max; a scale-down waits `scale_down_cooldown_s` after the last
+    scale-up."""
     scaling = view.spec.compute.scaling
     low, high = max(1, scaling.min_replica), max(1, scaling.max_replica)
-    queue = sum(r.queue_size for r in live if r.is_ready)
-    wanted = min(high, max(low, math.ceil(queue / scaling.pending_requests)))
+    wanted = min(high, max(low, math.ceil(view.load / scaling.pending_requests)))
     current = max(low, min(high, view.target_replicas or low))
     if wanted > current:
         plan.clocks = replace(plan.clocks, last_scale_up=now.monotonic)
@@ -240,27 +271,25 @@ def _target(
     return wanted
 
 
-def _give_up(plan: Plan, failures: int, current: Sequence[ReplicaView], old: Sequence[ReplicaView]) -> Plan:
+def _give_up(plan: Plan, failures: int, current: Sequence[ReplicaView], old: Sequence[ReplicaView],
+             now: Now, url: str | None) -> Plan:
     """`failed` (or `updateFailed` while old replicas still serve) after too many failures."""
-    _stop(plan, current)
+    _retire(plan, current, now)
     report = plan.clocks.last_failure or "replicas kept failing"
     serving = [r for r in old if r.is_ready]
     state = "updateFailed" if serving else "failed"
     message = (f"Endpoint failed to {'update' if serving else 'deploy'} after {failures} attempts. "
                f"{report}")
     plan.events.append((state, message))
-    plan.status.update(state=state, message=message, ready_replicas=len(serving))
-    if not serving:
-        plan.status["url"] = None
+    plan.status.update(state=state, message=message, ready_replicas=len(serving),
+                       url=url if serving else None)
     return plan
 
 
-def _stop(plan: Plan, replicas: Sequence[ReplicaView]) -> None:
-    plan.stops.extend(r.key for r in replicas if r.key not in plan.stops)
-
-
-def _finish(plan: Plan) -> Plan:
-    """Stopped replicas leave the request counters (their keys are never reused)."""
-    seen = {k: v for k, v in plan.clocks.requests_seen.items() if k not in plan.stops}
-    plan.clocks = replace(plan.clocks, requests_seen=seen)
-    return plan
+def _retire(plan: Plan, replicas: Sequence[ReplicaView], now: Now) -> None:
+    """Takes replicas out of service: a ready one drains first, any other stops at once."""
+    for replica in replicas:
+        if replica.is_ready:
+            _change(plan, replica, state="draining", drain_started_at=now.wall)
+        elif replica.key not in plan.stops:
+            plan.stops.append(replica.key)

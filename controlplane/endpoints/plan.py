@@ -52,9 +52,11 @@ class EndpointView:
     """An endpoint as a pass saw it: its status columns, typed spec and current digest.
 
     Args:
+        gateway_url: the endpoint's stable URL (`status.url` whenever it can serve).
         placement: resolved launch parameters, or why no replica can be placed (a message); None
             when the endpoint is not meant to run.
         room: how many replicas of the current spec the namespace's quota allows (None: no cap).
+        load: pending + in-flight requests the gateways report for the endpoint (autoscaling).
     """
 
     id: int
@@ -71,8 +73,10 @@ class EndpointView:
     last_active_at: datetime
     spec: EndpointSpec
     digest: str
+    gateway_url: str | None = None
     placement: Placement | str | None = None
     room: QuotaRoom | None = None
+    load: int = 0
 
 
 @dataclass(frozen=True)
@@ -87,11 +91,13 @@ class ReplicaView:
     created_at: datetime
     url: str | None = None
     queue_size: float = 0.0
+    drain_started_at: datetime | None = None
+    usage_seen: Mapping[str, Any] = field(default_factory=dict)  # adapter → [prompt, generated] counted
 
     @classmethod
     def of(cls, row: Replica) -> ReplicaView:
         return cls(row.id, row.replica_key, row.state, row.spec_digest, bool(row.handle), row.created_at,
-                   row.url, row.queue_size)
+                   row.url, row.queue_size, row.drain_started_at, row.usage_seen or {})
 
     @property
     def is_ready(self) -> bool:
@@ -107,13 +113,11 @@ class Clocks:
         not_before: monotonic time before which no replica is started (crash backoff).
         last_failure: the last crash report, for the `failed` message.
         last_scale_up: monotonic time of the last scale-up (scale-down cooldown).
-        requests_seen: replica key → its request counter at the last probe (idleness).
     """
 
     not_before: float = 0.0
     last_failure: str = ""
     last_scale_up: float = 0.0
-    requests_seen: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -124,7 +128,6 @@ class Census:
     current_ready: int = 0
     old: int = 0
     old_ready: int = 0
-    serving_url: str | None = None
 
 
 @dataclass
@@ -136,11 +139,13 @@ class Plan:
             conditional on it).
         status: status columns to write (only those that differ from the row are written).
         events: `(kind, message)` to append.
-        replica_changes: replica key → columns to set on its row (ready, unhealthy, queue size).
+        replica_changes: replica key → columns to set on its row (ready, unhealthy, draining,
+            queue size, token counters seen).
         stops: keys of replicas to stop (rows with a handle are marked `stopping`, the others
             deleted at once).
         launches: how many replicas of the current spec to start.
-        touch_active: when set, the endpoint's `last_active_at` becomes this time.
+        usage: adapter ('' = base) → (prompt, generated) tokens the replicas counted since the
+            last pass, to add to the endpoint's usage at `moment`.
         clocks: the endpoint's clocks after this pass.
         census, target: what the status was computed from (recomputed after the launches).
     """
@@ -153,7 +158,8 @@ class Plan:
     replica_changes: dict[str, dict[str, Any]] = field(default_factory=dict)
     stops: list[str] = field(default_factory=list)
     launches: int = 0
-    touch_active: datetime | None = None
+    usage: dict[str, tuple[int, int]] = field(default_factory=dict)
+    moment: datetime | None = None
     census: Census = field(default_factory=Census)
     target: int = 0
 
@@ -199,8 +205,11 @@ class PlannerLimits:
     backoff_base_s: float = 1.0
     backoff_max_s: float = 60.0
     scale_down_cooldown_s: float = 60.0
+    drain_grace_s: float = 3.0  # every gateway has stopped routing to a draining replica by then
+    drain_timeout_s: float = 120.0
 
     @classmethod
     def from_settings(cls, settings: Any) -> PlannerLimits:
         return cls(settings.startup_timeout_s, settings.max_restarts, settings.backoff_base_s,
-                   settings.backoff_max_s, settings.scale_down_cooldown_s)
+                   settings.backoff_max_s, settings.scale_down_cooldown_s, settings.drain_grace_s,
+                   settings.drain_timeout_s)

@@ -63,6 +63,7 @@ class EndpointPlanner:
         self, settings: Settings, launcher: Launcher, hardware: Hardware, secret_box: SecretBox
     ) -> None:
         self.limits = PlannerLimits.from_settings(settings)
+        self.settings = settings
         self.launcher = launcher
         self.hardware = hardware
         self.secret_box = secret_box
@@ -70,7 +71,9 @@ class EndpointPlanner:
         # Keyed by endpoint id: ids are never reused (models.Endpoint), so no state passes on.
         self._clocks: dict[int, Clocks] = {}
 
-    def view(self, endpoint: Endpoint, namespace: str, room: QuotaRoom | None = None) -> EndpointView:
+    def view(
+        self, endpoint: Endpoint, namespace: str, room: QuotaRoom | None = None, load: int = 0
+    ) -> EndpointView:
         """The endpoint as `decide` sees it. Call with no transaction open: resolving the instance
         may ask the launcher. Raises `ControlPlaneError` if the secrets cannot be opened."""
         spec = EndpointSpec.from_stored(endpoint.spec)
@@ -84,7 +87,8 @@ class EndpointPlanner:
             desired_state=endpoint.desired_state, state=endpoint.state, message=endpoint.message,
             url=endpoint.url, failure_count=endpoint.failure_count, ready_replicas=endpoint.ready_replicas,
             target_replicas=endpoint.target_replicas, last_active_at=endpoint.last_active_at, spec=spec,
-            digest=spec.replica_digest(secrets), placement=placement, room=room,
+            digest=spec.replica_digest(secrets), placement=placement, room=room, load=load,
+            gateway_url=self.settings.endpoint_url(namespace, endpoint.name),
         )
 
     def _place(self, spec: EndpointSpec, secrets: Mapping[str, str]) -> Placement | str:

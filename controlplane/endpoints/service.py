@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import builtins  # the class defines list(); annotations below mean the builtin
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from lorafleet.controlplane.auth.service import Principal
@@ -26,6 +27,8 @@ from lorafleet.controlplane.endpoints.spec_view import EndpointSpec, launch_dige
 from lorafleet.controlplane.errors import BadRequestError, ConflictError, NotFoundError
 from lorafleet.controlplane.models import Endpoint
 from lorafleet.controlplane.secretbox import SecretBox
+from lorafleet.controlplane.usage import repository as usage_repository
+from lorafleet.controlplane.usage.report import usage_json
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
@@ -42,15 +45,6 @@ class ReplicaLogs:
     replica: str
     state: str
     lines: list[str]
-
-
-@dataclass(frozen=True)
-class ReplicaAccess:
-    """How the control plane itself reaches an endpoint (Try it): its URL and that replica's key."""
-
-    url: str | None
-    api_key: str | None
-    state: str
 
 
 class EndpointService:
@@ -215,16 +209,19 @@ class EndpointService:
             for e in repository.list_events(session, endpoint_id=endpoint.id, limit=limit)
         ]
 
-    def replica_access(self, session: Session, principal: Principal, name: str) -> ReplicaAccess:
-        """The endpoint's URL and the key of the replica serving it, for the control plane's own
-        requests (never shown to the tenant)."""
+    def usage(self, session: Session, principal: Principal, name: str) -> dict[str, Any]:
+        """`GET .../usage`: per-adapter counters and latency percentiles since the endpoint's creation."""
         endpoint = self.get(session, principal, name)
-        serving = [
-            r for r in repository.replicas_of(session, endpoint_id=endpoint.id)
-            if r.url == endpoint.url and r.api_key_encrypted
-        ]
-        api_key = self.secret_box.open(serving[0].api_key_encrypted)["api_key"] if serving else None
-        return ReplicaAccess(endpoint.url, api_key, endpoint.state)
+        totals = usage_repository.totals(session, [endpoint.id]).get(endpoint.id, {})
+        return usage_json(totals, since=endpoint.created_at)
+
+    def usage_per_minute(
+        self, session: Session, principal: Principal, name: str, minutes: int = 60
+    ) -> builtins.list[tuple[str, datetime, dict[str, int]]]:
+        """(adapter, minute, counters) of the last `minutes` minutes, oldest first (dashboard charts)."""
+        endpoint = self.get(session, principal, name)
+        since = usage_repository.window_start(utcnow(), minutes)
+        return usage_repository.per_minute(session, endpoint.id, since)
 
     # --- helpers ------------------------------------------------------------------------
 

@@ -89,13 +89,18 @@ def build_spec(body: EndpointCreate) -> dict[str, Any]:
         spec["route"] = body.route.model_dump(exclude_none=True)
     if body.cacheHttpResponses is not None:
         spec["cacheHttpResponses"] = body.cacheHttpResponses
+    if body.rateLimits is not None:
+        spec["rateLimits"] = body.rateLimits.model_dump(exclude_none=True)
     _check_replicas(spec)
     return spec
 
 
+WHOLE_VALUES = ("env", "measure", "rateLimits")  # an update replaces these as a whole
+
+
 def _deep_merge(target: dict[str, Any], patch: dict[str, Any]) -> None:
     for key, value in patch.items():
-        if isinstance(value, dict) and isinstance(target.get(key), dict) and key not in ("env", "measure"):
+        if isinstance(value, dict) and isinstance(target.get(key), dict) and key not in WHOLE_VALUES:
             _deep_merge(target[key], value)
         else:
             target[key] = value

@@ -61,6 +61,8 @@ class EndpointSpec:
     compute: Compute
     repository: str
     args: tuple[str, ...]
+    adapter_ids: tuple[str, ...]  # the ids of `LORA_ADAPTERS` (`id=path`, or a Hub id as its own id)
+    rate_limits: Mapping[str, Any]  # `rateLimits` as stored (`gateway/limits.py` reads it)
     raw: Mapping[str, Any]
 
     @classmethod
@@ -86,6 +88,8 @@ class EndpointSpec:
             ),
             repository=model["repository"],
             args=tuple(model.get("args") or ()),
+            adapter_ids=adapter_ids((model.get("env") or {}).get("LORA_ADAPTERS")),
+            rate_limits=spec.get("rateLimits") or {},
             raw=spec,
         )
 
@@ -122,3 +126,14 @@ def launch_digest_fields(spec: Mapping[str, Any]) -> dict[str, Any]:
         "model": spec["model"],
         "healthRoute": spec["healthRoute"],
     }
+
+
+def adapter_ids(lora_adapters: str | None) -> tuple[str, ...]:
+    """The adapter ids of a `LORA_ADAPTERS` value, as the runtime reads it (comma list; `id=path`
+    maps an id to a path, a bare Hub id is its own id)."""
+    ids = []
+    for item in (lora_adapters or "").split(","):
+        name = item.strip().partition("=")[0].strip()
+        if name:
+            ids.append(name)
+    return tuple(ids)

@@ -27,6 +27,7 @@ T0 = datetime(2026, 1, 1, 12, 0, 0)
 LIMITS = PlannerLimits(startup_timeout_s=60, max_restarts=2, backoff_base_s=1, backoff_max_s=8,
                        scale_down_cooldown_s=30)
 DIGEST = "current-digest"
+URL = "http://gateway.example/endpoints/alice/ep"
 PLACED = Placement(InstanceType.__new__(InstanceType), {"MODEL_ID": "/m"}, ())
 
 
@@ -47,20 +48,21 @@ def view(**fields: Any) -> EndpointView:
     values: dict[str, Any] = dict(
         id=1, namespace="alice", name="ep", revision=3, desired_state="running", state="pending",
         message="", url=None, failure_count=0, ready_replicas=0, target_replicas=0, last_active_at=T0,
-        spec=spec(), digest=DIGEST, placement=PLACED, room=None,
+        spec=spec(), digest=DIGEST, gateway_url=URL, placement=PLACED, room=None, load=0,
     )
     values.update(fields)
     return EndpointView(**values)
 
 
 def replica(key: str, state: str = "ready", digest: str = DIGEST, rid: int = 1, age_s: float = 10,
-            queue: float = 0.0) -> ReplicaView:
+            drain_s: float | None = None, seen: dict[str, list[int]] | None = None) -> ReplicaView:
+    drain = None if drain_s is None else T0 - timedelta(seconds=drain_s)
     return ReplicaView(rid, key, state, digest, True, T0 - timedelta(seconds=age_s),
-                       f"http://127.0.0.1:9{rid:03d}", queue)
+                       f"http://127.0.0.1:9{rid:03d}", 0.0, drain, seen or {})
 
 
-def healthy(rep: ReplicaView, queue: float = 0.0, seen: float | None = None) -> Probe:
-    return Probe(ReplicaStatus("running", rep.url), healthy=True, queue_size=queue, requests_seen=seen)
+def healthy(rep: ReplicaView, in_flight: float = 0.0, tokens: dict | None = None) -> Probe:
+    return Probe(ReplicaStatus("running", rep.url), healthy=True, in_flight=in_flight, tokens=tokens)
 
 
 def exited(code: int = 1) -> Probe:
@@ -82,23 +84,26 @@ def test_a_replica_that_turns_healthy_makes_the_endpoint_running_with_its_url() 
     plan = decide(view(failure_count=1), [rep], {"r1": healthy(rep)}, Clocks(), at(), LIMITS)
     assert plan.replica_changes["r1"]["state"] == "ready"
     assert ("replica-ready", f"replica r1 ready at {rep.url}") in plan.events
-    assert plan.status["state"] == "running" and plan.status["url"] == rep.url
+    assert plan.status["state"] == "running" and plan.status["url"] == URL  # the gateway's, not the replica's
     assert plan.status["failure_count"] == 0 and plan.launches == 0
 
 
-def test_queue_above_the_threshold_scales_up_and_scale_down_waits_for_the_cooldown() -> None:
-    ep = view(spec=spec(min_replica=1, max_replica=3, pending=2), target_replicas=1, state="running")
+def test_gateway_load_above_the_threshold_scales_up_and_scale_down_waits_for_the_cooldown() -> None:
+    ep = view(spec=spec(min_replica=1, max_replica=3, pending=2), target_replicas=1, state="running", load=5)
     rep = replica("r1")
-    up = decide(ep, [rep], {"r1": healthy(rep, queue=5)}, Clocks(), at(), LIMITS)
+    up = decide(ep, [rep], {"r1": healthy(rep)}, Clocks(), at(), LIMITS)
     assert up.target == 3 and up.launches == 2 and up.clocks.last_scale_up == at().monotonic
 
     reps = [replica(f"r{i}", rid=i) for i in (1, 2, 3)]
     calm = {r.key: healthy(r) for r in reps}
-    ep3 = replace(ep, target_replicas=3)
+    ep3 = replace(ep, target_replicas=3, load=0)
     soon = decide(ep3, reps, calm, up.clocks, at(LIMITS.scale_down_cooldown_s - 1), LIMITS)
-    assert soon.target == 3 and soon.stops == []
+    assert soon.target == 3 and soon.replica_changes["r1"].get("state") is None
     later = decide(ep3, reps, calm, up.clocks, at(LIMITS.scale_down_cooldown_s + 1), LIMITS)
-    assert later.target == 1 and later.stops == ["r1", "r2"]  # not ready first, then the oldest
+    assert later.target == 1 and later.stops == []  # ready replicas drain before they stop
+    draining = {k for k, v in later.replica_changes.items() if v.get("state") == "draining"}
+    assert draining == {"r1", "r2"}  # the oldest first
+    assert later.status["state"] == "running" and later.status["ready_replicas"] == 1
 
 
 def test_a_crash_is_counted_and_the_restart_waits_for_the_exponential_backoff() -> None:
@@ -135,41 +140,75 @@ def test_past_max_restarts_the_endpoint_gives_up_failed_or_update_failed() -> No
 
     old, new = replica("old", digest="older"), replica("new", state="starting", rid=2)
     ep = view(state="updating", failure_count=LIMITS.max_restarts + 1)
-    update_failed = decide(ep, [old, new], {"old": healthy(old)}, clocks, at(), LIMITS)
+    new_probe = Probe(ReplicaStatus("running", new.url), healthy=False)
+    probes = {"old": healthy(old), "new": new_probe}
+    update_failed = decide(ep, [old, new], probes, clocks, at(), LIMITS)
     assert update_failed.status["state"] == "updateFailed" and update_failed.stops == ["new"]
-    assert "url" not in update_failed.status  # the old replica keeps serving
+    assert update_failed.status["url"] == URL  # the old replica keeps serving
 
 
-def test_a_rolling_update_stops_old_replicas_only_once_the_new_ones_are_ready() -> None:
+def test_a_rolling_update_drains_old_replicas_only_once_the_new_ones_are_ready() -> None:
     old = replica("old", digest="older")
     ep = view(state="updating")
     starting = decide(ep, [old], {"old": healthy(old)}, Clocks(), at(), LIMITS)
     assert starting.launches == 1 and starting.stops == []
-    assert starting.status["state"] == "updating" and starting.status["url"] == old.url
+    assert starting.status["state"] == "updating" and starting.status["url"] == URL
 
     new = replica("new", state="starting", rid=2)
     done = decide(ep, [old, new], {"old": healthy(old), "new": healthy(new)}, Clocks(), at(), LIMITS)
-    assert done.stops == ["old"] and done.status["state"] == "running"
-    assert done.status["url"] == new.url
+    assert done.stops == [] and done.replica_changes["old"]["state"] == "draining"
+    assert done.replica_changes["old"]["drain_started_at"] == at().wall
+    assert done.status["state"] == "running" and done.status["url"] == URL
 
 
-def test_pause_stops_every_replica_and_drops_the_url() -> None:
-    reps = [replica("r1"), replica("r2", rid=2)]
+def test_a_draining_replica_stops_once_idle_after_the_grace_period_or_at_the_timeout() -> None:
+    ep = view(state="running")
+    new = replica("new", rid=2)
+    for drain_s, in_flight, stops in [(LIMITS.drain_grace_s - 0.5, 0, False),  # gateways may still route
+                                      (LIMITS.drain_grace_s + 0.5, 2, False),  # requests in flight
+                                      (LIMITS.drain_grace_s + 0.5, 0, True),
+                                      (LIMITS.drain_timeout_s + 1, 2, True)]:
+        old = replica("old", state="draining", digest="older", drain_s=drain_s)
+        probes = {"old": healthy(old, in_flight=in_flight), "new": healthy(new)}
+        plan = decide(ep, [old, new], probes, Clocks(), at(), LIMITS)
+        assert (plan.stops == ["old"]) is stops, (drain_s, in_flight)
+        assert plan.status["state"] == "running" and plan.status["ready_replicas"] == 1
+
+
+def test_replicas_tokens_are_collected_by_difference_per_adapter() -> None:
+    rep = replica("r1", seen={"": [10, 4], "a": [5, 5]})
+    tokens = {"": (12.0, 9.0), "a": (5.0, 5.0), "b": (3.0, 1.0)}
+    plan = decide(view(state="running"), [rep], {"r1": healthy(rep, tokens=tokens)}, Clocks(), at(), LIMITS)
+    assert plan.usage == {"": (2, 5), "b": (3, 1)} and plan.moment == at().wall
+    assert plan.replica_changes["r1"]["usage_seen"] == {"": [12, 9], "a": [5, 5], "b": [3, 1]}
+
+
+def test_pause_drains_ready_replicas_stops_the_others_and_drops_the_url() -> None:
+    reps = [replica("r1"), replica("r2", state="starting", rid=2)]
     plan = decide(view(desired_state="paused", state="paused"), reps, {}, Clocks(), at(), LIMITS)
-    assert plan.stops == ["r1", "r2"]
+    assert plan.stops == ["r2"] and plan.replica_changes["r1"]["state"] == "draining"
     assert plan.status == {"ready_replicas": 0, "target_replicas": 0, "url": None}
 
 
-def test_an_idle_endpoint_with_min_zero_scales_to_zero_and_activity_keeps_it_up() -> None:
+def test_a_scaled_to_zero_endpoint_keeps_its_url_to_be_woken_through() -> None:
+    plan = decide(view(desired_state="scaledToZero", state="scaledToZero"), [], {}, Clocks(), at(), LIMITS)
+    assert plan.status["url"] == URL
+
+
+def test_an_endpoint_idle_at_the_gateway_scales_to_zero_and_traffic_keeps_it_up() -> None:
     ep = view(spec=spec(min_replica=0, max_replica=1, idle_minutes=1), state="running",
               last_active_at=T0 - timedelta(minutes=2))
     rep = replica("r1")
-    idle = decide(ep, [rep], {"r1": healthy(rep, seen=5)}, Clocks(requests_seen={"r1": 5}), at(), LIMITS)
-    assert idle.stops == ["r1"] and idle.status["desired_state"] == "scaledToZero"
+    idle = decide(ep, [rep], {"r1": healthy(rep)}, Clocks(), at(), LIMITS)
+    assert idle.replica_changes["r1"]["state"] == "draining"
+    assert idle.status["desired_state"] == "scaledToZero"
     assert ("scaled-to-zero", "idle longer than scaleToZeroTimeout") in idle.events
+    assert idle.status["url"] == URL
 
-    busy = decide(ep, [rep], {"r1": healthy(rep, seen=6)}, Clocks(requests_seen={"r1": 5}), at(), LIMITS)
-    assert busy.stops == [] and busy.touch_active == at().wall
+    recent = replace(ep, last_active_at=T0 - timedelta(seconds=30))  # a gateway served it lately
+    assert decide(recent, [rep], {"r1": healthy(rep)}, Clocks(), at(), LIMITS).status["state"] == "running"
+    waiting = replace(ep, load=1)  # a request is held at a gateway right now
+    assert decide(waiting, [rep], {"r1": healthy(rep)}, Clocks(), at(), LIMITS).status["state"] == "running"
 
 
 def test_the_quota_caps_the_target_and_the_status_says_why() -> None:

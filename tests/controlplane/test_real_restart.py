@@ -47,6 +47,7 @@ def test_restart_adopts_the_live_replica_without_a_duplicate(cp: LiveControlPlan
         starts = len([e for e in ep.events() if e["kind"] == "replica-started"])
         cp.restart(sig)
         cp.wait_passes(PASSES_TO_WAIT)
+        ep.wait_running()  # the new process's gateway serves the adopted replica
         raw = ep.get()
         assert raw["status"]["state"] == "running" and raw["status"]["url"] == url
         assert ep.pids() == {key: pid} and _handle_pids(cp) == {key: pid} and not gone(pid)
@@ -83,9 +84,9 @@ def test_restart_replaces_a_replica_that_died_meanwhile_and_stops_a_stray(cp: Li
         (cp.home / "replicas" / "rep-stray.json").write_text(json.dumps(handle))
         cp.start()
         assert stray.wait(timeout=60) == -signal.SIGTERM
-        new = ep.wait_running(other_than=url)["status"]["url"]
+        assert ep.wait_replaced({dead})["status"]["url"] == url
         (new_pid,) = ep.pids().values()
         assert set(_handle_pids(cp).values()) == {new_pid} and new_pid != dead
-        assert ep.generate(new)
+        assert ep.generate(url)
         failures = [e["message"] for e in ep.events() if e["kind"] == "replica-failed"]
         assert len(failures) == 1 and "exited" in failures[0] and "model loaded and ready" in failures[0]

@@ -96,13 +96,14 @@ def test_one_reconciler_for_two_processes_and_the_survivor_adopts_the_replica(cp
         assert created.status_code == 200, created.text
         url = first.wait_running()["status"]["url"]
         assert second.running() is not None and second.get()["status"]["url"] == url
+        other_url = url.replace(cp.url, other.url)  # both processes serve the gateway
         cp.wait_passes(PASSES_TO_WAIT)  # both processes keep looping: only the leader may start
         other.wait_passes(PASSES_TO_WAIT)
         assert lease_holder(cp, [cp, other]) == cp.pid
         ((key, pid),) = first.pids().items()
         assert handle_pids(cp) == {key: pid} and second.pids() == {key: pid}
         assert started_events(first) == 1 and started_events(second) == 1
-        assert second.generate(url)
+        assert second.generate(url) and second.generate(other_url)
 
         cp.stop(signal.SIGKILL)  # the leader dies: the lock goes with its process / connection
         wait_for(lambda: lease_holder(cp, [other]) == other.pid, 60, "the second process taking the lease")
@@ -111,7 +112,7 @@ def test_one_reconciler_for_two_processes_and_the_survivor_adopts_the_replica(cp
         assert raw["status"]["state"] == "running" and raw["status"]["url"] == url
         assert second.pids() == {key: pid} and handle_pids(cp) == {key: pid} and not gone(pid)
         assert started_events(second) == 1
-        assert second.generate(url)
+        assert second.generate(other_url)
 
         # The survivor really reconciles: deleting the endpoint through it stops the adopted replica.
         httpx.delete(second.path, headers=other.headers, timeout=30).raise_for_status()
