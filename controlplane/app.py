@@ -44,11 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     check_migrated(database.engine)
     launcher = create_launcher(settings)
     hardware = Hardware(load_catalog(settings.catalog), launcher)
-    secret_box = (
-        SecretBox(settings.secret_key.get_secret_value())
-        if settings.secret_key
-        else SecretBox.from_key_file(settings.secret_key_file)
-    )
+    secret_box = SecretBox.from_settings(settings)
     reconciler = Reconciler(settings, database, launcher, hardware, secret_box)
     gateway = Gateway(settings, database, secret_box, wake_reconciler=reconciler.wake)
 

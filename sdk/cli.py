@@ -27,6 +27,7 @@ from .inference_endpoint import InferenceEndpoint
 
 DELEGATES = {
     "controlplane": ("lorafleet.controlplane.cli", "controlplane"),
+    "gateway": ("lorafleet.controlplane.gateway.cli", "controlplane"),
     "runtime": ("lorafleet.runtime.server.cli", "runtime"),
 }
 Handler = Callable[[argparse.Namespace, Client], Any]
@@ -194,7 +195,9 @@ def _endpoint_commands(subparsers: Any, common: argparse.ArgumentParser) -> None
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (delegated command groups only show their help line)."""
     parser = argparse.ArgumentParser(prog="lorafleet", description="Deploy one base LLM, serve many LoRAs.")
-    groups = parser.add_subparsers(dest="group", metavar="{endpoints,controlplane,runtime}", required=True)
+    groups = parser.add_subparsers(
+        dest="group", metavar="{endpoints,controlplane,gateway,runtime}", required=True
+    )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--url", help="control plane URL (default: $LORAFLEET_URL or http://127.0.0.1:8000)")
     common.add_argument("--token", help="API token (default: $LORAFLEET_TOKEN)")
@@ -204,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = endpoints_parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _endpoint_commands(commands, common)
     groups.add_parser("controlplane", help="run the control plane: serve | migrate | create-token ...")
+    groups.add_parser("gateway", help="run an endpoint gateway alone: serve --port ...")
     groups.add_parser("runtime", help="run a runtime replica: serve --model-id ... --lora-adapters ...")
     return parser
 
