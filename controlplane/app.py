@@ -20,6 +20,7 @@ from lorafleet.controlplane.endpoints.local_paths import LocalRoots
 from lorafleet.controlplane.endpoints.quota import Quota
 from lorafleet.controlplane.endpoints.router import router as endpoints_router
 from lorafleet.controlplane.endpoints.service import EndpointService
+from lorafleet.controlplane.gateway.asgi import EndpointsFirst
 from lorafleet.controlplane.gateway.errors import GatewayError
 from lorafleet.controlplane.gateway.service import Gateway
 from lorafleet.controlplane.launchers import create_launcher
@@ -86,8 +87,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(catalog_router)
     app.include_router(auth_router)
     __import__("lorafleet.controlplane.dashboard", fromlist=["mount"]).mount(app)  # dashboard: /dashboard
-    if settings.gateway_enabled:
-        app.mount("/endpoints", gateway.app)  # every endpoint's URL: /endpoints/{namespace}/{name}
+    if settings.gateway_enabled:  # every endpoint's URL: /endpoints/{namespace}/{name}
+        app.add_middleware(EndpointsFirst, gateway_app=gateway.app)
 
         @app.get("/metrics", tags=["gateway"], summary="Gateway usage in Prometheus form (bearer token)")
         async def metrics(authorization: Annotated[str | None, Header()] = None) -> Response:

@@ -12,6 +12,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from lorafleet.controlplane.db import Database, check_migrated
+from lorafleet.controlplane.gateway.asgi import EndpointsFirst
 from lorafleet.controlplane.gateway.errors import GatewayError
 from lorafleet.controlplane.gateway.service import Gateway
 from lorafleet.controlplane.secretbox import SecretBox
@@ -19,7 +20,7 @@ from lorafleet.controlplane.settings import Settings
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import Route
 
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -56,7 +57,7 @@ def create_gateway_app(settings: Settings | None = None) -> Starlette:
             return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
         return PlainTextResponse(text, media_type=PROMETHEUS_TEXT)
 
-    routes = [Route("/health", health), Route("/metrics", metrics), Mount("/endpoints", app=gateway.app)]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=[Route("/health", health), Route("/metrics", metrics)], lifespan=lifespan)
+    app.add_middleware(EndpointsFirst, gateway_app=gateway.app)
     app.state.gateway = gateway
     return app

@@ -17,24 +17,38 @@ either.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from typing import TYPE_CHECKING, Any
 
-import httpx
 from lorafleet.controlplane.gateway import requests as req
 from lorafleet.controlplane.gateway.auth import bearer
 from lorafleet.controlplane.gateway.errors import GatewayError, Send, send_error, send_json
-from lorafleet.controlplane.gateway.forward import RETRYABLE, Relayed, relay
-from lorafleet.controlplane.gateway.registry import EndpointRoute
+from lorafleet.controlplane.gateway.forward import Relayed, relay, request_headers
+from lorafleet.controlplane.gateway.registry import EndpointRoute, ReplicaRoute
 from lorafleet.controlplane.gateway.routing import choose
+from lorafleet.controlplane.gateway.upstream import Connection, ReplicaTimeout, Unavailable, UpstreamError
 
 if TYPE_CHECKING:
     from lorafleet.controlplane.gateway.service import Gateway
 
+MOUNT = "/endpoints"
 RETRY_AFTER_S = "5"
 UNKNOWN_ADAPTER = "?"  # usage label of refused requests naming an adapter the endpoint does not have
 MAX_ADAPTER_LABEL = 256
+
+
+class EndpointsFirst:
+    """ASGI middleware: `/endpoints/...` goes straight to the gateway, past the API's router and
+    exception handlers (a route match per request that the data plane does not need)."""
+
+    def __init__(self, app: Any, gateway_app: GatewayApp) -> None:
+        self.app, self.gateway_app = app, gateway_app
+
+    async def __call__(self, scope: req.Scope, receive: req.Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(MOUNT + "/"):
+            await self.gateway_app({**scope, "root_path": scope.get("root_path", "") + MOUNT}, receive, send)
+        else:
+            await self.app(scope, receive, send)
 
 
 class GatewayApp:
@@ -174,17 +188,17 @@ class GatewayApp:
                     break
                 meter.outstanding[key] += 1
                 try:
-                    response = await _send(gateway, replicas[key], scope["method"], route, body, scope,
-                                           request_id)
-                    if response is None:
+                    connection = await _open(gateway, replicas[key], scope["method"], route, body, scope,
+                                             request_id)
+                    if connection is None:
                         tried.add(key)
                         continue
                     try:
-                        if response.status_code == 401:
+                        if connection.status == 401:
                             raise GatewayError(502, "bad_gateway", "the replica refused the gateway's key")
-                        outcome = await relay(response, send, request_id)
+                        outcome = await relay(connection, send, request_id)
                     finally:
-                        await response.aclose()
+                        gateway.upstream.release(connection)
                     if outcome.status < 400 and adapter:
                         gateway.holdings.learn(key, adapter)
                     return outcome
@@ -196,18 +210,18 @@ class GatewayApp:
                            f"request ({len(tried)} refused the connection)", headers={"Retry-After": "1"})
 
 
-async def _send(gateway: Gateway, replica: Any, method: str, route: str, body: bytes, scope: req.Scope,
-                request_id: str) -> httpx.Response | None:
-    """The replica's response, or None when it could not take the request (try another)."""
-    assert gateway.upstream is not None
+async def _open(gateway: Gateway, replica: ReplicaRoute, method: str, route: str, body: bytes,
+                scope: req.Scope, request_id: str) -> Connection | None:
+    """The replica's response (begun), or None when it could not take the request (try another)."""
+    headers = request_headers(scope.get("headers", ()), replica.api_key, request_id)
     try:
-        return await gateway.upstream.send(replica, method, route, body, scope.get("headers", ()), request_id)
-    except RETRYABLE:
+        return await gateway.upstream.open(replica.url, method, route, headers, body)
+    except Unavailable:
         return None
-    except httpx.TimeoutException as e:
-        raise GatewayError(504, "timeout", f"the replica did not answer in time ({type(e).__name__})") from e
-    except httpx.HTTPError as e:
-        raise GatewayError(502, "bad_gateway", f"the replica failed: {type(e).__name__}") from e
+    except ReplicaTimeout as e:
+        raise GatewayError(504, "timeout", f"the replica did not answer in time: {e}") from e
+    except UpstreamError as e:
+        raise GatewayError(502, "bad_gateway", f"the replica failed: {e}") from e
 
 
 class _TrackedSend:
@@ -217,34 +231,37 @@ class _TrackedSend:
         self._send, self.complete = send, False
 
     async def __call__(self, message: Any) -> None:
-        await self._send(message)
         if message["type"] == "http.response.body" and not message.get("more_body", False):
-            self.complete = True
+            self.complete = True  # before: the server may report the disconnect while this is sent
+        await self._send(message)
 
 
 async def _until_disconnect(work: Any, receive: req.Receive, sent: _TrackedSend) -> None:
-    """Runs `work`; cancels it if the client disconnects first (its body was read already).
-    Servers also report a disconnect once the response is complete: then `work` just finishes."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_disconnected(receive))
-    try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        if not task.done() and not sent.complete:
+    """Runs `work` in this task; a watcher cancels it if the client disconnects first (its body
+    was read already). Servers also report a disconnect once the response is complete: then
+    `work` just finishes. One extra task per request, no polling."""
+    task = asyncio.current_task()
+    assert task is not None
+    left = asyncio.Event()
+
+    async def watch() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        if not sent.complete:
+            left.set()
             task.cancel()
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        await work
+    except asyncio.CancelledError:
+        if not left.is_set():
+            raise  # cancelled from outside (server shutdown), not by the client leaving
+        uncancel = getattr(task, "uncancel", None)  # Python >= 3.11 counts cancellations
+        if uncancel is not None:
+            uncancel()
     finally:
-        if not watcher.done():
-            watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
-        if not task.done() and not sent.complete:
-            task.cancel()  # the request itself was cancelled (server shutdown)
-    with contextlib.suppress(asyncio.CancelledError):
-        await task  # re-raises a GatewayError for the caller to answer
-
-
-async def _disconnected(receive: req.Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
+        watcher.cancel()
 
 
 def _check_state(endpoint: EndpointRoute) -> None:

@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Callable
 from datetime import datetime
 
+import httpx
 from lorafleet.controlplane.auth.service import Principal
 from lorafleet.controlplane.clock import utcnow
 from lorafleet.controlplane.db import Database
@@ -30,11 +31,11 @@ from lorafleet.controlplane.endpoints import repository as endpoints_repository
 from lorafleet.controlplane.gateway.asgi import GatewayApp
 from lorafleet.controlplane.gateway.auth import Authenticator, bearer
 from lorafleet.controlplane.gateway.errors import GatewayError
-from lorafleet.controlplane.gateway.forward import Upstream
 from lorafleet.controlplane.gateway.holdings import Holdings
 from lorafleet.controlplane.gateway.limits import RateLimiter
 from lorafleet.controlplane.gateway.meter import Meter, Snapshot
 from lorafleet.controlplane.gateway.registry import EndpointRoute, Registry
+from lorafleet.controlplane.gateway.upstream import Upstream
 from lorafleet.controlplane.secretbox import SecretBox
 from lorafleet.controlplane.settings import Settings
 from lorafleet.controlplane.usage import repository as usage
@@ -63,7 +64,8 @@ class Gateway:
         self.meter = Meter()
         self.limiter = RateLimiter()
         self.holdings = Holdings()
-        self.upstream: Upstream | None = None
+        self.upstream = Upstream(settings.gateway_connect_timeout_s, settings.gateway_read_timeout_s)
+        self.http: httpx.AsyncClient | None = None  # off the request path: replicas' adapter reports
         self.app = GatewayApp(self)
         self.now = clock
         self._wake_reconciler = wake_reconciler
@@ -77,7 +79,7 @@ class Gateway:
     async def start(self) -> None:
         self.registry.bind(asyncio.get_running_loop())
         s = self.settings
-        self.upstream = Upstream(s.gateway_connect_timeout_s, s.gateway_read_timeout_s)
+        self.http = httpx.AsyncClient(timeout=s.gateway_connect_timeout_s)
         try:
             await asyncio.to_thread(self._refresh)
         except Exception:
@@ -95,8 +97,9 @@ class Gateway:
         self._tasks = []
         with contextlib.suppress(Exception):
             await self.flush()
-        if self.upstream is not None:
-            await self.upstream.aclose()
+        self.upstream.close()
+        if self.http is not None:
+            await self.http.aclose()
 
     async def _every(self, interval_s: float, step: Callable[[], object]) -> None:
         while True:
@@ -135,9 +138,9 @@ class Gateway:
         self.registry.notify()
 
     async def _ask_replicas(self) -> None:
-        assert self.upstream is not None
+        assert self.http is not None
         replicas = [r for route in self.registry.routes() for r in route.replicas]
-        await self.holdings.refresh(self.upstream.client, replicas)
+        await self.holdings.refresh(self.http, replicas)
 
     # --- writing --------------------------------------------------------------------------
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -18,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.controlplane.live import LiveControlPlane
+from tests.controlplane.live import REPO_ROOT, LiveControlPlane, free_port
 from tests.controlplane.replicas import (
     EndpointView,
     api_key_of,
@@ -295,3 +297,37 @@ def test_request_ids_pass_to_the_replica_and_back(cp: LiveControlPlane, two: End
                          headers=cp.headers, timeout=60)
     assert refused.status_code == 422 and refused.json()["error_type"] == "validation"  # the replica's own
     assert len(refused.headers["x-request-id"]) == 32
+
+
+def test_a_gateway_alone_on_the_same_database_serves_the_endpoint(
+    cp: LiveControlPlane, two: EndpointView
+) -> None:
+    """`lorafleet gateway serve`: stateless, only the database URL and the secret key; its usage
+    adds up with the control plane's own gateway's."""
+    port = free_port()
+    log = (cp.home / "gateway.log").open("wb")
+    command = [sys.executable, "-m", "lorafleet.cli", "gateway", "serve", "--port", str(port),
+               "--log-level", "warning"]
+    process = subprocess.Popen(command, env=cp.env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: _answers(f"{base}/health"), 60, "the gateway process")
+        before = usage_of(cp, two, None)["requests"]
+        url = f"{base}/endpoints/{cp.namespace}/ep-two"
+        assert httpx.get(f"{url}/health", headers=cp.headers, timeout=30).status_code == 200
+        assert two.generate(url, adapter_id=None)
+        assert httpx.post(f"{url}/generate", json={"inputs": PROMPT}, timeout=30).status_code == 401
+        metrics = httpx.get(f"{base}/metrics", headers=cp.headers, timeout=30)
+        assert metrics.status_code == 200 and 'endpoint="ep-two"' in metrics.text
+        wait_for(lambda: usage_of(cp, two, None)["requests"] == before + 1, 30, "its usage in the database")
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+        log.close()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
