@@ -87,6 +87,8 @@ class Settings(BaseSettings):
     gateway_read_timeout_s: float = Field(300.0, gt=0, description="longest wait for a replica's next bytes")
     gateway_connect_retries: int = Field(2, ge=0, description="other replicas tried when one refuses")
     gateway_auth_cache_s: float = Field(5.0, ge=0, description="how long a checked token is trusted")
+    gateway_routing: str = Field("affinity", description="`affinity` (bounded hash) or `round_robin`")
+    gateway_load_factor: float = Field(1.5, ge=1.0, le=8.0, description="c of the routing's load bound")
     scale_up_timeout_max_s: float = Field(600.0, ge=0, description="cap of X-Scale-Up-Timeout")
     drain_grace_s: float = Field(3.0, ge=0, description="a draining replica is stopped no sooner")
     drain_timeout_s: float = Field(120.0, ge=0, description="... and no later, even with requests left")
@@ -102,6 +104,13 @@ class Settings(BaseSettings):
     def _known_isolation(cls, value: str) -> str:
         if value not in ("auto", "sandbox", "none"):
             raise ValueError(f"LORAFLEET_ISOLATION must be 'auto', 'sandbox' or 'none', got {value!r}")
+        return value
+
+    @field_validator("gateway_routing")
+    @classmethod
+    def _known_routing(cls, value: str) -> str:
+        if value not in ("affinity", "round_robin"):
+            raise ValueError(f"LORAFLEET_GATEWAY_ROUTING must be 'affinity' or 'round_robin', got {value!r}")
         return value
 
     @field_validator("public_url")

@@ -25,7 +25,6 @@ from lorafleet.controlplane.gateway.auth import bearer
 from lorafleet.controlplane.gateway.errors import GatewayError, Send, send_error, send_json
 from lorafleet.controlplane.gateway.forward import Relayed, relay, request_headers
 from lorafleet.controlplane.gateway.registry import EndpointRoute, ReplicaRoute
-from lorafleet.controlplane.gateway.routing import choose
 from lorafleet.controlplane.gateway.upstream import Connection, ReplicaTimeout, Unavailable, UpstreamError
 
 if TYPE_CHECKING:
@@ -183,7 +182,7 @@ class GatewayApp:
         meter.in_flight[endpoint.id] += 1
         try:
             for _ in range(1 + gateway.settings.gateway_connect_retries):
-                key = choose(list(replicas), adapter, meter.outstanding, holders, tried)
+                key = gateway.pick(list(replicas), adapter, holders, tried)
                 if key is None:
                     break
                 meter.outstanding[key] += 1

@@ -20,7 +20,7 @@ import hmac
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import datetime
 
 import httpx
@@ -35,6 +35,7 @@ from lorafleet.controlplane.gateway.holdings import Holdings
 from lorafleet.controlplane.gateway.limits import RateLimiter
 from lorafleet.controlplane.gateway.meter import Meter, Snapshot
 from lorafleet.controlplane.gateway.registry import EndpointRoute, Registry
+from lorafleet.controlplane.gateway.routing import RoundRobin, choose
 from lorafleet.controlplane.gateway.upstream import Upstream
 from lorafleet.controlplane.secretbox import SecretBox
 from lorafleet.controlplane.settings import Settings
@@ -71,6 +72,7 @@ class Gateway:
         self._wake_reconciler = wake_reconciler
         self._woken_at: dict[int, float] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._round_robin = RoundRobin() if settings.gateway_routing == "round_robin" else None
         self._refreshed_at = 0.0  # monotonic time of the last registry refresh
         self._refreshing: asyncio.Future[None] | None = None
 
@@ -110,6 +112,14 @@ class Gateway:
             except Exception:
                 log.exception("gateway background step %s failed", getattr(step, "__name__", step))
             await asyncio.sleep(interval_s)
+
+    def pick(self, replicas: list[str], adapter: str, holders: Collection[str], tried: Collection[str]
+             ) -> str | None:
+        """The replica for one request, by `GATEWAY_ROUTING` (see `routing.py`)."""
+        if self._round_robin is not None:
+            return self._round_robin.choose(replicas, tried)
+        load_factor = self.settings.gateway_load_factor
+        return choose(replicas, adapter, self.meter.outstanding, holders, tried, load_factor)
 
     # --- reading --------------------------------------------------------------------------
 

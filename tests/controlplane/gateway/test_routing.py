@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 
-from lorafleet.controlplane.gateway.routing import choose
+from lorafleet.controlplane.gateway.routing import LOAD_FACTOR, RoundRobin, choose
 
 REPLICAS = ["rep-a", "rep-b", "rep-c"]
 
@@ -21,26 +22,29 @@ def test_adapters_spread_over_the_replicas() -> None:
 
 
 def test_a_hot_adapter_spills_to_its_next_replica_at_the_bound_and_always_the_same_one() -> None:
-    home = choose(REPLICAS, "hot", {})
+    home = choose(REPLICAS, "hot", {}, load_factor=1.25)
     assert home is not None
     # 1 outstanding request: the bound ceil(1.25 * 2 / 3) = 1 is reached on its home replica.
-    spill = choose(REPLICAS, "hot", {home: 1})
+    spill = choose(REPLICAS, "hot", {home: 1}, load_factor=1.25)
     assert spill not in (home, None)
-    assert choose(REPLICAS, "hot", {home: 1}) == spill
+    assert choose(REPLICAS, "hot", {home: 1}, load_factor=1.25) == spill
     # Under load the bound grows with the average: a little more on the home replica is fine...
     third = next(r for r in REPLICAS if r not in (home, spill))
-    assert choose(REPLICAS, "hot", {home: 2, spill: 1, third: 1}) == home
+    assert choose(REPLICAS, "hot", {home: 2, spill: 1, third: 1}, load_factor=1.25) == home
     # ... but not past 1.25 times the average (ceil(1.25 * 7 / 3) = 3).
-    assert choose(REPLICAS, "hot", {home: 3, spill: 3, third: 0}) == third
+    assert choose(REPLICAS, "hot", {home: 3, spill: 3, third: 0}, load_factor=1.25) == third
+    # A larger factor keeps it home longer: ceil(2 * 7 / 3) = 5.
+    assert choose(REPLICAS, "hot", {home: 3, spill: 3, third: 0}, load_factor=2.0) == home
 
 
 def test_no_replica_takes_more_than_the_bound_whatever_the_load() -> None:
     load: Counter[str] = Counter()
-    for _ in range(300):  # one hot adapter, requests that never finish
+    for n in range(300):  # one hot adapter, requests that never finish
         pick = choose(REPLICAS, "hot", load)
         assert pick is not None
+        assert load[pick] < math.ceil(LOAD_FACTOR * (n + 1) / len(REPLICAS))
         load[pick] += 1
-    assert max(load.values()) - min(load.values()) <= 1 + 300 * 0.25
+    assert max(load.values()) <= math.ceil(LOAD_FACTOR * 300 / len(REPLICAS))
 
 
 def test_replicas_that_hold_the_adapter_come_first_least_loaded_first() -> None:
@@ -60,3 +64,10 @@ def test_replicas_that_refused_are_not_tried_again() -> None:
     second = choose(REPLICAS, "a", {}, exclude={first})
     assert second not in (first, None)
     assert choose(REPLICAS, "a", {}, exclude=set(REPLICAS)) is None
+
+
+def test_round_robin_takes_turns_whatever_the_adapter_and_skips_refused_replicas() -> None:
+    rr = RoundRobin()
+    assert [rr.choose(REPLICAS) for _ in range(6)] == ["rep-b", "rep-c", "rep-a"] * 2
+    assert rr.choose(REPLICAS, exclude={"rep-b", "rep-c"}) == "rep-a"
+    assert rr.choose(REPLICAS, exclude=set(REPLICAS)) is None
