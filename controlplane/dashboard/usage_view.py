@@ -13,6 +13,7 @@ from typing import Any
 
 CHART_WIDTH, CHART_HEIGHT = 160, 32
 CHART_MINUTES = 60
+LABELS = {"": "base model", "?": "unknown adapter"}  # the base; refused requests naming no adapter of it
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ def usage_views(usage: Mapping[str, Any], minutes: Iterable[tuple[str, datetime,
         adapter = item.get("adapter") or ""
         counts = [series.get(adapter, {}).get(slot, 0) for slot in slots]
         rows.append(AdapterUsageView(
-            adapter=adapter or "base model", requests=item["requests"], errors=item["errors"],
+            adapter=LABELS.get(adapter, adapter), requests=item["requests"], errors=item["errors"],
             input_tokens=item["inputTokens"], output_tokens=item["outputTokens"],
             ttft_p50=_ms(item.get("ttftP50Ms")), latency_p50=_ms(item.get("latencyP50Ms")),
             latency_p99=_ms(item.get("latencyP99Ms")), points=_points(counts), peak=max(counts),
