@@ -89,14 +89,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     __import__("lorafleet.controlplane.dashboard", fromlist=["mount"]).mount(app)  # dashboard: /dashboard
     if settings.gateway_enabled:  # every endpoint's URL: /endpoints/{namespace}/{name}
         app.add_middleware(EndpointsFirst, gateway_app=gateway.app)
+        _metrics_route(app, gateway)
+    _health_routes(app, reconciler)
+    return app
 
-        @app.get("/metrics", tags=["gateway"], summary="Gateway usage in Prometheus form (bearer token)")
-        async def metrics(authorization: Annotated[str | None, Header()] = None) -> Response:
-            try:
-                return PlainTextResponse(await gateway.metrics(authorization), media_type=PROMETHEUS_TEXT)
-            except GatewayError as e:
-                return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
 
+def _metrics_route(app: FastAPI, gateway: Gateway) -> None:
+    @app.get("/metrics", tags=["gateway"], summary="Gateway usage in Prometheus form (bearer token)")
+    async def metrics(authorization: Annotated[str | None, Header()] = None) -> Response:
+        try:
+            return PlainTextResponse(await gateway.metrics(authorization), media_type=PROMETHEUS_TEXT)
+        except GatewayError as e:
+            return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+
+
+def _health_routes(app: FastAPI, reconciler: Reconciler) -> None:
     @app.get("/health", tags=["health"], summary="Liveness (no auth)")
     def health() -> dict[str, object]:
         # `passes` counts finished reconciler loop iterations: a test that must see that nothing
@@ -106,5 +113,3 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/api/agent-harnesses", include_in_schema=False)
     def agent_harnesses() -> JSONResponse:  # huggingface_hub 2.x probes this; a 404 is expected
         return JSONResponse(status_code=404, content={"error": "not found"})
-
-    return app
