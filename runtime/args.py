@@ -10,7 +10,37 @@ This module imports nothing heavy (no torch), so the CLI can parse options befor
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)(b?)\s*", re.IGNORECASE)
+_SCALE = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
+
+
+def parse_memory(text: str) -> int | float:
+    """A memory amount: bytes (`2000000`, `512MiB`, `1.5GB`, `2G`), or a fraction in (0, 1] (`0.25`).
+
+    `KB/MB/GB/TB` are powers of 1000, `KiB/MiB/GiB/TiB` and bare `K/M/G/T` powers of 1024. A
+    number with a decimal point and no unit is a fraction (of the device's free memory).
+
+    Example:
+        >>> parse_memory("512MiB"), parse_memory("1.5GB"), parse_memory("0.25")
+        (536870912, 1500000000, 0.25)
+    """
+    match = _SIZE.fullmatch(text)
+    if match is None:
+        raise ValueError("must be a number of bytes (e.g. 512MiB, 2GB, 1000000) or a fraction like 0.2")
+    number, prefix, binary, byte = match.groups()
+    value = float(number)
+    if not prefix and not byte and "." in number:
+        if not 0 < value <= 1:
+            raise ValueError("a fraction must be > 0 and <= 1")
+        return value
+    base = 1000 if prefix and byte and not binary else 1024
+    amount = int(value * base ** _SCALE[prefix.lower()])
+    if amount <= 0:
+        raise ValueError("must be positive")
+    return amount
 
 
 @dataclass(frozen=True)
@@ -46,6 +76,12 @@ class EngineArgs:
             adapter version (or the base); see `engine/block_manager.py`.
         allow_hub_adapters: let requests name Hub repo ids (`org/name`) besides the registered
             adapters; they are downloaded on first use. Paths in requests are always refused.
+        adapter_memory: device memory for adapters, in bytes or as a fraction of the memory free
+            after the weights (`parse_memory`); each adapter costs its real size (its rank's pages
+            in the groups it targets). Default: what `max_loaded_adapters` adapters of
+            `max_lora_rank` on every projection take. The KV cache is sized after it.
+        adapter_host_memory: host memory for adapter weights (bytes), least recently used evicted;
+            default four times the device budget, at least 256 MiB.
 
     Example:
         >>> EngineArgs("/models/mistral", adapters=(AdapterSource("sql", "/adapters/sql"),))
@@ -67,3 +103,5 @@ class EngineArgs:
     num_kv_blocks: int | None = None
     prefix_caching: bool = True
     allow_hub_adapters: bool = False
+    adapter_memory: int | float | None = None
+    adapter_host_memory: int | None = None

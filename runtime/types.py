@@ -58,6 +58,8 @@ class PreparedRequest:
     max_new_tokens: int  # resolved against max_total_tokens
     seed: int | None  # None = greedy; else the seed of the request's own generator
     adapter_digest: str | None = None  # content digest of the adapter version it runs with
+    adapter_key: str | None = None  # that version's key (name@digest prefix): what the scheduler uses
+    adapter_ranks: dict[str, int] = field(default_factory=dict)  # its rank per paged projection group
 
     @property
     def adapter_id(self) -> str | None:

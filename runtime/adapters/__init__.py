@@ -1,14 +1,16 @@
-"""PEFT LoRA adapters: loading and validation, host-memory cache, device slots."""
+"""PEFT LoRA adapters: loading and validation, versions in host memory, residency on the device."""
 
 from lorafleet.runtime.adapters.loader import AdapterWeights, load_adapter, resolve_adapter_dir
-from lorafleet.runtime.adapters.slots import AdapterSlots, SlotGrant
-from lorafleet.runtime.adapters.store import AdapterStore
+from lorafleet.runtime.adapters.residency import AdapterResidency, Grant, Residence
+from lorafleet.runtime.adapters.store import AdapterStore, AdapterVersion
 
 __all__ = [
-    "AdapterSlots",
+    "AdapterResidency",
     "AdapterStore",
+    "AdapterVersion",
     "AdapterWeights",
-    "SlotGrant",
+    "Grant",
+    "Residence",
     "load_adapter",
     "resolve_adapter_dir",
 ]

@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,9 @@ class AdapterWeights:
     max_rank: int
     modules: dict[str, LoraModuleWeights]  # full module name (model.layers.1.mlp.down_proj) -> weights
     digest: str = ""  # adapters.digest.adapter_digest of its files (set by whoever read the folder)
+    # Its largest rank in each paged projection group of the model it was read for (what it costs
+    # on the device: adapters/residency.py); set by whoever knows the model's groups.
+    group_ranks: dict[str, int] = field(default_factory=dict)
 
 
 def resolve_adapter_dir(source: str | os.PathLike[str], revision: str | None = None) -> Path:
@@ -188,9 +191,11 @@ def _read_tensors(folder: Path) -> dict[str, torch.Tensor]:
                 "save the adapter with safe_serialization=True"
             )
         raise AdapterLoadError(f"{path}: not found")
-    from safetensors.torch import load_file
+    from safetensors.torch import load
 
     try:
-        return load_file(str(path), device="cpu")
+        # Read into memory, never memory-mapped: a file truncated or replaced later (by whoever owns
+        # the folder) must not turn a read of cached weights into a SIGBUS of the whole replica.
+        return load(path.read_bytes())
     except Exception as e:  # corrupt header or data
         raise AdapterLoadError(f"{path}: corrupt or unreadable safetensors file: {e}") from e

@@ -28,9 +28,16 @@ class EngineConfig:
     max_total_tokens: int
     max_batch_prefill_tokens: int  # new prompt tokens per step (longer prompts are chunked)
     num_kv_blocks: int
-    max_cpu_adapters: int  # adapter weights kept in host memory (LRU)
+    adapter_pages: int  # pages in each paged projection group's pool (engine/memory.py)
+    adapter_page_bytes: tuple[tuple[str, int], ...]  # (group, bytes of one page over its layers)
+    adapter_host_bytes: int  # host memory budget for adapter weights
     eos_token_ids: frozenset[int]  # the tokenizer's, config.json's and generation_config.json's
     generation_defaults: GenerationDefaults  # generation_config.json's sampling values
+
+    @property
+    def adapter_bytes(self) -> int:
+        """The device adapter budget: every paged group's pool."""
+        return self.adapter_pages * sum(size for _, size in self.adapter_page_bytes)
 
     @property
     def model_id(self) -> str:

@@ -19,12 +19,10 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
-from lorafleet.runtime.adapters import AdapterStore, load_adapter, resolve_adapter_dir
-from lorafleet.runtime.adapters.digest import adapter_digest
-from lorafleet.runtime.adapters.loader import AdapterWeights, download_hub_adapter
-from lorafleet.runtime.adapters.policy import check_request_adapter
+from lorafleet.runtime.adapters import AdapterStore, AdapterVersion
 from lorafleet.runtime.args import AdapterSource, EngineArgs
-from lorafleet.runtime.engine import setup
+from lorafleet.runtime.engine import memory, setup
+from lorafleet.runtime.engine.adapter_service import AdapterListing, AdapterReader, EngineAdapters
 from lorafleet.runtime.engine.config import EngineConfig
 from lorafleet.runtime.engine.delivery import DeliveryRegistry
 from lorafleet.runtime.engine.loop import EngineLoop
@@ -33,7 +31,7 @@ from lorafleet.runtime.engine.output import RequestOutput
 from lorafleet.runtime.engine.scheduler import Scheduler, SchedulerConfig
 from lorafleet.runtime.engine.sequence import Sequence as Seq
 from lorafleet.runtime.engine.validation import prepare_request
-from lorafleet.runtime.errors import AdapterLoadError, EngineError, GenerationError
+from lorafleet.runtime.errors import EngineError, GenerationError
 from lorafleet.runtime.models.args import LoraCapacity
 from lorafleet.runtime.models.decoder import DecoderModel
 from lorafleet.runtime.models.generation_config import read_generation_config, token_ids
@@ -59,6 +57,7 @@ class EngineInfo:
     num_kv_blocks: int
     max_loaded_adapters: int
     eos_token_id: int | None
+    memory: memory.MemorySplit
 
 
 @dataclass(frozen=True)
@@ -69,6 +68,7 @@ class EngineStats:
     adapter_loads: int
     adapter_evictions: int
     generated_tokens: int
+    adapter_bytes_used: int = 0  # device bytes the resident adapters occupy (their real size)
     preemptions: int = 0  # cumulative: sequences sent back to recompute when the KV pool ran out
     prefix_cache_query_tokens: int = 0  # cumulative: prompt tokens looked up in the prefix cache
     prefix_cache_hit_tokens: int = 0  # cumulative: of which found cached (not recomputed)
@@ -86,7 +86,9 @@ class Engine:
     def __init__(self, config: EngineConfig, model: DecoderModel, tokenizer: Tokenizer) -> None:
         self.config = config
         self.tokenizer = tokenizer
-        self.store = AdapterStore(self._load_adapter_weights, config.max_cpu_adapters)
+        page_bytes = dict(config.adapter_page_bytes)
+        reader = AdapterReader(config, model.lora_sites, frozenset(page_bytes))
+        store = AdapterStore(reader, config.adapter_host_bytes)
         scheduler = Scheduler(
             SchedulerConfig(
                 num_kv_blocks=config.num_kv_blocks,
@@ -95,9 +97,14 @@ class Engine:
                 max_batch_size=config.max_batch_size,
                 num_adapter_slots=config.max_loaded_adapters,
                 enable_prefix_caching=config.args.prefix_caching,
+                adapter_pages=tuple((group, config.adapter_pages) for group in page_bytes),
+                adapter_page_bytes=config.adapter_page_bytes,
             )
         )
-        self.loop = EngineLoop(scheduler, ModelRunner(config, model), self.store)
+        runner = ModelRunner(config, model)
+        self.loop = EngineLoop(scheduler, runner, store)
+        self.adapters = EngineAdapters(config, store, self.loop)
+        self.memory = memory.memory_split(model, list(model.lora_holders), runner.kv_cache, reserve=0)
         self._seq_ids = itertools.count()
         self._deliveries = DeliveryRegistry()  # stream events reach each event loop in batches
 
@@ -125,6 +132,9 @@ class Engine:
         generation = read_generation_config(model_dir)
         lora = LoraCapacity(args.max_loaded_adapters, args.max_lora_rank)
         model = load_model(model_dir, model_args, dtype=dtype, device=device, lora=lora, progress=say)
+        page_bytes = model.page_bytes()
+        num_pages = memory.adapter_pages(args, sum(page_bytes.values()), device)
+        model.allocate_adapter_pages(num_pages)  # before the KV cache is sized: it gets the rest
         eos = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
         eos |= generation.eos_token_ids | _config_eos(raw_config, model_dir)
         config = setup.resolve_config(
@@ -136,13 +146,15 @@ class Engine:
             device=device,
             eos_token_ids=frozenset(eos),
             generation_defaults=generation,
+            adapter_pages=num_pages,
+            adapter_page_bytes=page_bytes,
         )
         engine = cls(config, model, tokenizer)
         say(f"KV pool: {config.num_kv_blocks} blocks x {config.block_size} tokens")
+        say(f"adapter memory: {num_pages} pages per projection group, {config.adapter_bytes} bytes")
         for adapter in args.adapters:
             say(f"loading adapter {adapter.adapter_id} from {adapter.source}")
-            engine.register_adapter(adapter.adapter_id, adapter.source, adapter.revision)
-            engine.loop.pin(adapter.adapter_id)
+            engine.adapters.pin(adapter.adapter_id, adapter.source, adapter.revision)
         return engine
 
     @classmethod
@@ -194,11 +206,28 @@ class Engine:
             num_kv_blocks=c.num_kv_blocks,
             max_loaded_adapters=c.max_loaded_adapters,
             eos_token_id=self.tokenizer.eos_token_id,
+            memory=self.memory,
         )
 
     def loaded_adapters(self) -> list[str]:
-        """Adapters currently in a device slot, least recently used first."""
-        return list(self.loop.snapshot.scheduler.loaded_adapters)
+        """Names of the adapters in device memory now, least recently used first."""
+        names = [key.rpartition("@")[0] for key in self.loop.snapshot.scheduler.loaded_adapters]
+        return list(dict.fromkeys(names))
+
+    def list_adapters(self) -> list[AdapterListing]:
+        """Every adapter requests may name whose version is known, with its digest and residency."""
+        return self.adapters.listing()
+
+    def load_adapter(self, name: str, source: str, revision: str | None = None) -> AdapterVersion:
+        """Serves `name` from `source` (a local folder or a Hub repo id, the operator's choice) from
+        the next request on, replacing its previous version if the files differ; reads and
+        validates it now (raising `AdapterLoadError`). Call it off the event loop."""
+        return self.adapters.load(name, source, revision)
+
+    def unload_adapter(self, name: str) -> AdapterVersion | None:
+        """Stops serving `name` (requests naming it are refused); running ones finish. Returns its
+        version, or None when `name` was not served."""
+        return self.adapters.unload(name)
 
     def stats(self) -> EngineStats:
         snapshot = self.loop.snapshot
@@ -210,6 +239,7 @@ class Engine:
             adapter_loads=counters.adapter_loads,
             adapter_evictions=counters.adapter_evictions,
             generated_tokens=snapshot.generated_tokens,
+            adapter_bytes_used=counters.adapter_bytes_used,
             preemptions=counters.num_preemptions,
             prefix_cache_query_tokens=counters.prefix_cache_query_tokens,
             prefix_cache_hit_tokens=counters.prefix_cache_hit_tokens,
@@ -217,9 +247,9 @@ class Engine:
 
     def register_adapter(self, adapter_id: str, source: str, revision: str | None = None) -> None:
         """Lets requests name `adapter_id`: its weights come from `source` (a local folder or a Hub
-        repo id, the operator's choice), loaded on first use and evicted LRU (unlike `adapters=`
-        of `from_args`, which are also pinned). Safe to call while the engine runs."""
-        self.store.register(adapter_id, source, revision)
+        repo id, the operator's choice), read on first use (unlike `load_adapter`, which reads it
+        now, and `adapters=` of `from_args`, which are also pinned). Safe while the engine runs."""
+        self.adapters.register(adapter_id, source, revision)
 
     def prepare(self, request: GenerationRequest) -> PreparedRequest:
         """Checks and tokenizes `request` once and loads its adapter into host memory.
@@ -229,16 +259,13 @@ class Engine:
         including an `adapter_id` that is neither registered nor an allowed Hub repo id
         (`adapters.policy`): that check comes first, before any file is read.
         """
-        if request.adapter_id is not None:
-            check_request_adapter(
-                request.adapter_id,
-                registered=self.store.is_registered(request.adapter_id),
-                allow_hub=self.config.args.allow_hub_adapters,
-            )
+        version = self.adapters.resolve(request.adapter_id) if request.adapter_id is not None else None
         prepared = prepare_request(request, self.config, self.tokenizer)
-        if request.adapter_id is None:
+        if version is None:
             return prepared
-        return replace(prepared, adapter_digest=self._check_adapter(request.adapter_id))
+        return replace(
+            prepared, adapter_digest=version.digest, adapter_key=version.key, adapter_ranks=version.ranks
+        )
 
     def generate(self, requests: Sequence[GenerationRequest | PreparedRequest]) -> list[GenerationResult]:
         """Runs `requests` together and blocks until all finish; validation errors raise before any runs."""
@@ -292,42 +319,14 @@ class Engine:
             num_prompt_tokens=len(prepared.prompt_ids),
             max_new_tokens=prepared.max_new_tokens,
             params=prepared.request.params,
-            adapter_id=prepared.adapter_id,
+            adapter_id=prepared.adapter_key,
+            adapter_ranks=prepared.adapter_ranks,
             generator=generator,
         )
         seq.output = RequestOutput(prepared, self.tokenizer, self.config.eos_token_ids, sink)
         if not prepared.request.decoder_input_details:  # prompt log-probs need every prompt token run
             seq.cache_identity = (prepared.adapter_digest or "base").encode()
         return seq
-
-    def _check_adapter(self, adapter_id: str) -> str:
-        """Loads the adapter into host memory (raising `AdapterLoadError`); returns its digest."""
-        weights = self.store.get(adapter_id)
-        pinned = self.loop.snapshot.scheduler.pinned_adapters
-        if adapter_id not in pinned and len(pinned) >= self.config.max_loaded_adapters:
-            raise AdapterLoadError(
-                f"adapter {adapter_id!r} cannot be served: all max_loaded_adapters="
-                f"{self.config.max_loaded_adapters} slots hold preloaded (pinned) adapters"
-            )
-        return weights.digest
-
-    def _load_adapter_weights(
-        self, adapter_id: str, source: str | None, revision: str | None
-    ) -> AdapterWeights:
-        # source None: an unregistered id that passed the policy, i.e. a Hub repo id.
-        if source is None:
-            folder = download_hub_adapter(adapter_id)
-        else:
-            folder = resolve_adapter_dir(source, revision)
-        weights = load_adapter(
-            adapter_id,
-            folder,
-            self.config.model,
-            max_rank=self.config.max_lora_rank,
-            dtype=self.config.dtype,
-            base_model_id=self.config.model_id,
-        )
-        return replace(weights, digest=adapter_digest(folder))
 
 
 def _config_eos(raw_config: dict[str, Any], model_dir: os.PathLike[str]) -> set[int]:

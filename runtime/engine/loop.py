@@ -1,9 +1,10 @@
 """`EngineLoop`: the engine's one background thread and everything only that thread touches.
 
-It owns the inbox of commands from other threads (add a sequence, abort one), the stop flag,
-the scheduler (queues, KV blocks, adapter slots), the model runner, and the snapshot of counters
-it publishes for other threads. One `step()`: schedule -> write newly placed adapters into their
-slots -> run the model -> sample -> let each request's output decide whether it ended ->
+It owns the inbox of commands from other threads (add a sequence, abort one, place an adapter
+ahead of its requests, retire an adapter version), the stop flag, the scheduler (queues, KV
+blocks, adapter residency), the model runner, and the snapshot of counters it publishes for
+other threads. One `step()`: schedule -> write newly placed adapters into their slots and pages
+-> run the model -> sample -> let each request's output decide whether it ended ->
 `scheduler.postprocess` -> send the events.
 """
 
@@ -13,12 +14,14 @@ import logging
 import queue
 import threading
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
-from lorafleet.runtime.adapters import AdapterStore
-from lorafleet.runtime.engine.model_runner import ModelRunner
+from lorafleet.runtime.adapters import AdapterStore, Residence
+from lorafleet.runtime.engine.adapter_loader import AdapterLoader
+from lorafleet.runtime.engine.model_runner import AdapterWrite, ModelRunner
 from lorafleet.runtime.engine.scheduler import SampledToken, ScheduledBatch, Scheduler, SchedulerSnapshot
-from lorafleet.runtime.engine.sequence import Sequence, SequenceStatus
+from lorafleet.runtime.engine.sequence import Sequence
 from lorafleet.runtime.errors import GenerationError
 from lorafleet.runtime.layers.sampler import SampleRequest, sample
 from lorafleet.runtime.types import TokenEvent
@@ -39,10 +42,11 @@ class EngineLoop:
         self.scheduler = scheduler
         self.runner = runner
         self.store = store
-        self._inbox: queue.Queue[tuple[str, Sequence | None]] = queue.Queue()
+        self._inbox: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._generated_tokens = 0
+        self.loader = AdapterLoader(runner, store, self._loaded)
         # Replaced whole (never mutated) so a reader sees queue, batch and free blocks of one moment.
         self.snapshot = LoopSnapshot(scheduler.snapshot())
 
@@ -61,6 +65,7 @@ class EngineLoop:
         if self.is_running:
             return
         self._stopping.clear()
+        self.loader.start()
         self._thread = threading.Thread(target=self._run, name="lorafleet-engine", daemon=True)
         self._thread.start()
 
@@ -72,6 +77,7 @@ class EngineLoop:
         self._inbox.put(("wake", None))
         self._thread.join()
         self._thread = None
+        self.loader.stop()
         self._fail_all("the engine shut down before the request finished")  # inbox stragglers too
 
     def submit(self, seq: Sequence) -> None:
@@ -80,13 +86,22 @@ class EngineLoop:
     def abort(self, seq: Sequence) -> None:
         self._inbox.put(("abort", seq))
 
+    def prefetch(self, key: str, ranks: dict[str, int]) -> None:
+        """Places adapter version `key` on the device ahead of its first request, if it fits."""
+        self._inbox.put(("prefetch", (key, ranks)))
+
+    def retire(self, key: str) -> None:
+        """Adapter version `key` is no longer served: free it once its running requests end."""
+        self._inbox.put(("retire", key))
+
     # --- before start (the thread is not running yet) ---------------------------------------
 
-    def pin(self, adapter_id: str) -> None:
-        """Places `adapter_id` in a slot for good (the preloaded adapters)."""
+    def pin(self, key: str, ranks: dict[str, int]) -> None:
+        """Places adapter version `key` on the device for good (the preloaded adapters)."""
         assert not self.is_running, "pin adapters before the loop starts"
-        weights = self.store.get(adapter_id)
-        self.runner.set_adapter(self.scheduler.pin(adapter_id), weights)
+        residence = self.scheduler.pin(key, ranks)
+        self.runner.clear_slots(self.scheduler.adapters.take_freed_slots())
+        self.runner.write_adapter(residence, self.store.weights(key))
         self._publish()
 
     # --- the thread -------------------------------------------------------------------------
@@ -94,43 +109,64 @@ class EngineLoop:
     def _run(self) -> None:
         if self.runner.device.type == "cuda":
             torch.cuda.set_device(self.runner.device)  # this thread's kernels go to the model's device
+        idle = True
         while not self._stopping.is_set():
-            self._drain_inbox(block=not self.scheduler.has_work())
+            # Block when there is nothing to run: a new request, an abort or a finished adapter
+            # load (they all come through the inbox) is what can change that.
+            self._drain_inbox(block=idle or not self.scheduler.has_work())
             self._publish()
             if self._stopping.is_set() or not self.scheduler.has_work():
+                idle = True
                 continue
-            self.step()
+            idle = not self.step()
             self._publish()
 
-    def step(self) -> None:
-        """Schedules and runs one batch; a failure fails that batch's requests, not the loop."""
+    def step(self) -> bool:
+        """Schedules and runs one batch; a failure fails that batch's requests, not the loop.
+        Returns whether anything ran."""
         batch = self.scheduler.schedule()
+        self._place_adapters(batch)
         if batch.is_empty:
             stuck = self.scheduler.next_unplaceable()
             if stuck is not None:
                 self._fail(stuck, GenerationError(
                     f"adapter {stuck.adapter_id!r} cannot be placed: every adapter slot is pinned "
-                    f"(max_loaded_adapters={self.scheduler.adapter_slots.num_slots})"
+                    f"(max_loaded_adapters={self.scheduler.adapters.num_slots})"
                 ))
-            return
+            return False
         try:
-            self._place_adapters(batch)
-            batch.items = [item for item in batch.items if item.seq.status is SequenceStatus.RUNNING]
-            if batch.items:
-                self._run_batch(batch)
+            self._run_batch(batch)
         except Exception as e:  # a bug or device error: fail this batch, keep serving
             logger.exception("engine step failed")
             for item in batch.items:
                 self._fail(item.seq, GenerationError(f"generation failed: {e}"))
+        return True
 
     def _place_adapters(self, batch: ScheduledBatch) -> None:
-        for adapter_id, slot in batch.adapter_loads.items():
-            try:
-                self.runner.set_adapter(slot, self.store.get(adapter_id))
-            except Exception as e:  # e.g. the files vanished since validation: fail only its requests
-                error = GenerationError(f"adapter {adapter_id!r} failed to load: {e}")
-                for seq in self.scheduler.drop_adapter(adapter_id):
-                    self._fail(seq, error)
+        """Clears vacated slots and hands newly placed adapters to the loader thread."""
+        self.runner.clear_slots(self.scheduler.adapters.take_freed_slots())
+        for key, residence in batch.adapter_loads.items():
+            self.loader.load(key, residence)
+
+    def _loaded(
+        self, key: str, residence: Residence, written: AdapterWrite | None, error: BaseException | None
+    ) -> None:
+        """The loader's report (on its thread): handled by the loop, through the inbox."""
+        self._inbox.put(("loaded", (key, residence, written, error)))
+
+    def _activate(
+        self, key: str, residence: Residence, written: AdapterWrite | None, error: BaseException | None
+    ) -> None:
+        if self.scheduler.adapters.residence(key) is not residence:
+            return  # retired and freed while it loaded: nothing points at it
+        if written is None:  # e.g. the files vanished since validation: fail only its requests
+            failure = GenerationError(f"adapter {key.rpartition('@')[0][:64]!r} failed to load: {error}")
+            for seq in self.scheduler.drop_adapter(key):
+                self._fail(seq, failure)
+        else:
+            self.runner.activate(residence, written)
+            self.scheduler.adapter_loaded(key)
+        self.runner.clear_slots(self.scheduler.adapters.take_freed_slots())
 
     def _run_batch(self, batch: ScheduledBatch) -> None:
         wants = {  # sequences whose prompt log-probs were asked for and are still being prefilled
@@ -158,15 +194,29 @@ class EngineLoop:
 
     def _drain_inbox(self, block: bool) -> None:
         try:
-            kind, seq = self._inbox.get() if block else self._inbox.get_nowait()
+            kind, payload = self._inbox.get() if block else self._inbox.get_nowait()
             while True:
-                if kind == "add" and seq is not None:
-                    self.scheduler.add(seq)
-                elif kind == "abort" and seq is not None:
-                    self.scheduler.finish(seq)  # frees its KV blocks and adapter slot use
-                kind, seq = self._inbox.get_nowait()
+                self._command(kind, payload)
+                kind, payload = self._inbox.get_nowait()
         except queue.Empty:
             pass
+
+    def _command(self, kind: str, payload: Any) -> None:
+        if kind == "add":
+            self.scheduler.add(payload)
+        elif kind == "abort":
+            self.scheduler.finish(payload)  # frees its KV blocks and adapter use
+        elif kind == "retire":
+            self.scheduler.retire(payload)
+            self.runner.clear_slots(self.scheduler.adapters.take_freed_slots())
+        elif kind == "prefetch":
+            key, ranks = payload
+            residence = self.scheduler.prefetch(key, ranks)
+            self.runner.clear_slots(self.scheduler.adapters.take_freed_slots())
+            if residence is not None:
+                self.loader.load(key, residence)
+        elif kind == "loaded":
+            self._activate(*payload)
 
     def _emit(self, seq: Sequence, event: TokenEvent) -> None:
         try:

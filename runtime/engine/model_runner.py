@@ -7,17 +7,28 @@ block tables and per-token adapter slots for one flat batch of tokens.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
 from lorafleet import kernels
 from lorafleet.runtime.adapters.loader import AdapterWeights
+from lorafleet.runtime.adapters.residency import Residence
 from lorafleet.runtime.engine.config import EngineConfig
 from lorafleet.runtime.engine.scheduler import ScheduledBatch
 from lorafleet.runtime.engine.sequence import Sequence
 from lorafleet.runtime.layers.attention import AttentionMetadata, DecodeGroup, PrefillSpan
 from lorafleet.runtime.layers.lora_linear import LoraStep
+from lorafleet.runtime.layers.moe import EXPERTS_GROUP, ExpertsLinear
 from lorafleet.runtime.models.decoder import DecoderModel
+
+
+@dataclass(frozen=True)
+class AdapterWrite:
+    """An adapter's weights written into its pages: its rank per group, and (CUDA) when done."""
+
+    ranks: dict[str, int]
+    event: torch.cuda.Event | None
 
 
 @dataclass(frozen=True)
@@ -48,23 +59,89 @@ class ModelRunner:
         )
         self._num_slots = max(config.max_loaded_adapters, 1)
         self._group_names = model.lora_groups
-        # Per slot: the projection groups its adapter targets (in any layer). Host-side, so building
-        # a step's per-group slots costs no tensor op and no device sync.
-        self._slot_groups: list[frozenset[str]] = [frozenset()] * self._num_slots
-        # The previous step's per-group metadata by row slots: consecutive decode steps of the same
+        # Per group and slot: its pages and rank there (0: the slot's adapter does not target the
+        # group, or the slot is empty). Host-side, so a step's LoRA set-up costs no device read.
+        self._max_pages = kernels.pages_for_rank(config.max_lora_rank)
+        self._slot_pages = {g: [()] * self._num_slots for g in self._group_names}
+        self._slot_ranks = {g: [0] * self._num_slots for g in self._group_names}
+        self._experts = [h for h in model.lora_holders if isinstance(h, ExpertsLinear)]
+        self._pages = {g: self._build_pages(g) for g in self._group_names}
+        # The previous step's metadata by row slots: consecutive decode steps of the same
         # sequences have the same slots, so their metadata (and the index tensors the CPU path
         # derives from it) is built once, not every step. It depends on slot numbers only, never
         # on the weights in the slots, so it stays valid when a slot is given another adapter.
-        self._lora_steps: dict[tuple[int, ...], kernels.LoraBatch] = {}
+        self._lora_meta: tuple[tuple[int, ...], kernels.LoraBatch] | None = None
 
-    def set_adapter(self, slot: int, weights: AdapterWeights) -> None:
-        """Writes `weights` into `slot` of every layer's stacked buffers (clearing untargeted ones)."""
-        for holder in self.model.lora_holders:
-            holder.reset_lora(slot)
+    def write_adapter(self, residence: Residence, weights: AdapterWeights) -> None:
+        """Writes `weights` into the residence and points the slot's page-table rows there."""
+        self.activate(residence, self.write_pages(residence, weights))
+
+    def write_pages(self, residence: Residence, weights: AdapterWeights) -> AdapterWrite:
+        """Writes `weights` into the residence's slot and pages of every layer, and returns the
+        slot's rank per group for `activate`.
+
+        Safe on the adapter loader's thread while steps run: the residence's pages and slot belong
+        to no row of any step until `activate` (on the loop's thread) points the tables there. On
+        CUDA the copies go on a stream of their own; `activate` makes the step's stream wait for them.
+        """
+        stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+            ranks = self._write_pages(residence, weights)
+            event = torch.cuda.Event() if stream is not None else None
+            if event is not None:
+                event.record(stream)
+        return AdapterWrite(ranks, event)
+
+    def activate(self, residence: Residence, written: AdapterWrite) -> None:
+        """Points the slot's rows of every group's page table at the residence (loop thread only)."""
+        if written.event is not None:
+            torch.cuda.current_stream(self.device).wait_event(written.event)
+        slot = residence.slot
+        for group in self._group_names:
+            self._slot_pages[group][slot] = residence.pages.get(group, ())
+            self._slot_ranks[group][slot] = written.ranks[group]
+            self._pages[group] = self._build_pages(group)
+
+    def _write_pages(self, residence: Residence, weights: AdapterWeights) -> dict[str, int]:
+        slot = residence.slot
+        for holder in self.model.paged_holders:
+            holder.clear(slot, residence.pages.get(holder.group, ()))
+        for experts in self._experts:
+            for expert in range(experts.num_experts):
+                composite = experts.composite_slot(expert, slot)
+                experts.clear(composite, (composite,))
         sites = self.model.lora_sites
+        ranks = dict.fromkeys(self._group_names, 0)
         for name, w in weights.modules.items():
-            sites[name].set_lora(slot, w.lora_a.to(self.device), w.lora_b.to(self.device), w.scale)
-        self._slot_groups[slot] = frozenset(sites[name].group for name in weights.modules)
+            site = sites[name]
+            pages = residence.pages.get(site.group, ())
+            site.write(slot, pages, w.lora_a.to(self.device), w.lora_b.to(self.device), w.scale)
+            ranks[site.group] = max(ranks[site.group], w.lora_a.shape[0])
+        return ranks
+
+    def clear_slots(self, slots: list[int]) -> None:
+        """Empties vacated slots' page-table rows (their pages may go to another adapter)."""
+        if not slots:
+            return
+        for group in self._group_names:
+            for slot in slots:
+                self._slot_pages[group][slot] = ()
+                self._slot_ranks[group][slot] = 0
+            self._pages[group] = self._build_pages(group)
+
+    def _build_pages(self, group: str) -> kernels.AdapterPages:
+        ranks = self._slot_ranks[group]
+        if group == EXPERTS_GROUP and self._experts:  # one fixed page per expert and slot
+            experts = self._experts[0]
+            count = experts.num_experts * self._num_slots
+            composite_ranks = [ranks[c % self._num_slots] for c in range(count)]
+            return kernels.build_adapter_pages(
+                [[c] if rank else [] for c, rank in enumerate(composite_ranks)], composite_ranks,
+                max_pages=1, page_rank=experts.page_rank, device=self.device,
+            )
+        return kernels.build_adapter_pages(
+            self._slot_pages[group], ranks, max_pages=self._max_pages, device=self.device
+        )
 
     @torch.inference_mode()
     def execute(self, batch: ScheduledBatch, wants_prompt_logits: set[int]) -> StepOutput:
@@ -127,33 +204,26 @@ class ModelRunner:
         )
 
     def _lora_step(self, token_lora: list[int]) -> LoraStep | None:
-        """Per projection group, each row's slot, or -1 where its adapter does not target the group.
+        """The rows' slots and the groups their adapters target; None when no row uses an adapter.
 
-        Groups whose rows come out the same (an adapter targeting every projection) share one
-        `kernels.LoraBatch`, and so does the next step when its rows are the same (decode), so its
-        metadata and the index tensors the CPU path derives from it are built once. None when no
-        row uses an adapter.
+        One `kernels.LoraBatch` serves every group (a slot whose adapter does not target a group
+        has rank 0 there, which the kernels leave untouched), and the next step reuses it when
+        its rows are the same (decode). A group no row's adapter targets is left out: its
+        layers skip LoRA entirely.
         """
         if all(slot < 0 for slot in token_lora):
             return None
-        previous = self._lora_steps
-        shared: dict[tuple[int, ...], kernels.LoraBatch] = {}
-        groups = {}
-        for group in self._group_names:
-            group_slots = tuple(
-                slot if slot >= 0 and group in self._slot_groups[slot] else -1 for slot in token_lora
-            )
-            if all(slot < 0 for slot in group_slots):
-                continue  # no row's adapter targets this group: its layers skip LoRA
-            if group_slots not in shared:
-                shared[group_slots] = previous.get(group_slots) or self._group_step(group_slots)
-            groups[group] = shared[group_slots]
-        self._lora_steps = shared
-        return LoraStep(groups, self.lora_backend)
-
-    def _group_step(self, group_slots: tuple[int, ...]) -> kernels.LoraBatch:
-        slots = self._tensor(list(group_slots))  # [T]
-        return kernels.prepare_lora_batch(slots, self._num_slots)
+        slots = tuple(token_lora)
+        if self._lora_meta is None or self._lora_meta[0] != slots:
+            self._lora_meta = (slots, kernels.prepare_lora_batch(self._tensor(token_lora), self._num_slots))
+        meta = self._lora_meta[1]
+        active = {slot for slot in slots if slot >= 0}
+        groups = {
+            group: meta
+            for group in self._group_names
+            if any(self._slot_ranks[group][slot] for slot in active)
+        }
+        return LoraStep(groups, dict(self._pages), self.lora_backend)
 
     def _tensor(self, values: list[int] | list[list[int]]) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.long, device=self.device)

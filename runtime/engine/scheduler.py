@@ -14,6 +14,13 @@ sampled tokens and frees the sequences that finished.
 Fairness: waiting requests are queued per adapter (base model included) and admission takes the
 head of each adapter's queue in turn (round-robin), so a flood of requests for one adapter
 cannot starve another adapter's requests; within an adapter the order is first come, first served.
+
+Adapter memory (docs/runtime.md, "Adapter memory"): an adapter is admitted when it is resident
+or fits in free slots and pages, possibly by evicting idle adapters; adapters that waiting
+requests still need are protected from eviction (no thrash), so requests whose adapters are
+resident are admitted first and a cold adapter waits for room. A cold adapter whose head request
+has waited `STARVATION_STEPS` steps lifts that protection (it may then evict an idle adapter that
+others wait for), so it cannot wait forever.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from lorafleet.runtime.adapters.slots import AdapterSlots
+from lorafleet.runtime.adapters.residency import AdapterResidency, Residence
 from lorafleet.runtime.engine.block_manager import BlockManager
 from lorafleet.runtime.engine.sequence import Sequence, SequenceStatus
 
@@ -35,6 +42,11 @@ class SchedulerConfig:
     max_batch_size: int
     num_adapter_slots: int
     enable_prefix_caching: bool = False
+    adapter_pages: tuple[tuple[str, int], ...] = ()  # (group, pages in its pool) of the paged groups
+    adapter_page_bytes: tuple[tuple[str, int], ...] = ()  # (group, bytes of one page over its layers)
+
+
+STARVATION_STEPS = 64  # steps a cold adapter's head request waits before protection is lifted
 
 
 @dataclass(frozen=True)
@@ -51,7 +63,7 @@ class ScheduledSeq:
 @dataclass
 class ScheduledBatch:
     items: list[ScheduledSeq] = field(default_factory=list)
-    adapter_loads: dict[str, int] = field(default_factory=dict)  # adapter id -> slot to fill first
+    adapter_loads: dict[str, Residence] = field(default_factory=dict)  # adapter key -> where to write it
     preempted: list[Sequence] = field(default_factory=list)
 
     @property
@@ -78,8 +90,10 @@ class SchedulerSnapshot:
     num_preemptions: int = 0
     adapter_loads: int = 0
     adapter_evictions: int = 0
-    loaded_adapters: tuple[str, ...] = ()  # in a device slot, least recently used first
+    loaded_adapters: tuple[str, ...] = ()  # version keys in device memory, least recently used first
     pinned_adapters: frozenset[str] = frozenset()
+    adapter_bytes_used: int = 0  # device bytes the resident adapters occupy (their real size)
+    adapter_bytes_total: int = 0  # the device adapter budget
     prefix_cache_query_tokens: int = 0  # prompt tokens looked up in the prefix cache (cumulative)
     prefix_cache_hit_tokens: int = 0  # of which found cached
 
@@ -90,7 +104,11 @@ class Scheduler:
         self.block_manager = BlockManager(
             config.num_kv_blocks, config.block_size, enable_prefix_caching=config.enable_prefix_caching
         )
-        self.adapter_slots = AdapterSlots(config.num_adapter_slots)
+        self.adapters = AdapterResidency(
+            config.num_adapter_slots, dict(config.adapter_pages), dict(config.adapter_page_bytes)
+        )
+        self._retired: set[str] = set()  # versions no longer served: freed when their last user ends
+        self.num_steps = 0
         self._waiting: OrderedDict[str | None, deque[Sequence]] = OrderedDict()
         self._preempted: deque[Sequence] = deque()
         self.running: list[Sequence] = []  # in admission order
@@ -109,6 +127,7 @@ class Scheduler:
 
     def add(self, seq: Sequence) -> None:
         seq.status = SequenceStatus.WAITING
+        seq.arrival_step = self.num_steps
         self._waiting.setdefault(seq.adapter_id, deque()).append(seq)
 
     def finish(self, seq: Sequence) -> None:
@@ -136,7 +155,7 @@ class Scheduler:
         return drained
 
     def snapshot(self) -> SchedulerSnapshot:
-        slots = self.adapter_slots
+        slots = self.adapters
         return SchedulerSnapshot(
             num_waiting=self.num_waiting,
             num_running=len(self.running),
@@ -146,46 +165,98 @@ class Scheduler:
             adapter_evictions=slots.num_evictions,
             loaded_adapters=tuple(slots.loaded()),
             pinned_adapters=frozenset(slots.pinned),
+            adapter_bytes_used=slots.bytes_used,
+            adapter_bytes_total=slots.bytes_total,
             prefix_cache_query_tokens=self.num_prefix_query_tokens,
             prefix_cache_hit_tokens=self.num_prefix_hit_tokens,
         )
 
     # --- adapters ---------------------------------------------------------------------------
 
-    def pin(self, adapter_id: str) -> int:
-        """A slot that holds `adapter_id` for good (adapters preloaded at start); raises when full."""
-        grant = self.adapter_slots.acquire(adapter_id, pin=True)
+    def pin(self, key: str, ranks: dict[str, int]) -> Residence:
+        """A residence that holds `key` for good (adapters preloaded at start); raises when full."""
+        grant = self.adapters.acquire(key, ranks, pin=True)
         if grant is None:
-            raise RuntimeError(f"no free adapter slot to pin {adapter_id!r}")
-        return grant.slot
+            raise RuntimeError(f"adapter {key!r} does not fit in the adapter memory next to the pinned ones")
+        return grant.residence
 
-    def drop_adapter(self, adapter_id: str) -> list[Sequence]:
-        """Frees the slot of an adapter whose weights could not be written, and takes out the
-        sequences that use it (returned, for the caller to fail)."""
-        users = [s for s in self.running if s.adapter_id == adapter_id]
+    def prefetch(
+        self, key: str, ranks: dict[str, int], candidate: Sequence | None = None
+    ) -> Residence | None:
+        """Places `key` ahead of its requests if it fits without evicting anything in use or
+        protected (for `candidate`, a waiting request of it); returns the residence to write, now
+        *loading* (None: already placed, or no room now)."""
+        if self.adapters.residence(key) is not None:
+            return None
+        grant = self.adapters.acquire(key, ranks, count_user=False, protected=self._protected(candidate))
+        if grant is None:
+            return None
+        self.adapters.mark_loading(key)
+        return grant.residence
+
+    def adapter_loaded(self, key: str) -> None:
+        """Its weights are written: its requests can be admitted from the next step on (a version
+        retired while it loaded is freed instead)."""
+        self.adapters.mark_ready(key)
+        if key in self._retired and self.adapters.users(key) == 0:
+            self._retired.discard(key)
+            self.adapters.discard(key)
+
+    def retire(self, key: str) -> None:
+        """`key` is no longer served (replaced or unloaded): its memory is freed at once if nobody
+        uses it, else when its last running request ends."""
+        self.adapters.pinned.discard(key)
+        if self.adapters.users(key) == 0 and not self.adapters.is_loading(key):
+            self.adapters.discard(key)
+        else:  # in use, or its pages are being written: freed when that ends
+            self._retired.add(key)
+
+    def drop_adapter(self, key: str) -> list[Sequence]:
+        """Frees the residence of an adapter whose weights could not be written, and takes out the
+        sequences that wait for it or use it (returned, for the caller to fail)."""
+        users = [s for s in self.running if s.adapter_id == key] + list(self._waiting.get(key, ()))
+        users += [s for s in self._preempted if s.adapter_id == key]
         for seq in users:
             self.finish(seq)
-        self.adapter_slots.discard(adapter_id)
+        self.adapters.discard(key)
         return users
 
     def next_unplaceable(self) -> Sequence | None:
-        """The head of the queue when nothing runs and it cannot be admitted because every adapter
-        slot is pinned by other adapters (it would wait forever); else None."""
+        """The head of the queue when nothing runs and its adapter can never be admitted (the pinned
+        adapters leave it no slot or pages for good, so it would wait forever); else None."""
         if self.running:
             return None
         head = self._next_waiting(set())
-        if head is None or head.adapter_id is None or self.adapter_slots.can_ever_place(head.adapter_id):
+        if head is None or head.adapter_id is None:
             return None
-        return head
+        return None if self.adapters.can_ever_place(head.adapter_id, head.adapter_ranks) else head
 
     # --- a step -----------------------------------------------------------------------------
 
     def schedule(self) -> ScheduledBatch:
+        """The next step's work; `adapter_loads` lists adapters placed for waiting requests, whose
+        weights the caller writes (off the step) before `adapter_loaded` lets them run."""
+        self.num_steps += 1
         batch = ScheduledBatch()
         budget = self._schedule_running(batch)
         if not batch.preempted:
             self._admit(batch, budget)
+        self._prefetch_waiting(batch)
         return batch
+
+    def _request_load(self, seq: Sequence, batch: ScheduledBatch) -> None:
+        assert seq.adapter_id is not None
+        if self.adapters.residence(seq.adapter_id) is None:
+            residence = self.prefetch(seq.adapter_id, seq.adapter_ranks, seq)
+            if residence is not None:
+                batch.adapter_loads[seq.adapter_id] = residence
+
+    def _prefetch_waiting(self, batch: ScheduledBatch) -> None:
+        """Places the adapters of the requests at the head of each queue ahead of their admission,
+        where they fit without evicting anything needed, so a full batch does not delay their load."""
+        heads = [queue[0] for key, queue in self._waiting.items() if queue and key is not None]
+        for seq in heads + [s for s in self._preempted if s.adapter_id is not None]:
+            self._request_load(seq, batch)
 
     def postprocess(self, batch: ScheduledBatch, sampled: Iterable[SampledToken]) -> list[Sequence]:
         """Records a step: each item's tokens are now computed, each sampled token is appended,
@@ -235,14 +306,14 @@ class Scheduler:
                 self._release_blocks(seq)
                 return  # admission by free KV blocks: wait for running sequences to finish
             if seq.adapter_id is not None:
-                grant = self.adapter_slots.acquire(seq.adapter_id)
-                if grant is None:
+                if not self.adapters.is_ready(seq.adapter_id):  # placed and written first (loader)
+                    self._request_load(seq, batch)
                     self._release_blocks(seq)
                     skipped.add(seq.adapter_id)
                     continue
-                seq.adapter_slot = grant.slot
-                if grant.is_new:
-                    batch.adapter_loads[seq.adapter_id] = grant.slot
+                grant = self.adapters.acquire(seq.adapter_id, seq.adapter_ranks)
+                assert grant is not None and not grant.is_new  # resident and ready
+                seq.adapter_slot = grant.residence.slot
             self._pop_waiting(seq)
             self.num_prefix_query_tokens += queried
             self.num_prefix_hit_tokens += hit
@@ -251,6 +322,17 @@ class Scheduler:
             self.block_manager.allocate(seq, n)
             batch.items.append(ScheduledSeq(seq, n))
             budget -= n
+
+    def _protected(self, candidate: Sequence | None = None) -> frozenset[str]:
+        """Adapters that waiting requests need (not to be evicted for `candidate`'s adapter), unless
+        the candidate has waited so long that it may evict them."""
+        if candidate is not None and self.num_steps - candidate.arrival_step >= STARVATION_STEPS:
+            return frozenset()
+        needed = {seq.adapter_id for seq in self._preempted if seq.adapter_id is not None}
+        needed.update(key for key, queue in self._waiting.items() if queue and key is not None)
+        if candidate is not None:
+            needed.discard(candidate.adapter_id)
+        return frozenset(needed)
 
     def _next_waiting(self, skipped: set[str | None]) -> Sequence | None:
         if self._preempted and self._preempted[0].adapter_id not in skipped:
@@ -290,5 +372,8 @@ class Scheduler:
     def _release(self, seq: Sequence) -> None:
         self.block_manager.free(seq)
         if seq.adapter_id is not None and seq.adapter_slot >= 0:
-            self.adapter_slots.release(seq.adapter_id)
+            self.adapters.release(seq.adapter_id)
             seq.adapter_slot = -1
+            if seq.adapter_id in self._retired and self.adapters.users(seq.adapter_id) == 0:
+                self._retired.discard(seq.adapter_id)
+                self.adapters.discard(seq.adapter_id)

@@ -25,13 +25,15 @@ class Sequence:
     num_prompt_tokens: int
     max_new_tokens: int
     params: SamplingParams
-    adapter_id: str | None = None
+    adapter_id: str | None = None  # the adapter version's key (name@digest), None = the base model
+    adapter_ranks: dict[str, int] = field(default_factory=dict)  # its rank per paged projection group
     generator: torch.Generator | None = None  # None = greedy
     status: SequenceStatus = SequenceStatus.WAITING
     num_computed: int = 0  # tokens whose keys/values are in the cache
     block_table: list[int] = field(default_factory=list)
     adapter_slot: int = -1  # valid while RUNNING with an adapter
     num_preemptions: int = 0
+    arrival_step: int = 0  # the scheduler's step count when it was queued (starvation guard)
     output: Any = None  # the engine's per-request output state (opaque to the scheduler)
     # Prefix cache: what the keys/values depend on besides the tokens (the adapter's content digest,
     # or the base model's); None = this sequence neither reuses nor offers cached blocks.

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from lorafleet.runtime.args import EngineArgs
 from lorafleet.runtime.engine.config import EngineConfig
+from lorafleet.runtime.engine.memory import host_adapter_bytes
 from lorafleet.runtime.errors import EngineError
 from lorafleet.runtime.models.args import ModelArgs
 from lorafleet.runtime.models.generation_config import GenerationDefaults
@@ -92,6 +93,8 @@ def resolve_config(
     device: torch.device,
     eos_token_ids: frozenset[int],
     generation_defaults: GenerationDefaults,
+    adapter_pages: int,
+    adapter_page_bytes: dict[str, int],
 ) -> EngineConfig:
     """Fills in defaults (after the weights are loaded, so free device memory is known) and checks
     that the limits are consistent; raises `EngineError` naming the option."""
@@ -116,7 +119,9 @@ def resolve_config(
         max_total_tokens=total,
         max_batch_prefill_tokens=args.max_batch_prefill_tokens or max_input + 50,
         num_kv_blocks=num_kv_blocks,
-        max_cpu_adapters=max(4 * args.max_loaded_adapters, 16),
+        adapter_pages=adapter_pages,
+        adapter_page_bytes=tuple(adapter_page_bytes.items()),
+        adapter_host_bytes=host_adapter_bytes(args, adapter_pages * sum(adapter_page_bytes.values())),
         eos_token_ids=eos_token_ids,
         generation_defaults=generation_defaults,
     )

@@ -7,11 +7,13 @@ the rows' outputs are weighted and summed back into their tokens in ascending ex
 order transformers adds them in).
 
 LoRA on the experts (PEFT wraps `experts.{e}.w1/w2/w3` as plain linears, one adapter per expert)
-runs as ONE kernel call per projection for all experts and all adapters of the step: the stacked
-buffers have `num_experts * L` slots, and a row of expert `e` whose token uses adapter slot `a`
-reads slot `e * L + a` (-1 when its token has no adapter). `lorafleet.kernels` then groups rows
-by that composite slot exactly as it groups tokens by adapter elsewhere (docs/kernels.md, "LoRA
-on MoE experts"); an adapter that leaves an expert or a layer alone has zeros in its slots there.
+runs as ONE kernel call per projection for all experts and all adapters of the step: the buffers
+have `num_experts * L` slots, each one page of the largest rank (the experts' storage is not
+paged by rank rows: a slot per expert and adapter, fixed), and a row of expert `e` whose token
+uses adapter slot `a` reads slot `e * L + a` (-1 when its token has no adapter). `lorafleet.kernels`
+then groups rows by that composite slot exactly as it groups tokens by adapter elsewhere
+(docs/kernels.md, "LoRA on MoE experts"), stopping at each slot's true rank; an adapter that
+leaves an expert or a layer alone has zeros in its slots there.
 """
 
 from __future__ import annotations
@@ -40,11 +42,13 @@ class ExpertsLinear(LoRABuffers):
         device: torch.device,
     ) -> None:
         self.num_adapter_slots = max(max_loras, 1)
+        num_slots = num_experts * self.num_adapter_slots
         super().__init__(
             in_features,
             slices,
-            num_slots=num_experts * self.num_adapter_slots,
-            max_rank=max_rank,
+            num_slots=num_slots,
+            num_pages=num_slots,  # composite slot c is page c, of max_rank rows
+            page_rank=max_rank,
             dtype=dtype,
             device=device,
         )
@@ -56,11 +60,6 @@ class ExpertsLinear(LoRABuffers):
 
     def composite_slot(self, expert: int, slot: int) -> int:
         return expert * self.num_adapter_slots + slot
-
-    def reset_lora(self, slot: int) -> None:
-        """Clears adapter slot `slot` in every expert."""
-        for expert in range(self.num_experts):
-            super().reset_lora(self.composite_slot(expert, slot))
 
     def run(self, rows: torch.Tensor, counts: list[int]) -> torch.Tensor:  # rows [R, K] sorted by expert
         """Each expert's base matmul on its contiguous rows -> [R, N]."""
@@ -85,6 +84,7 @@ class SparseMoE(nn.Module):
         *,
         max_loras: int,
         max_rank: int,
+        num_pages: int,
         dtype: torch.dtype,
         device: torch.device,
     ) -> None:
@@ -95,7 +95,7 @@ class SparseMoE(nn.Module):
             group="router",
             bias=False,
             max_loras=max_loras,
-            max_rank=max_rank,
+            num_pages=num_pages,
             dtype=dtype,
             device=device,
         )
@@ -119,12 +119,14 @@ class SparseMoE(nn.Module):
         meta = self._expert_rows_meta(lora, token_of_row, flat[order])
         gate_up = self.experts_w13.run(rows, counts)  # [R, 2I]
         if meta is not None:
-            self.experts_w13.add_lora(gate_up, rows, meta, lora.backend)  # type: ignore[union-attr]
+            assert lora is not None
+            self.experts_w13.add_lora(gate_up, rows, meta, lora.pages[EXPERTS_GROUP], lora.backend)
         i = self.intermediate_size
         hidden = F.silu(gate_up[:, :i]) * gate_up[:, i:]  # [R, I]
         down = self.experts_w2.run(hidden, counts)  # [R, H]
         if meta is not None:
-            self.experts_w2.add_lora(down, hidden, meta, lora.backend)  # type: ignore[union-attr]
+            assert lora is not None
+            self.experts_w2.add_lora(down, hidden, meta, lora.pages[EXPERTS_GROUP], lora.backend)
         down = down * weights.reshape(-1)[order, None]
         return torch.zeros_like(x).index_add_(0, token_of_row, down)
 
@@ -140,4 +142,4 @@ class SparseMoE(nn.Module):
             return None
         slot = step.token_lora[token_of_row]  # [R] adapter slot of each row's token, -1 = none
         composite = torch.where(slot >= 0, expert_of_row * self.experts_w13.num_adapter_slots + slot, -1)
-        return kernels.prepare_lora_batch(composite, self.experts_w13.lora_a.shape[0])
+        return kernels.prepare_lora_batch(composite, self.experts_w13.lora_scales.shape[1])

@@ -56,3 +56,4 @@ class ModelArgs:
 class LoraCapacity:
     max_loras: int  # adapter slots
     max_rank: int
+    num_pages: int = 0  # pages per projection group's pool (the engine sizes it after the weights)

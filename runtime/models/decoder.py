@@ -31,18 +31,23 @@ ACTIVATIONS = {"silu": F.silu, "gelu_pytorch_tanh": lambda x: F.gelu(x, approxim
 
 @dataclass(frozen=True)
 class LoraSite:
-    """Where a PEFT module's LoRA lives: a slice of a layer's stacked buffers (of one expert)."""
+    """Where a PEFT module's LoRA lives: a slice of a layer's LoRA pages (of one expert)."""
 
     holder: LoRABuffers
     slice_name: str
     group: str
     expert: int | None = None
 
-    def set_lora(self, slot: int, lora_a: torch.Tensor, lora_b: torch.Tensor, scale: float) -> None:
+    def write(
+        self, slot: int, pages: tuple[int, ...], lora_a: torch.Tensor, lora_b: torch.Tensor, scale: float
+    ) -> None:
+        """Writes the module's A [r, K] and B [N, r] for adapter `slot` into the group's `pages`
+        (an expert's own slot and page instead: one fixed page per expert and slot)."""
         if self.expert is not None:
             assert isinstance(self.holder, ExpertsLinear)
             slot = self.holder.composite_slot(self.expert, slot)
-        self.holder.set_lora(slot, self.slice_name, lora_a, lora_b, scale)
+            pages = (slot,)
+        self.holder.write(slot, pages, self.slice_name, lora_a, lora_b, scale)
 
 
 def _norm(args: ModelArgs, dim: int, dtype: torch.dtype, device: torch.device) -> RMSNorm:
@@ -56,7 +61,7 @@ class Attention(nn.Module):
         super().__init__()
         self.args = args
         q, kv, d = args.num_heads * args.head_dim, args.num_kv_heads * args.head_dim, args.head_dim
-        common = {"max_loras": lora.max_loras, "max_rank": lora.max_rank, "dtype": dtype, "device": device}
+        common = {"max_loras": lora.max_loras, "num_pages": lora.num_pages, "dtype": dtype, "device": device}
         slices = (
             (("qkv_proj", q + 2 * kv),) if args.fused_qkv else (("q_proj", q), ("k_proj", kv), ("v_proj", kv))
         )
@@ -96,7 +101,7 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, args: ModelArgs, lora: LoraCapacity, dtype: torch.dtype, device: torch.device) -> None:
         super().__init__()
-        common = {"max_loras": lora.max_loras, "max_rank": lora.max_rank, "dtype": dtype, "device": device}
+        common = {"max_loras": lora.max_loras, "num_pages": lora.num_pages, "dtype": dtype, "device": device}
         i = args.intermediate_size
         slices = (("gate_up_proj", 2 * i),) if args.fused_gate_up else (("gate_proj", i), ("up_proj", i))
         self.gate_up_proj = LoRALinear(args.hidden_size, slices, group="gate_up", bias=False, **common)
@@ -130,6 +135,7 @@ class DecoderLayer(nn.Module):
                 args.num_experts_per_tok,
                 max_loras=lora.max_loras,
                 max_rank=lora.max_rank,
+                num_pages=lora.num_pages,
                 dtype=dtype,
                 device=device,
             )
@@ -178,6 +184,23 @@ class DecoderModel(nn.Module):
         self.lora_groups = lora_groups(args)
         self.lora_holders = [m for m in self.modules() if isinstance(m, LoRABuffers)]
         self.lora_sites = self._lora_sites()
+
+    @property
+    def paged_holders(self) -> list[LoRALinear]:
+        """The LoRA holders whose storage is paged by rank rows (every one but the MoE experts')."""
+        return [holder for holder in self.lora_holders if isinstance(holder, LoRALinear)]
+
+    def allocate_adapter_pages(self, num_pages: int) -> None:
+        """Gives every paged holder a pool of `num_pages` empty pages (sized by the engine)."""
+        for holder in self.paged_holders:
+            holder.allocate_pages(num_pages, dtype=self.dtype, device=holder.weight.device)
+
+    def page_bytes(self) -> dict[str, int]:
+        """Per projection group, the bytes of one page index across its layers."""
+        costs: dict[str, int] = {}
+        for holder in self.paged_holders:
+            costs[holder.group] = costs.get(holder.group, 0) + holder.page_bytes
+        return costs
 
     def _holders_by_parent(self) -> list[tuple[str, LoRABuffers]]:
         """(Hugging Face name of the holder's parent module, holder): ("model.layers.0.self_attn", qkv)."""

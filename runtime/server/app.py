@@ -13,6 +13,7 @@ from lorafleet.runtime.server.context import ServerContext
 from lorafleet.runtime.server.errors import install_error_handlers
 from lorafleet.runtime.server.guard import ReplicaGuard
 from lorafleet.runtime.server.loading import load_engine
+from lorafleet.runtime.server.routes_admin import admin_router
 from lorafleet.runtime.server.routes_info import info_router
 from lorafleet.runtime.server.routes_openai import openai_router
 from lorafleet.runtime.server.routes_tgi import tgi_router
@@ -51,6 +52,7 @@ def create_app(
     app.add_middleware(ReplicaGuard, api_key=config.api_key, payload_limit=config.payload_limit)
     install_error_handlers(app)
     app.include_router(info_router(ctx))
+    app.include_router(admin_router(ctx))
     app.include_router(tgi_router(ctx))
     app.include_router(openai_router(ctx))
     return app

@@ -61,6 +61,13 @@ class IncompleteGenerationError(ServerError):
     error_type = "incomplete_generation"
 
 
+class NotFoundError(ServerError):
+    """A name the replica does not serve (e.g. unloading an adapter that is not loaded)."""
+
+    status_code = 404
+    error_type = "not_found"
+
+
 class NotReadyError(ServerError):
     """The model is still loading (or failed to load)."""
 

@@ -41,20 +41,23 @@ def info_router(ctx: ServerContext) -> APIRouter:
 
     @router.get("/v1/models")
     def models() -> dict[str, Any]:
+        """The base, then every adapter in device memory now (`parent` = the base), with its digest."""
         engine = ctx.holder.require()
         base = engine.info.model_id
         data = [{"id": base, "object": "model", "created": STARTED_AT, "owned_by": "lorafleet", "root": base}]
-        for adapter_id in engine.loaded_adapters():
-            data.append(
-                {
-                    "id": adapter_id,
-                    "object": "model",
-                    "created": STARTED_AT,
-                    "owned_by": "lorafleet",
-                    "root": adapter_id,
-                    "parent": base,
-                }
-            )
+        for adapter in engine.list_adapters():
+            if adapter.resident:
+                data.append(
+                    {
+                        "id": adapter.name,
+                        "object": "model",
+                        "created": STARTED_AT,
+                        "owned_by": "lorafleet",
+                        "root": adapter.name,
+                        "parent": base,
+                        "digest": adapter.digest,
+                    }
+                )
         return {"object": "list", "data": data}
 
     return router
@@ -90,5 +93,12 @@ def info_payload(ctx: ServerContext) -> dict[str, Any]:
         "sha": None,
         "docker_label": None,
         "adapters": list(engine.loaded_adapters()),
+        "memory": {
+            "weights_bytes": i.memory.weights,
+            "adapter_bytes": i.memory.adapters,
+            "adapter_bytes_used": engine.stats().adapter_bytes_used,
+            "kv_cache_bytes": i.memory.kv_cache,
+            "reserve_bytes": i.memory.reserve,
+        },
         "lora_adapters": [s.adapter_id for s in ctx.config.engine.adapters],
     }

@@ -101,10 +101,10 @@ def engine_prefill_logits(
         adapter_id=adapter,
         status=SequenceStatus.RUNNING,
     )
-    if adapter is not None:
-        slot = engine.loop.scheduler.adapter_slots.slot_of(adapter)
-        assert slot is not None
-        seq.adapter_slot = slot
+    if adapter is not None:  # a preloaded (pinned, so resident) adapter
+        residence = engine.loop.scheduler.adapters.residence(engine.adapters.store.current(adapter).key)
+        assert residence is not None
+        seq.adapter_slot = residence.slot
     pieces = []
     try:
         while seq.num_computed < len(ids):

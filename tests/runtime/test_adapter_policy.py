@@ -126,8 +126,8 @@ def test_ids_that_fail_leave_nothing_in_the_store(engine, offline_hub) -> None: 
     for adapter_id in bogus:
         with pytest.raises(AdapterLoadError):
             engine.prepare(GenerationRequest(PROMPT, adapter_id=adapter_id))
-    assert not set(engine.store.cached_ids()) & set(bogus)
-    assert not engine.store.is_registered("nobody/adapter-0")
+    assert not set(engine.adapters.store.cached_ids()) & set(bogus)
+    assert not engine.adapters.store.is_registered("nobody/adapter-0")
 
 
 @pytest.mark.parametrize(

@@ -139,7 +139,8 @@ def test_phi3_fused_lora_is_one_slice_over_the_fused_output() -> None:
     assert isinstance(layer, DecoderLayer)
     assert layer.self_attn.qkv_proj.slice_widths == (fused,)
     assert layer.mlp.gate_up_proj.slice_widths == (2 * args.intermediate_size,)
-    weights = engine.store.get("qkv").modules["model.layers.0.self_attn.qkv_proj"]
+    store = engine.adapters.store
+    weights = store.weights(store.current("qkv").key).modules["model.layers.0.self_attn.qkv_proj"]
     assert tuple(weights.lora_a.shape) == (8, args.hidden_size) and tuple(weights.lora_b.shape) == (fused, 8)
 
 

@@ -30,7 +30,9 @@ ADAPTERS: dict[int, dict[tuple[int | None, str], int]] = {
 
 
 def _moe(gen: torch.Generator) -> tuple[SparseMoE, dict[tuple[int, int | None, str], tuple]]:
-    moe = SparseMoE(H, FFN, E, TOP_K, max_loras=L, max_rank=R, dtype=torch.float32, device=DEVICE)
+    moe = SparseMoE(
+        H, FFN, E, TOP_K, max_loras=L, max_rank=R, num_pages=L, dtype=torch.float32, device=DEVICE
+    )
     with torch.no_grad():
         for param in (moe.gate.weight, moe.experts_w13.weight, moe.experts_w2.weight):
             param.copy_(torch.randn(param.shape, generator=gen) * 0.3)
@@ -43,9 +45,26 @@ def _moe(gen: torch.Generator) -> tuple[SparseMoE, dict[tuple[int, int | None, s
             b = torch.randn(width, rank, generator=gen) * 0.3
             scale = 2.0 / rank
             target = slot if expert is None else holder.composite_slot(expert, slot)  # type: ignore[attr-defined]
-            holder.set_lora(target, module, a.to(DEVICE), b.to(DEVICE), scale)
+            holder.write(target, (target,), module, a.to(DEVICE), b.to(DEVICE), scale)  # router: page = slot
             loras[(slot, expert, module)] = (a, b, scale)
     return moe, loras
+
+
+def _router_pages() -> kernels.AdapterPages:
+    """Adapter slot s of the router sits in page s (only slot 2's adapter targets it)."""
+    ranks = [ADAPTERS[slot].get((None, "gate"), 0) for slot in range(L)]
+    return kernels.build_adapter_pages([[s] if r else [] for s, r in enumerate(ranks)], ranks, max_pages=2,
+                                       device=DEVICE)
+
+
+def _expert_pages(moe: SparseMoE) -> kernels.AdapterPages:
+    """Composite slot c = expert * L + slot is page c, ranked by its adapter's largest expert rank."""
+    ranks = []
+    for c in range(E * L):
+        expert, slot = divmod(c, L)
+        ranks.append(max((r for (e, _), r in ADAPTERS[slot].items() if e == expert), default=0))
+    return kernels.build_adapter_pages([[c] if r else [] for c, r in enumerate(ranks)], ranks, max_pages=1,
+                                       page_rank=moe.experts_w13.page_rank, device=DEVICE)
 
 
 def _reference(moe: SparseMoE, loras: dict, x: torch.Tensor, slots: list[int]) -> torch.Tensor:
@@ -92,6 +111,7 @@ def test_moe_with_lora_on_router_and_experts_matches_a_per_token_reference(
             "router": kernels.prepare_lora_batch(router, L),
             "experts": kernels.prepare_lora_batch(token_lora, L),
         },
+        {"router": _router_pages(), "experts": _expert_pages(moe)},
         kernels.backend_for(DEVICE),
     )
     assert step.backend.name == backend
@@ -107,9 +127,11 @@ def test_moe_with_lora_on_router_and_experts_matches_a_per_token_reference(
         assert (ours[rows] - base[rows]).abs().max() > 1e-3, slot  # every adapter changes its tokens
 
 
-def test_reset_clears_an_adapter_slot_in_every_expert() -> None:
+def test_clear_empties_an_adapter_slot_in_every_expert() -> None:
     moe, _ = _moe(torch.Generator().manual_seed(1))
-    moe.experts_w13.reset_lora(0)
+    for expert in range(E):
+        composite = moe.experts_w13.composite_slot(expert, 0)
+        moe.experts_w13.clear(composite, (composite,))
     for expert in range(E):
         assert not moe.experts_w13.lora_a[moe.experts_w13.composite_slot(expert, 0)].any()
         assert moe.experts_w13.lora_scales[:, moe.experts_w13.composite_slot(expert, 0)].eq(0).all()

@@ -113,6 +113,8 @@ def test_reference_counts_return_to_zero_under_preemption_abort_and_finish(ops) 
             live.append(seq)
         elif op == "step" and scheduler.has_work():
             batch = scheduler.schedule()
+            for key in batch.adapter_loads:  # the adapter loader writes them at once
+                scheduler.adapter_loaded(key)
             sampled = [SampledToken(i.seq, 7, i.seq.num_generated + 1 >= i.seq.max_new_tokens)
                        for i in batch.items if i.samples]
             scheduler.postprocess(batch, sampled)

@@ -19,7 +19,7 @@ from tests.fixtures import standard_adapters, tiny_model
 
 PROMPT = "The adapter answers the question"
 LONG = SamplingParams(max_new_tokens=450, ignore_eos=True)  # with the prompt, within 480
-HOST_CACHE = 16  # AdapterStore capacity: max(4 x max_loaded_adapters, 16)
+HOST_CACHE = 2  # adapters read after the broken one: with a 1-byte host budget, each evicts the last
 SHORT = SamplingParams(max_new_tokens=4, ignore_eos=True)
 BYSTANDER = SamplingParams(max_new_tokens=64, ignore_eos=True)
 ATTEMPTS = 3
@@ -29,7 +29,11 @@ ATTEMPTS = 3
 def engine():  # type: ignore[no-untyped-def]
     # One adapter slot and no pinned adapter: a request for a second adapter waits for the slot.
     engine = Engine.from_pretrained(
-        tiny_model("mistral"), max_loaded_adapters=1, max_total_tokens=480, progress=lambda _: None
+        tiny_model("mistral"),
+        max_loaded_adapters=1,
+        max_total_tokens=480,
+        adapter_host_memory=1,  # the host cache keeps only the adapter read last
+        progress=lambda _: None,
     )
     for name, path in standard_adapters(tiny_model("mistral")).items():
         engine.register_adapter(name, str(path))  # registered, not preloaded: nothing is pinned

@@ -34,6 +34,14 @@ def _scheduler(
     )
 
 
+def _schedule(scheduler: Scheduler) -> ScheduledBatch:
+    """`schedule()`, then what the engine's adapter loader does: write the adapters it placed."""
+    batch = scheduler.schedule()
+    for key in batch.adapter_loads:
+        scheduler.adapter_loaded(key)
+    return batch
+
+
 def _run(scheduler: Scheduler, batch: ScheduledBatch) -> list[Sequence]:
     """What the engine loop does after a step: a token is sampled where the prompt is done."""
     sampled = [SampledToken(item.seq, 7, False) for item in batch.items if item.samples]
@@ -97,7 +105,7 @@ def test_one_adapters_flood_does_not_starve_another_adapter() -> None:
     scheduler.add(late)
     admitted = []
     while late.status is SequenceStatus.WAITING:
-        batch = scheduler.schedule()
+        batch = _schedule(scheduler)
         admitted += [i.seq for i in batch.items if i.num_tokens > 1]
         _run(scheduler, batch)
         for seq in list(scheduler.running):
@@ -110,23 +118,40 @@ def test_adapter_without_a_free_slot_waits_without_blocking_others() -> None:
     a1, b1, base = _seq(4, "a"), _seq(4, "b"), _seq(4)
     for seq in (a1, b1, base):
         scheduler.add(seq)
-    batch = scheduler.schedule()
-    assert {i.seq.seq_id for i in batch.items} == {a1.seq_id, base.seq_id}
-    assert batch.adapter_loads == {"a": a1.adapter_slot}
+    batch = _schedule(scheduler)  # a's weights start loading into the one slot; the base runs
+    assert [i.seq for i in batch.items] == [base]
+    assert set(batch.adapter_loads) == {"a"}  # b waits: the slot is taken (by a loading adapter)
+    batch = _schedule(scheduler)  # a is ready: admitted
+    assert a1 in [i.seq for i in batch.items] and b1.status is SequenceStatus.WAITING
     scheduler.finish(a1)
     _run(scheduler, batch)
-    batch = scheduler.schedule()
-    assert b1 in [i.seq for i in batch.items] and batch.adapter_loads == {"b": 0}
+    batch = _schedule(scheduler)  # a is idle and no request waits for it: evicted for b
+    assert {key: r.slot for key, r in batch.adapter_loads.items()} == {"b": 0}
+    batch = _schedule(scheduler)
+    assert b1 in [i.seq for i in batch.items]
+
+
+def test_an_adapter_is_admitted_only_once_its_weights_are_written() -> None:
+    scheduler = _scheduler()
+    seq = _seq(4, "a")
+    scheduler.add(seq)
+    for _ in range(3):  # the loader has not reported: the request waits, the adapter is not placed twice
+        batch = scheduler.schedule()
+        assert batch.is_empty and seq.status is SequenceStatus.WAITING
+    scheduler.adapter_loaded("a")
+    assert [i.seq for i in scheduler.schedule().items] == [seq]
 
 
 def test_removing_a_sequence_frees_its_blocks_and_adapter_use() -> None:
     scheduler = _scheduler(blocks=8, slots=1)
     seq = _seq(10, "a")
     scheduler.add(seq)
-    scheduler.schedule()
+    _schedule(scheduler)
+    _schedule(scheduler)
+    assert seq.status is SequenceStatus.RUNNING
     scheduler.finish(seq)
     assert scheduler.block_manager.num_free_blocks == 8
-    assert scheduler.adapter_slots.acquire("b") is not None  # "a" had no users left
+    assert scheduler.adapters.acquire("b", {}) is not None  # "a" had no users left
     assert not scheduler.has_work()
 
 
@@ -135,12 +160,16 @@ def test_postprocess_advances_appends_and_frees_the_sequences_that_finished() ->
     done, going = _seq(4, "a"), _seq(4)
     for seq in (done, going):
         scheduler.add(seq)
-    batch = scheduler.schedule()
+    _run(scheduler, _schedule(scheduler))  # a's weights load; the base request runs its prompt
+    batch = _schedule(scheduler)
+    assert [item.seq for item in batch.items] == [going, done]  # decoding `going`, prefilling `done`
+    _run(scheduler, batch)
+    batch = _schedule(scheduler)
     assert all(item.samples for item in batch.items)
     finished = scheduler.postprocess(batch, [SampledToken(done, 5, True), SampledToken(going, 6, False)])
     assert finished == [done] and done.status is SequenceStatus.FINISHED
-    assert going.token_ids[-1] == 6 and going.num_computed == 4 and going.num_generated == 1
+    assert going.token_ids[-1] == 6 and going.num_computed == 6 and going.num_generated == 3
     assert scheduler.running == [going]
     assert scheduler.block_manager.num_free_blocks == 8 - len(going.block_table)
     assert scheduler.snapshot().loaded_adapters == ("a",)  # the slot stays loaded, without users
-    assert scheduler.adapter_slots.acquire("b") is not None
+    assert scheduler.adapters.acquire("b", {}) is not None
