@@ -68,7 +68,8 @@ def test_a_public_endpoint_needs_no_token(api: Server) -> None:
 
 
 @pytest.mark.parametrize("method,route", [
-    ("POST", "/v1/load_lora_adapter"), ("POST", "/v1/unload_lora_adapter"), ("GET", "/metrics"),
+    ("POST", "/v1/load_lora_adapter"), ("POST", "/v1/unload_lora_adapter"), ("GET", "/v1/lora_adapters"),
+    ("GET", "/metrics"),
     ("GET", "/v1/../metrics"), ("GET", "/docs"), ("GET", "/v1/models/../../admin"), ("POST", "/generate/x"),
 ])
 def test_only_the_runtimes_public_routes_are_forwarded(api: Server, method: str, route: str) -> None:
