@@ -152,8 +152,11 @@ class LiveControlPlane:
         """A second, started control-plane process on the same database, home (replica handle
         files), settings and token, on its own port and log file; stopped at exit (its replicas
         are left to `live_controlplane`'s clean-up). Two such processes elect one reconciler."""
+        # One public URL for both, as behind a load balancer: endpoints' URLs do not depend on
+        # which process leads (the docs say to give every process the same LORAFLEET_PUBLIC_URL).
+        env = {**self.env, "LORAFLEET_PUBLIC_URL": self.env.get("LORAFLEET_PUBLIC_URL", self.url)}
         other = LiveControlPlane(
-            self.home, self.env, self.namespace, self._startup_timeout_s, f"controlplane-{free_port()}.log"
+            self.home, env, self.namespace, self._startup_timeout_s, f"controlplane-{free_port()}.log"
         )
         other.token = self.token
         try:
