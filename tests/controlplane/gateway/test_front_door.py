@@ -9,11 +9,16 @@ no replica ever runs here (the live tests in this folder have real replicas).
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
 import httpx
 import pytest
+from lorafleet.controlplane.clock import utcnow
+from lorafleet.controlplane.models import Endpoint
+from lorafleet.controlplane.usage.repository import fresh_loads, load_since
+from sqlalchemy import select
 
 from tests.controlplane.conftest import Server, endpoint_body
 from tests.controlplane.replicas import wait_for
@@ -224,3 +229,34 @@ def test_metrics_need_a_token_and_show_only_its_namespace(api: Server) -> None:
     assert mine.headers["content-type"].startswith("text/plain")
     theirs = httpx.get(f"{api.url}/metrics", headers={"Authorization": f"Bearer {api.new_token('bob')}"})
     assert theirs.status_code == 200 and "ep-mine" not in theirs.text
+
+
+def test_gateway_traffic_resets_the_idle_timer_and_held_requests_are_reported_as_load(
+    api: Server,
+) -> None:
+    created = create(api, "ep-activity")
+    with api.database.session() as session:
+        endpoint = session.scalar(select(Endpoint).where(Endpoint.name == "ep-activity"))
+        assert endpoint is not None
+        endpoint_id, before = endpoint.id, endpoint.last_active_at
+    assert created["status"]["state"] == "pending"  # no reconciler here: no replica ever comes
+    url = f"{gateway_url(api, 'ep-activity')}/generate"
+    held: list[int] = []
+    waiter = threading.Thread(target=lambda: held.append(httpx.post(
+        url, json={}, timeout=60, headers={**api.headers, "X-Scale-Up-Timeout": "5"}).status_code))
+    waiter.start()
+
+    def reported() -> int:  # what the autoscaler reads: the gateways' fresh load rows
+        with api.database.session() as session:
+            loads = fresh_loads(session, load_since(api.settings.gateway_flush_s, utcnow()))
+        return loads.get(endpoint_id, 0)
+
+    try:
+        assert wait_for(reported, 30, "the held request reported as pending load") == 1
+        with api.database.session() as session:
+            moved = session.get(Endpoint, endpoint_id)
+            assert moved is not None and moved.last_active_at > before
+    finally:
+        waiter.join(timeout=60)
+    assert held == [503]
+    wait_for(lambda: reported() == 0, 30, "the load gone with the request")

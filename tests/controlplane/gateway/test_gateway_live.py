@@ -297,6 +297,10 @@ def test_request_ids_pass_to_the_replica_and_back(cp: LiveControlPlane, two: End
                          headers=cp.headers, timeout=60)
     assert refused.status_code == 422 and refused.json()["error_type"] == "validation"  # the replica's own
     assert len(refused.headers["x-request-id"]) == 32
+    # Neither the user's token nor a replica's key appears in the control plane's log.
+    log = cp.output() + cp.log_path.read_text(errors="replace")
+    keys = [api_key_of(cp, url) for url in two.replica_urls().values()]
+    assert all(secret not in log for secret in (cp.token, *keys))
 
 
 def test_a_gateway_alone_on_the_same_database_serves_the_endpoint(
