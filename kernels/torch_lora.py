@@ -195,34 +195,82 @@ def _grouped(
     meta: LoraBatch,
     pages: AdapterPages,
 ) -> torch.Tensor:
-    """One shrink matmul for all slices and one expand matmul per slice, per adapter present.
+    """One shrink matmul per adapter present and one scaled expand per slice, on its segment.
 
-    Few tensor ops per adapter (each costs microseconds on a CPU): a one-page slot (every slot of
-    the stacked layout) indexes its page directly; only a slot of several pages pays the reshapes.
+    Each live slot's rows form a segment. When the batch already lists rows grouped by slot (the
+    engine orders its rows that way), segments are row ranges of `x` and `out`, and each slice's
+    expand adds into `out` in place (`addmm_`, fp32): a few tensor ops per adapter (each costs
+    microseconds on a CPU), none per row and no gather. Otherwise the live rows are gathered once,
+    the deltas land in one fp32 buffer in slot order, and one `index_add_` adds them into `out`.
     """
+    order, segments, in_order = meta.derived(("segments", pages), _segments, meta, pages)
+    scale_of = scales.tolist()  # [S][L]: host floats, one read per layer
+    if in_order:  # segments are row ranges of the batch: add into `out` in place
+        for slot, lo, hi in segments:
+            per_slice, b = _slot_shrink(x[lo:hi].float(), lora_a_pages, lora_b_pages, pages, slot)
+            for s, small in enumerate(per_slice):  # [c, r] @ [r, N_s], scaled in the product
+                view = out[lo:hi, slice_offsets[s] : slice_offsets[s + 1]]
+                weights = b[: small.shape[1], slice_offsets[s] : slice_offsets[s + 1]].float()
+                if view.dtype == torch.float32:
+                    view.addmm_(small, weights, alpha=scale_of[s][slot])
+                else:  # the delta in fp32, added with one rounding
+                    view.copy_(torch.addmm(view.float(), small, weights, alpha=scale_of[s][slot]))
+        return out
+    xs = x.index_select(0, order).float()  # [n, K] the live rows, grouped by slot
+    delta = torch.empty(order.numel(), out.shape[1], dtype=torch.float32, device=x.device)  # [n, N]
+    for slot, lo, hi in segments:
+        per_slice, b = _slot_shrink(xs[lo:hi], lora_a_pages, lora_b_pages, pages, slot)
+        for s, small in enumerate(per_slice):
+            cols = slice(slice_offsets[s], slice_offsets[s + 1])
+            torch.mm(small, b[: small.shape[1], cols].float(), out=delta[lo:hi, cols]).mul_(scale_of[s][slot])
+    _add_rows(out, order, delta)
+    return out
+
+
+def _slot_shrink(
+    x: torch.Tensor,  # [c, K] float32, one slot's rows
+    lora_a_pages: torch.Tensor,  # [P, S, PR, K]
+    lora_b_pages: torch.Tensor,  # [P, N, PR]
+    pages: AdapterPages,
+    slot: int,
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Per slice, x @ A_s.T [c, rank]; and the slot's B rows [pages * PR, N] (rank rows first)."""
     _, num_slices, page_rank, hidden_in = lora_a_pages.shape
+    rank, held = pages.slot_ranks[slot], pages.slot_pages[slot]
     a_rows = lora_a_pages.permute(0, 3, 1, 2)  # [P, K, S, PR]: a view, contiguous in the row layout
     b_rows = lora_b_pages.transpose(1, 2)  # [P, PR, N]
-    for slot, rows in meta.derived(("slot_rows",), _slot_rows, meta):
-        rank, held = pages.slot_ranks[slot], pages.slot_pages[slot]
-        if rank == 0:
-            continue  # an empty slot: its rows stay untouched
-        x_rows = x[rows].float()  # [n, K]
-        if len(held) == 1:
-            shrunk = x_rows @ a_rows[held[0]].reshape(hidden_in, -1).float()  # [n, S*PR]: slice s at s*PR
-            b, width = b_rows[held[0]], page_rank  # [PR, N]
-        else:
-            a = _slot_pages(a_rows, pages, slot).reshape(len(held), hidden_in, -1)  # [pages, K, S*PR]
-            shrunk = torch.matmul(x_rows, a.float())  # [pages, n, S*PR]
-            width = len(held) * page_rank  # [n, S*width]: slice s, rank row ρ at s*width + ρ
-            shrunk = shrunk.view(len(held), -1, num_slices, page_rank).permute(1, 2, 0, 3)
-            shrunk = shrunk.reshape(x_rows.shape[0], -1)
-            b = _slot_pages(b_rows, pages, slot).reshape(width, -1)  # [pages*PR, N]
-        for s in range(num_slices):
-            begin, end = slice_offsets[s], slice_offsets[s + 1]
-            scaled = shrunk[:, s * width : s * width + rank] * scales[s, slot]  # [n, r]: scale the small side
-            _add_rows(out[:, begin:end], rows, scaled @ b[:rank, begin:end].float())  # [n, N_s]
-    return out
+    if len(held) == 1:  # [c, S*PR]: slice s at s*PR
+        shrunk = x @ a_rows[held[0]].reshape(hidden_in, -1).float()
+        return [shrunk[:, s * page_rank : s * page_rank + rank] for s in range(num_slices)], b_rows[held[0]]
+    # [pages, c, S, PR]: page j holds rank rows j*PR.. of every slice
+    a = _slot_pages(a_rows, pages, slot).reshape(len(held), hidden_in, -1)
+    shrunk = torch.matmul(x, a.float()).view(len(held), x.shape[0], num_slices, page_rank)
+    per_slice = [
+        shrunk[:, :, s].permute(1, 0, 2).reshape(x.shape[0], -1)[:, :rank] for s in range(num_slices)
+    ]
+    return per_slice, _slot_pages(b_rows, pages, slot).reshape(len(held) * page_rank, -1)
+
+
+def _segments(meta: LoraBatch, pages: AdapterPages) -> tuple[torch.Tensor, list[tuple[int, int, int]], bool]:
+    """The live rows grouped by slot ([n] int64) with each live slot's (slot, lo, hi) in them; or,
+    when every live slot's rows are a contiguous range of the batch (the engine orders its rows by
+    slot), those ranges as (slot, first row, end row) of the batch itself, and True."""
+    counts, starts = meta.slot_counts.tolist(), meta.slot_starts.tolist()
+    live = [slot for slot, count in enumerate(counts) if count > 0 and pages.slot_ranks[slot] > 0]
+    sorted_rows = meta.sorted_tokens.tolist()
+    ranges = []
+    for slot in live:
+        rows = sorted_rows[starts[slot] : starts[slot] + counts[slot]]
+        ranges.append((slot, rows[0], rows[-1] + 1, rows == list(range(rows[0], rows[-1] + 1))))
+    runs = [meta.sorted_tokens[starts[slot] : starts[slot] + counts[slot]] for slot in live]
+    order = torch.cat(runs).long() if runs else meta.sorted_tokens[:0].long()
+    if all(contiguous for *_, contiguous in ranges):
+        return order, [(slot, lo, hi) for slot, lo, hi, _ in ranges], True
+    segments, at = [], 0
+    for slot in live:
+        segments.append((slot, at, at + counts[slot]))
+        at += counts[slot]
+    return order, segments, False
 
 
 def _slot_pages(pool: torch.Tensor, pages: AdapterPages, slot: int) -> torch.Tensor:
@@ -231,16 +279,6 @@ def _slot_pages(pool: torch.Tensor, pages: AdapterPages, slot: int) -> torch.Ten
     if first >= 0:
         return pool[first : first + held]
     return pool.index_select(0, pages.page_table[slot, :held])
-
-
-def _slot_rows(meta: LoraBatch) -> list[tuple[int, torch.Tensor]]:
-    """(slot, its rows [n] int64) for each slot present, in slot order."""
-    counts, starts = meta.slot_counts.tolist(), meta.slot_starts.tolist()
-    return [
-        (slot, meta.sorted_tokens[start : start + count].long())
-        for slot, (start, count) in enumerate(zip(starts, counts, strict=True))
-        if count > 0
-    ]
 
 
 def _gathered(

@@ -9,8 +9,8 @@ entry stored encrypted.
 
 Accepted names:
 
-* the runtime's settings, named as TGI names them (`RUNTIME_ENV`, plus `PENDING_RUNTIME_ENV`,
-  which the runtime side of issue 12 adds);
+* the runtime's settings, named as TGI names them (`RUNTIME_ENV`; a test checks each against the
+  runtime's own flags);
 * Hugging Face Hub auth (`HF_TOKEN`, and `HUGGING_FACE_HUB_TOKEN`, the older name TGI still
   reads), so a replica can download a private base model or adapter.
 
@@ -54,12 +54,11 @@ RUNTIME_ENV = (
     "PAYLOAD_LIMIT",
     "ALLOW_HUB_ADAPTERS",
     "PREFIX_CACHING",
+    "ADAPTER_MEMORY",
+    "ADAPTER_HOST_MEMORY",
 )
-# Settings the runtime's live-adapter memory budget adds (tests/controlplane/test_env_policy.py checks
-# every RUNTIME_ENV name against the runtime's flags; move these up there once the runtime reads them).
-PENDING_RUNTIME_ENV = ("ADAPTER_MEMORY", "ADAPTER_HOST_MEMORY")
 HUB_AUTH_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
-TENANT_ENV = frozenset(RUNTIME_ENV + PENDING_RUNTIME_ENV + HUB_AUTH_ENV)
+TENANT_ENV = frozenset(RUNTIME_ENV + HUB_AUTH_ENV)
 LAUNCHER_ENV = frozenset((
     "PORT", "HOSTNAME", "CUDA_VISIBLE_DEVICES", "API_KEY", "NUM_SHARD", "DEVICE", "LOG_FILE", "LOG_MAX_BYTES"
 ))
@@ -71,7 +70,7 @@ def flag_for(name: str) -> str:
     return "--" + name.lower().replace("_", "-")
 
 
-TENANT_FLAGS = {flag_for(name): name for name in RUNTIME_ENV + PENDING_RUNTIME_ENV}
+TENANT_FLAGS = {flag_for(name): name for name in RUNTIME_ENV}
 
 
 def check_env(env: Mapping[str, str], field: str) -> None:

@@ -55,6 +55,7 @@ class AdapterStore:
         self._cache: OrderedDict[str, AdapterWeights] = OrderedDict()  # key -> weights, LRU first
         self._cached_bytes = 0
         self._loading: dict[str, threading.Lock] = {}  # name -> gate, only while a load is in flight
+        self.num_reads = 0  # adapters read from their source (disk, Hub cache) since start
 
     # --- names -----------------------------------------------------------------------------
 
@@ -118,6 +119,7 @@ class AdapterStore:
                     if name not in self._sources:  # unregistered while we waited (its load failed)
                         raise AdapterLoadError(f"adapter {name!r} is not loaded on this replica")
                     source, revision = self._sources[name]
+                    self.num_reads += 1
                 weights = self._load(name, source, revision)
                 return self._install(name, source, revision, weights)
             finally:
@@ -134,6 +136,8 @@ class AdapterStore:
             version = self._versions.get(key)
         if version is None:
             raise AdapterLoadError(f"adapter version {key!r} is not known")
+        with self._lock:
+            self.num_reads += 1
         weights = self._load(version.name, version.source, version.revision)
         if weights.digest != version.digest:
             raise AdapterLoadError(

@@ -15,7 +15,7 @@ from lorafleet import kernels
 from lorafleet.runtime.adapters.loader import AdapterWeights
 from lorafleet.runtime.adapters.residency import Residence
 from lorafleet.runtime.engine.config import EngineConfig
-from lorafleet.runtime.engine.scheduler import ScheduledBatch
+from lorafleet.runtime.engine.scheduler import ScheduledBatch, ScheduledSeq
 from lorafleet.runtime.engine.sequence import Sequence
 from lorafleet.runtime.layers.attention import AttentionMetadata, DecodeGroup, PrefillSpan
 from lorafleet.runtime.layers.lora_linear import LoraStep
@@ -146,11 +146,14 @@ class ModelRunner:
     @torch.inference_mode()
     def execute(self, batch: ScheduledBatch, wants_prompt_logits: set[int]) -> StepOutput:
         """Runs one step; `wants_prompt_logits` holds seq ids whose prompt-token log-probs are needed."""
-        inputs = self._prepare(batch)
+        # Rows grouped by adapter slot (the base last): each adapter's rows are then one range of
+        # the flat batch, which the LoRA kernels' CPU path reads and writes in place.
+        items = sorted(batch.items, key=_slot_order)
+        inputs = self._prepare(items)
         hidden = self.model(inputs.input_ids, inputs.positions, self.kv_cache, inputs.attention, inputs.lora)
         sample_seqs, sample_rows, prompt_logits = [], [], {}
         row = 0
-        for item in batch.items:
+        for item in items:
             seq, start = item.seq, item.seq.num_computed
             if seq.seq_id in wants_prompt_logits and start < seq.num_prompt_tokens:
                 prompt_logits[seq.seq_id] = (
@@ -164,7 +167,7 @@ class ModelRunner:
         rows = torch.tensor(sample_rows, dtype=torch.long, device=self.device)
         return StepOutput(sample_seqs, self.model.compute_logits(hidden[rows]), prompt_logits)
 
-    def _prepare(self, batch: ScheduledBatch) -> _Inputs:
+    def _prepare(self, items: list[ScheduledSeq]) -> _Inputs:
         bs = self.config.block_size
         ids: list[int] = []
         positions: list[int] = []
@@ -173,7 +176,7 @@ class ModelRunner:
         prefills: list[PrefillSpan] = []
         decode_rows: list[int] = []
         decode_seqs: list[Sequence] = []
-        for item in batch.items:
+        for item in items:
             seq, start, n = item.seq, item.seq.num_computed, item.num_tokens
             row = len(ids)
             ids.extend(seq.token_ids[start : start + n])
@@ -227,6 +230,10 @@ class ModelRunner:
 
     def _tensor(self, values: list[int] | list[list[int]]) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.long, device=self.device)
+
+
+def _slot_order(item: ScheduledSeq) -> int:
+    return item.seq.adapter_slot if item.seq.adapter_id is not None else 1 << 30
 
 
 @dataclass(frozen=True)

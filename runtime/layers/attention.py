@@ -17,7 +17,7 @@ transformers' eager attention. `sliding_window` is per call, so each layer passe
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +40,18 @@ class DecodeGroup:
     token_index: torch.Tensor  # [B] rows of the flat batch
     block_tables: torch.Tensor  # [B, max_blocks] int64, padded with 0
     context_lens: torch.Tensor  # [B] int64, tokens in the cache after this step's write
+    # Visibility masks [B, 1, 1, C] by sliding window, built by the first layer of the step that
+    # needs one and reused by every later layer (they all see the same contexts).
+    masks: dict[int | None, torch.Tensor] = field(default_factory=dict, compare=False, repr=False)
+
+    def mask(self, window: int | None, context: int) -> torch.Tensor:
+        if window not in self.masks:
+            key_pos = torch.arange(context, device=self.context_lens.device)[None, :]  # [1, C]
+            visible = key_pos < self.context_lens[:, None]  # [B, C]
+            if window is not None:
+                visible &= key_pos > (self.context_lens[:, None] - 1 - window)
+            self.masks[window] = visible[:, None, None, :]
+        return self.masks[window]
 
 
 @dataclass(frozen=True)
@@ -99,11 +111,7 @@ def _decode(
     query = q[group.token_index].unsqueeze(2)  # [B, H, 1, D]
     keys = _gather(k_cache, group.block_tables)
     values = _gather(v_cache, group.block_tables)
-    key_pos = torch.arange(keys.shape[2], device=q.device)[None, :]  # [1, C]
-    mask = key_pos < group.context_lens[:, None]  # [B, C]
-    if sliding_window is not None:
-        mask &= key_pos > (group.context_lens[:, None] - 1 - sliding_window)
-    out = _attend(query, keys, values, mask[:, None, None, :], scale, soft_cap)
+    out = _attend(query, keys, values, group.mask(sliding_window, keys.shape[2]), scale, soft_cap)
     return out.squeeze(2)
 
 

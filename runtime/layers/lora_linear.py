@@ -130,13 +130,15 @@ class LoRABuffers(nn.Module):
         """Writes one adapter's A and B for slice `name` into `pages` (rank rows in page order)."""
         s, (lo, hi), pr = self.slice_index[name], self.slice_bounds[name], self.page_rank
         rank = lora_a.shape[0]
-        for j, page in enumerate(pages):
-            rows = slice(j * pr, min((j + 1) * pr, rank))
-            count = rows.stop - rows.start
-            if count <= 0:
-                break
-            self.lora_a[page, s, :count].copy_(lora_a[rows])
-            self.lora_b[page, lo:hi, :count].copy_(lora_b[:, rows])
+        full = rank // pr  # pages filled whole: one indexed copy for all of them
+        if full:
+            index = torch.tensor(pages[:full], device=self.lora_a_storage.device)
+            self.lora_a[index, s] = lora_a[: full * pr].reshape(full, pr, -1)
+            self.lora_b[index, lo:hi] = lora_b[:, : full * pr].reshape(hi - lo, full, pr).transpose(0, 1)
+        if rank > full * pr:  # the rest of the rank rows, in the next page
+            rest = rank - full * pr
+            self.lora_a[pages[full], s, :rest].copy_(lora_a[full * pr :])
+            self.lora_b[pages[full], lo:hi, :rest].copy_(lora_b[:, full * pr :])
         self.lora_scales.data[s, slot] = scale
 
     def add_lora(

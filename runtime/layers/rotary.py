@@ -77,6 +77,14 @@ def _llama3_inv_freq(inv_freq: torch.Tensor, scaling: Mapping[str, Any]) -> torc
     return torch.where(is_medium, smoothed, scaled)
 
 
+def _tables(
+    positions: torch.Tensor, inv_freq: torch.Tensor, factor: float, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:  # [T, 1, R] each
+    freqs = positions.float()[:, None] * inv_freq  # [T, R/2], float32 as HF
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return (emb.cos() * factor).to(dtype)[:, None, :], (emb.sin() * factor).to(dtype)[:, None, :]
+
+
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
@@ -100,6 +108,11 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("inv_freq", rope_inv_freq(self.rotary_dim, theta, scaling), persistent=False)
         self.long_from: int | None = None
         self.attention_factor = 1.0
+        # Equal keys give equal tables: layers with equal keys share one module (and its tables).
+        self.key = (self.rotary_dim, theta, repr(sorted((scaling or {}).items())))
+        # The last step's (positions, dtype, cos, sin): every layer sharing this module reuses them.
+        # One tuple, read once, so two engines' threads sharing it never mix their tables.
+        self._tables: tuple[torch.Tensor, torch.dtype, torch.Tensor, torch.Tensor] | None = None
         if scaling is not None and rope_type_of(scaling) == "longrope":
             long = longrope_inv_freq(self.rotary_dim, theta, scaling, long=True)
             self.register_buffer("long_inv_freq", long, persistent=False)
@@ -112,13 +125,7 @@ class RotaryEmbedding(nn.Module):
         q: torch.Tensor,  # [T, H, D]
         k: torch.Tensor,  # [T, KVH, D]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        inv_freq = self.inv_freq[None, :]  # [1, R/2]
-        if self.long_from is not None:
-            inv_freq = torch.where((positions >= self.long_from)[:, None], self.long_inv_freq, inv_freq)
-        freqs = positions.float()[:, None] * inv_freq  # [T, R/2], float32 as HF
-        emb = torch.cat((freqs, freqs), dim=-1)
-        cos = (emb.cos() * self.attention_factor).to(q.dtype)[:, None, :]  # [T, 1, R]
-        sin = (emb.sin() * self.attention_factor).to(q.dtype)[:, None, :]
+        cos, sin = self._cos_sin(positions, q.dtype)
         if self.rotary_dim == q.shape[-1]:
             return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
         r = self.rotary_dim
@@ -126,3 +133,16 @@ class RotaryEmbedding(nn.Module):
         q = torch.cat((q_rot * cos + _rotate_half(q_rot) * sin, q[..., r:]), dim=-1)
         k = torch.cat((k_rot * cos + _rotate_half(k_rot) * sin, k[..., r:]), dim=-1)
         return q, k
+
+    def _cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin [T, 1, R] of `positions`, computed once per step (the runner builds one
+        positions tensor per step, shared by every layer)."""
+        tables = self._tables
+        if tables is not None and tables[0] is positions and tables[1] == dtype:
+            return tables[2], tables[3]
+        inv_freq = self.inv_freq[None, :]  # [1, R/2]
+        if self.long_from is not None:
+            inv_freq = torch.where((positions >= self.long_from)[:, None], self.long_inv_freq, inv_freq)
+        cos, sin = _tables(positions, inv_freq, self.attention_factor, dtype)
+        self._tables = (positions, dtype, cos, sin)
+        return cos, sin

@@ -181,6 +181,11 @@ class DecoderModel(nn.Module):
                 torch.empty(args.vocab_size, args.hidden_size, dtype=dtype, device=device),
                 requires_grad=False,
             )
+        shared: dict[tuple[object, ...], RotaryEmbedding] = {}  # one RoPE table per step for equal layers
+        for layer in self.layers:
+            assert isinstance(layer, DecoderLayer)
+            attn = layer.self_attn
+            attn.rotary = shared.setdefault(attn.rotary.key, attn.rotary)
         self.lora_groups = lora_groups(args)
         self.lora_holders = [m for m in self.modules() if isinstance(m, LoRABuffers)]
         self.lora_sites = self._lora_sites()

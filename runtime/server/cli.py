@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from lorafleet.runtime.args import EngineArgs
+from lorafleet.runtime.args import EngineArgs, parse_memory
 from lorafleet.runtime.server.config import ConfigError, ServerConfig, parse_adapter_list
 from lorafleet.runtime.server.logs import MIN_LOG_MAX_BYTES, configure_logging
 
@@ -58,6 +58,13 @@ def _choice(choices: Sequence[str]) -> Callable[[str], str]:
         return value.lower()
 
     return parse
+
+
+def _bytes(value: str) -> int:
+    amount = parse_memory(value)
+    if isinstance(amount, float):
+        raise ValueError("must be a number of bytes (e.g. 1GiB), not a fraction")
+    return amount
 
 
 def _bool(value: str) -> bool:
@@ -176,6 +183,19 @@ FLAGS = (
         ("PREFIX_CACHING",),
         _bool,
         "reuse the KV cache of prompt prefixes already computed with the same adapter (default true)",
+    ),
+    Flag(
+        "--adapter-memory",
+        ("ADAPTER_MEMORY",),
+        parse_memory,
+        "device memory for adapters: bytes (512MiB, 2GB) or a fraction of the memory free after the "
+        "weights (0.1); each adapter costs its real size (default: max-loaded-adapters at max rank)",
+    ),
+    Flag(
+        "--adapter-host-memory",
+        ("ADAPTER_HOST_MEMORY",),
+        _bytes,
+        "host memory for adapter weights, in bytes (default: 4x the device budget, at least 256MiB)",
     ),
     Flag("--hostname", ("HOSTNAME",), _text, "address to listen on (default 0.0.0.0)", field="hostname"),
     Flag("--port", ("PORT",), _port, "port to listen on (default 3000)", field="port"),

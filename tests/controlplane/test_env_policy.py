@@ -7,7 +7,6 @@ from __future__ import annotations
 import pytest
 from lorafleet.controlplane.endpoints.env_policy import (
     HUB_AUTH_ENV,
-    PENDING_RUNTIME_ENV,
     RUNTIME_ENV,
     TENANT_ENV,
     TENANT_FLAGS,
@@ -40,15 +39,13 @@ HOSTILE_ENV = [
 
 
 def test_every_accepted_runtime_setting_is_one_the_runtime_reads() -> None:
-    """RUNTIME_ENV against the runtime's own flag table (PENDING_RUNTIME_ENV: the runtime side of
-    issue 12 adds those; once it has, the lead moves them into RUNTIME_ENV and this covers them)."""
+    """RUNTIME_ENV against the runtime's own flag table."""
     read = {name: flag for flag in FLAGS for name in flag.env}
     flags = {name for flag in FLAGS for name in (flag.name, *flag.aliases)}
     for name in RUNTIME_ENV:
         assert name in read, f"the runtime reads no {name}"
         assert flag_for(name) in flags, f"the runtime has no flag {flag_for(name)} for {name}"
-    assert not set(PENDING_RUNTIME_ENV) & set(RUNTIME_ENV)
-    assert TENANT_ENV == set(RUNTIME_ENV) | set(PENDING_RUNTIME_ENV) | set(HUB_AUTH_ENV)
+    assert TENANT_ENV == set(RUNTIME_ENV) | set(HUB_AUTH_ENV)
     launcher_owned = {"--hostname", "--port", "--device", "--api-key", "--num-shard", "--log-file"}
     assert not launcher_owned & set(TENANT_FLAGS)
 
