@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lorafleet.controlplane.auth.service import create_token  # noqa: E402
 from lorafleet.controlplane.db import migrate  # noqa: E402
-from lorafleet.controlplane.endpoints.planner import spec_digest  # noqa: E402
 from lorafleet.controlplane.endpoints.schemas import EndpointCreate  # noqa: E402
+from lorafleet.controlplane.endpoints.spec_view import EndpointSpec  # noqa: E402
 from lorafleet.controlplane.launchers.base import ReplicaSpec  # noqa: E402
 from lorafleet.controlplane.models import Endpoint, Replica  # noqa: E402
 
@@ -171,7 +171,7 @@ def _reconciler_pass(app) -> dict[str, float]:  # type: ignore[no-untyped-def]
                         replica_key=f"rep-{i:05d}",
                         endpoint_id=endpoint.id,
                         launcher="process",
-                        spec_digest=spec_digest(endpoint.spec, {}),
+                        spec_digest=EndpointSpec.from_stored(endpoint.spec).replica_digest({}),
                         state="ready",
                         handle={**handle, "replica_key": f"rep-{i:05d}"},
                         url="http://x",

@@ -8,6 +8,7 @@ of stdout, so scripts can take `tail -n1`.
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
 from collections.abc import Sequence
 
@@ -58,6 +59,9 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from lorafleet.controlplane.auth.service import has_any_token
     from lorafleet.controlplane.db import Database
 
+    if "public_url" not in settings.model_fields_set:  # endpoints' URLs point at this server
+        host = args.host if args.host not in ("0.0.0.0", "::", "") else socket.getfqdn()
+        settings = settings.model_copy(update={"public_url": f"http://{host}:{args.port}"})
     app = create_app(settings)
     database: Database = app.state.database
     with database.session() as session:
@@ -73,7 +77,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         f"(database {database.engine.url.render_as_string(hide_password=True)}, "
         f"launcher {settings.launcher}"
         + (f", replica isolation: {isolation.label}" if isolation is not None else "")
-        + ")",
+        + f"); endpoints at {settings.public_url}/endpoints/<namespace>/<name>",
         flush=True,
     )
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)

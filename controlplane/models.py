@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from lorafleet.controlplane.clock import utcnow
-from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -101,6 +101,10 @@ class Replica(Base):
     ready_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     queue_size: Mapped[float] = mapped_column(default=0.0)
     api_key_encrypted: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Set when the planner takes the replica out of routing; it is stopped once drained.
+    drain_started_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    # The replica's per-adapter token counters at the last probe (usage is metered by difference).
+    usage_seen: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
     endpoint: Mapped[Endpoint | None] = relationship(lazy="raise")
 
@@ -116,3 +120,58 @@ class EndpointEvent(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     kind: Mapped[str] = mapped_column(String(32))
     message: Mapped[str] = mapped_column(Text, default="")
+
+
+class EndpointUsage(Base):
+    """Cumulative usage of one adapter of an endpoint, as counted by one `source`: a gateway
+    process (requests, errors, latency histograms) or `replicas` (tokens, from the replicas' own
+    counters, collected by the reconciler). One writer per row, so no write ever contends; the
+    usage API sums the sources. `adapter` is '' for the base model."""
+
+    __tablename__ = "endpoint_usage"
+    __table_args__ = (UniqueConstraint("endpoint_id", "adapter", "source", name="uq_endpoint_usage_key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    endpoint_id: Mapped[int] = mapped_column(ForeignKey("endpoints.id", ondelete="CASCADE"), index=True)
+    adapter: Mapped[str] = mapped_column(String(256))
+    source: Mapped[str] = mapped_column(String(64))
+    requests: Mapped[int] = mapped_column(BigInteger, default=0)
+    errors: Mapped[int] = mapped_column(BigInteger, default=0)
+    input_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    output_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    ttft_buckets: Mapped[list[int] | None] = mapped_column(JSON, nullable=True)
+    latency_buckets: Mapped[list[int] | None] = mapped_column(JSON, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class EndpointUsageMinute(Base):
+    """The same counters per minute (charts, tokens-per-minute limits); pruned after a day."""
+
+    __tablename__ = "endpoint_usage_minutes"
+    __table_args__ = (
+        UniqueConstraint("endpoint_id", "adapter", "source", "minute", name="uq_endpoint_usage_minute"),
+        Index("ix_endpoint_usage_minutes_endpoint_minute", "endpoint_id", "minute"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    endpoint_id: Mapped[int] = mapped_column(ForeignKey("endpoints.id", ondelete="CASCADE"))
+    adapter: Mapped[str] = mapped_column(String(256))
+    source: Mapped[str] = mapped_column(String(64))
+    minute: Mapped[datetime] = mapped_column(DateTime)
+    requests: Mapped[int] = mapped_column(BigInteger, default=0)
+    errors: Mapped[int] = mapped_column(BigInteger, default=0)
+    input_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    output_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class GatewayLoad(Base):
+    """What one gateway process sees of one endpoint: requests waiting for a replica (`pending`)
+    and being served (`in_flight`). The autoscaler sums the fresh rows of all gateways."""
+
+    __tablename__ = "gateway_load"
+
+    gateway_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    endpoint_id: Mapped[int] = mapped_column(ForeignKey("endpoints.id", ondelete="CASCADE"), primary_key=True)
+    pending: Mapped[int] = mapped_column(Integer, default=0)
+    in_flight: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

@@ -1,7 +1,12 @@
-"""Probing replicas: launcher status, the health route, and queue depth from `/metrics`."""
+"""Probing replicas: launcher status, the health route, and what `/metrics` says (requests in
+flight, for draining; tokens per adapter, for usage; queue depth)."""
 
 from __future__ import annotations
 
+import functools
+import re
+import ssl
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
@@ -9,7 +14,12 @@ import httpx
 from lorafleet.controlplane.launchers.base import Launcher, ReplicaHandle, ReplicaStatus
 
 QUEUE_GAUGE = "lorafleet_queue_size"
-REQUEST_COUNTER_SUFFIXES = ("_requests_total", "_request_count", "_request_success")
+IN_FLIGHT_GAUGE = "lorafleet_requests_in_flight"
+TOKEN_COUNTERS = {"lorafleet_prompt_tokens_total": 0, "lorafleet_generated_tokens_total": 1}
+BASE_ADAPTER_LABEL = "__base__"  # the runtime's label of the base model
+_ADAPTER_LABEL = re.compile(r'adapter="((?:[^"\\]|\\.)*)"')
+
+Tokens = Mapping[str, tuple[float, float]]  # adapter ('' = base) → (prompt tokens, generated tokens)
 
 
 @dataclass(frozen=True)
@@ -20,7 +30,8 @@ class Probe:
         status: what the launcher says about the process/actor.
         healthy: the health route answered 200.
         queue_size: the `lorafleet_queue_size` gauge (0 when absent or unreadable).
-        requests_seen: sum of request counters in `/metrics` (None when absent), for idleness.
+        in_flight: the `lorafleet_requests_in_flight` gauge (None when `/metrics` was not read).
+        tokens: the replica's token counters per adapter since it started (None when unread).
         logs: the replica's last log lines, fetched only when it may have failed (exited, or
             unhealthy past its startup deadline) so the failure report needs no launcher call
             inside a database transaction.
@@ -29,7 +40,8 @@ class Probe:
     status: ReplicaStatus
     healthy: bool = False
     queue_size: float = 0.0
-    requests_seen: float | None = None
+    in_flight: float | None = None
+    tokens: Tokens | None = None
     logs: tuple[str, ...] = ()
 
 
@@ -40,14 +52,14 @@ class ProbeJob:
     Args:
         handle: the launcher handle.
         health_route: path that answers 200 when ready.
-        want_metrics: also read `/metrics` (autoscaling, idleness).
+        want_metrics: also read `/metrics` (usage, draining, queue depth).
         overdue: past its startup deadline: fetch its logs unless it is healthy.
         api_key: the replica's own key, sent as a bearer token (its routes but `/health` need it).
     """
 
     handle: ReplicaHandle
     health_route: str = "/health"
-    want_metrics: bool = False
+    want_metrics: bool = True
     overdue: bool = False
     api_key: str | None = field(default=None, repr=False)
 
@@ -56,9 +68,17 @@ class ProbeJob:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
 
-def parse_metrics(text: str) -> tuple[float, float | None]:
-    """(summed queue gauge, summed request counters or None) from Prometheus text format."""
-    queue, requests = 0.0, None
+@dataclass(frozen=True)
+class ReplicaMetrics:
+    queue_size: float = 0.0
+    in_flight: float = 0.0
+    tokens: Tokens = field(default_factory=dict)
+
+
+def parse_metrics(text: str) -> ReplicaMetrics:
+    """The gauges and per-adapter token counters the control plane reads, from Prometheus text."""
+    queue, in_flight = 0.0, 0.0
+    tokens: dict[str, tuple[float, float]] = {}
     for line in text.splitlines():
         if not line or line.startswith("#"):
             continue
@@ -70,9 +90,16 @@ def parse_metrics(text: str) -> tuple[float, float | None]:
             continue
         if name == QUEUE_GAUGE:
             queue += number
-        elif name.endswith(REQUEST_COUNTER_SUFFIXES):
-            requests = (requests or 0.0) + number
-    return queue, requests
+        elif name == IN_FLIGHT_GAUGE:
+            in_flight += number
+        elif name in TOKEN_COUNTERS:
+            match = _ADAPTER_LABEL.search(name_part)
+            label = match.group(1).replace('\\"', '"').replace("\\\\", "\\") if match else BASE_ADAPTER_LABEL
+            adapter = "" if label == BASE_ADAPTER_LABEL else label
+            counts = list(tokens.get(adapter, (0.0, 0.0)))
+            counts[TOKEN_COUNTERS[name]] += number
+            tokens[adapter] = (counts[0], counts[1])
+    return ReplicaMetrics(queue, in_flight, tokens)
 
 
 def probe_replica(launcher: Launcher, job: ProbeJob, client: httpx.Client, log_tail: int = 40) -> Probe:
@@ -103,10 +130,15 @@ def _probe_routes(status: ReplicaStatus, job: ProbeJob, client: httpx.Client) ->
         response = client.get(base + "/metrics", headers=job.headers)
         if response.status_code != 200:
             return Probe(status, healthy)
-        queue, requests = parse_metrics(response.text)
-        return Probe(status, healthy, queue, requests)
+        metrics = parse_metrics(response.text)
+        return Probe(status, healthy, metrics.queue_size, metrics.in_flight, metrics.tokens)
     except httpx.HTTPError:
         return Probe(status, False)
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    return ssl.create_default_context()
 
 
 def probe_all(
@@ -121,10 +153,11 @@ def probe_all(
         return {}
     workers = min(max_workers, len(jobs))
     limits = httpx.Limits(max_connections=workers, max_keepalive_connections=workers)
-    # One client per pass, shared by the probe threads: creating one per probe costs more
-    # (TLS context set-up) than the probe itself.
+    # One client per pass, shared by the probe threads, on one TLS context for the process: building
+    # a context costs more CPU than a whole pass of plain-HTTP probes (and shares the GIL with the
+    # gateway's event loop).
     with (
-        httpx.Client(timeout=timeout_s, limits=limits) as client,
+        httpx.Client(timeout=timeout_s, limits=limits, verify=_tls_context()) as client,
         ThreadPoolExecutor(max_workers=workers, thread_name_prefix="probe") as pool,
     ):
         futures = {

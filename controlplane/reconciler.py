@@ -14,8 +14,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from lorafleet.controlplane.catalog.service import Hardware
 from lorafleet.controlplane.clock import utcnow
@@ -24,6 +24,7 @@ from lorafleet.controlplane.endpoints import repository
 from lorafleet.controlplane.endpoints.plan import LaunchOutcome
 from lorafleet.controlplane.endpoints.planner import EndpointPlanner
 from lorafleet.controlplane.endpoints.quota import Quota, QuotaTally
+from lorafleet.controlplane.endpoints.spec_view import EndpointSpec
 from lorafleet.controlplane.errors import ControlPlaneError
 from lorafleet.controlplane.launchers.base import Launcher, NoCapacityError, ReplicaHandle
 from lorafleet.controlplane.lease import ReconcilerLease
@@ -31,9 +32,11 @@ from lorafleet.controlplane.models import Endpoint, Replica
 from lorafleet.controlplane.probes import Probe, ProbeJob, probe_all
 from lorafleet.controlplane.secretbox import SecretBox
 from lorafleet.controlplane.settings import Settings
+from lorafleet.controlplane.usage import repository as usage
 from sqlalchemy.orm import Session
 
 log = logging.getLogger("lorafleet.controlplane.reconciler")
+USAGE_MINUTES_KEPT = timedelta(days=1)  # per-minute usage (charts, token limits); totals are kept
 
 
 @dataclass
@@ -44,10 +47,6 @@ class PassReport:
     stopped: int = 0
     seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
-
-
-def new_replica_key() -> str:
-    return f"rep-{uuid.uuid4().hex[:12]}"
 
 
 class Reconciler:
@@ -76,6 +75,8 @@ class Reconciler:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._adopted_generation = 0  # the lease generation adopt() last ran for
         self._unrecorded: dict[str, ReplicaHandle] = {}  # started replicas whose handle is not saved
+        self.passes = 0  # loop iterations finished (led or not): tests wait on it instead of sleeping
+        self.leading = False  # whether the last iteration held the lease
 
     # --- loop -----------------------------------------------------------------------------
 
@@ -93,6 +94,7 @@ class Reconciler:
                     await asyncio.to_thread(self.tick)
                 except Exception:
                     log.exception("reconciler pass failed")
+                self.passes += 1
                 waits = [asyncio.create_task(self._wake.wait()), asyncio.create_task(stop.wait())]
                 await asyncio.wait(
                     waits, timeout=self.settings.reconcile_interval_s, return_when=asyncio.FIRST_COMPLETED
@@ -104,7 +106,8 @@ class Reconciler:
 
     def tick(self) -> PassReport | None:
         """One pass if this process holds (or can take) the lease; None otherwise."""
-        if not self.lease.try_acquire():
+        self.leading = self.lease.try_acquire()
+        if not self.leading:
             return None
         if self._adopted_generation != self.lease.generation:  # newly (re)acquired: adopt first
             self.adopt()
@@ -166,9 +169,10 @@ class Reconciler:
                 log_tail=self.settings.log_tail_lines,
             )
             tally = QuotaTally(self.quota, self.hardware.catalog, endpoints, by_endpoint)
+            loads = self._gateway_loads(session)
             for endpoint, namespace in endpoints:
                 rows = by_endpoint.get(endpoint.id, [])
-                self._reconcile(session, endpoint, namespace, rows, probes, report, tally)
+                self._reconcile(session, endpoint, namespace, rows, probes, report, tally, loads)
         report.seconds = time.monotonic() - started_at
         return report
 
@@ -180,14 +184,14 @@ class Reconciler:
         live = {r.replica_key for rows in by_endpoint.values() for r in rows}
         self._api_keys = {k: v for k, v in self._api_keys.items() if k in live}
         for endpoint, _ in endpoints:
-            route = endpoint.spec.get("healthRoute", "/health")
-            metrics = self.planner.wants_metrics(endpoint.spec)
+            route = EndpointSpec.from_stored(endpoint.spec).health_route
             for r in by_endpoint.get(endpoint.id, []):
                 if r.handle:
                     overdue = r.state == "starting" and (
                         (now - r.created_at).total_seconds() > self.settings.startup_timeout_s
                     )
-                    jobs[r.replica_key] = ProbeJob(r.handle, route, metrics, overdue, self._api_key(r))
+                    # `/metrics` always: token usage, and whether a draining replica is idle.
+                    jobs[r.replica_key] = ProbeJob(r.handle, route, True, overdue, self._api_key(r))
         return jobs
 
     def _reconcile(
@@ -199,26 +203,29 @@ class Reconciler:
         probes: dict[str, Probe],
         report: PassReport,
         tally: QuotaTally,
+        loads: dict[int, int],
     ) -> None:
         """Decide (one transaction), stop and start (none), record the outcome (one or two)."""
         name = f"{namespace}/{endpoint.name}"
         try:
+            # Resolved before the transaction: the catalog may ask the launcher (Ray's nodes).
+            view = self.planner.view(endpoint, namespace, tally.room(endpoint, namespace),
+                                     loads.get(endpoint.id, 0))
             # One transaction per endpoint, so one bad endpoint rolls back only its own changes and
             # an endpoint with nothing to do costs no write at all.
-            room = tally.room(endpoint, namespace)
-            plan = self.planner.reconcile(session, endpoint, namespace, replicas, probes, room)
+            decision = self.planner.reconcile(session, endpoint, view, replicas, probes)
             session.commit()
-            tally.launched(endpoint, namespace, len(plan.launches))
+            tally.launched(endpoint, namespace, len(decision.launches))
         except Exception as e:  # one bad endpoint must not stall the others
             session.rollback()
             log.exception("reconciling %s failed", name)
             report.errors.append(f"{name}: {e}")
             return
-        self._stop_rows(session, plan.stops, report)
-        if not plan.launches:
+        self._stop_rows(session, decision.stopping, report)
+        if not decision.launches:
             return
         outcomes = []
-        for launch in plan.launches:
+        for launch in decision.launches:
             try:
                 outcomes.append(LaunchOutcome(launch, handle=self.launcher.start(launch.spec)))
             except Exception as e:
@@ -238,12 +245,23 @@ class Reconciler:
             return
         report.started += sum(1 for o in outcomes if o.handle is not None)
         try:
-            self.planner.after_launches(session, plan, outcomes)
+            self.planner.after_launches(session, endpoint, decision, outcomes)
             session.commit()
         except Exception as e:
             session.rollback()
             log.exception("writing the status of %s after its launches failed", name)
             report.errors.append(f"{name}: {e}")
+
+    def _gateway_loads(self, session: Session) -> dict[int, int]:
+        """endpoint id → the gateways' pending + in-flight requests; every 100 passes, old usage
+        minutes and the load rows of gateways that stopped reporting are dropped."""
+        now = utcnow()
+        if self.passes % 100 == 0:
+            usage.prune(session, minutes_before=now - USAGE_MINUTES_KEPT,
+                        loads_before=now - timedelta(hours=1))
+        loads = usage.fresh_loads(session, usage.load_since(self.settings.gateway_flush_s, now))
+        session.commit()
+        return loads
 
     def _api_key(self, row: Replica) -> str | None:
         """The replica's key for probes; None if it has none (started before keys) or it cannot be

@@ -13,6 +13,7 @@ import json
 import os
 import secrets
 from pathlib import Path
+from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken
 from lorafleet.controlplane.errors import ControlPlaneError
@@ -41,6 +42,13 @@ class SecretBox:
             key = secrets.token_urlsafe(32)
             handle.write(key)
         return cls(key)
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> SecretBox:
+        """From `LORAFLEET_SECRET_KEY`, else the key file under `LORAFLEET_HOME` (created once)."""
+        if settings.secret_key:
+            return cls(settings.secret_key.get_secret_value())
+        return cls.from_key_file(settings.secret_key_file)
 
     def seal(self, values: dict[str, str]) -> str:
         return self._fernet.encrypt(json.dumps(values).encode()).decode()

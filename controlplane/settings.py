@@ -71,8 +71,30 @@ class Settings(BaseSettings):
     quota_endpoints: int = Field(20, ge=0, description="endpoints per namespace")
     quota_replicas: int = Field(8, ge=0, description="replicas per namespace")
     quota_accelerators: int = Field(8, ge=0, description="accelerators (GPUs) per namespace")
+    # --- the endpoint gateway (docs/controlplane.md#gateway) ----------------------------------
+    public_url: str = Field(
+        "http://127.0.0.1:8000",
+        description="base of every endpoint's URL (`{public_url}/endpoints/{ns}/{name}`); `serve` "
+        "defaults it to its own --host/--port",
+    )
+    gateway_enabled: bool = Field(True, description="false: `controlplane serve` serves no /endpoints")
+    gateway_refresh_s: float = Field(1.0, gt=0, description="endpoints and replicas reloaded every")
+    gateway_adapters_refresh_s: float = Field(2.0, gt=0, description="replicas asked what they hold every")
+    gateway_flush_s: float = Field(2.0, gt=0, description="how often it writes usage and load")
+    gateway_max_body_bytes: int = Field(2_000_000, ge=1024, description="request body limit (413 above)")
+    gateway_max_header_bytes: int = Field(16_384, ge=1024, description="request header limit (431 above)")
+    gateway_connect_timeout_s: float = Field(5.0, gt=0, description="connecting to a replica")
+    gateway_read_timeout_s: float = Field(300.0, gt=0, description="longest wait for a replica's next bytes")
+    gateway_connect_retries: int = Field(2, ge=0, description="other replicas tried when one refuses")
+    gateway_auth_cache_s: float = Field(5.0, ge=0, description="how long a checked token is trusted")
+    gateway_routing: str = Field("affinity", description="`affinity` (bounded hash) or `round_robin`")
+    gateway_load_factor: float = Field(1.5, ge=1.0, le=8.0, description="c of the routing's load bound")
+    scale_up_timeout_max_s: float = Field(600.0, ge=0, description="cap of X-Scale-Up-Timeout")
+    drain_grace_s: float = Field(3.0, ge=0, description="a draining replica is stopped no sooner")
+    drain_timeout_s: float = Field(120.0, ge=0, description="... and no later, even with requests left")
+    metrics_token: SecretStr | None = Field(None, description="bearer of `/metrics`, all namespaces")
 
-    @field_validator("secret_key", mode="before")
+    @field_validator("secret_key", "metrics_token", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         return None if value == "" else value  # LORAFLEET_SECRET_KEY= means "use the key file"
@@ -84,12 +106,30 @@ class Settings(BaseSettings):
             raise ValueError(f"LORAFLEET_ISOLATION must be 'auto', 'sandbox' or 'none', got {value!r}")
         return value
 
+    @field_validator("gateway_routing")
+    @classmethod
+    def _known_routing(cls, value: str) -> str:
+        if value not in ("affinity", "round_robin"):
+            raise ValueError(f"LORAFLEET_GATEWAY_ROUTING must be 'affinity' or 'round_robin', got {value!r}")
+        return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"LORAFLEET_PUBLIC_URL must start with http:// or https://, got {value!r}")
+        return value.rstrip("/")
+
     @field_validator("launcher")
     @classmethod
     def _known_launcher(cls, value: str) -> str:
         if value not in ("process", "ray"):
             raise ValueError(f"LORAFLEET_LAUNCHER must be 'process' or 'ray', got {value!r}")
         return value
+
+    def endpoint_url(self, namespace: str, name: str) -> str:
+        """An endpoint's stable URL (`status.url`): the gateway's path for it."""
+        return f"{self.public_url}/endpoints/{namespace}/{name}"
 
     @cached_property
     def resolved_database_url(self) -> str:

@@ -6,7 +6,8 @@ The seed article's workflow, end to end on this machine:
 2. create an API token for the namespace `demo`,
 3. build (or reuse) the trained demo model and its adapters (`tests/fixtures/trained.py`),
 4. `lorafleet.create_inference_endpoint(...)` with the article's `custom_image` payload, `wait()`,
-5. ask the base model and every adapter the same prompts, concurrently, and print the answers,
+5. ask the base model and every adapter the same prompts, concurrently, through the endpoint's URL
+   (the gateway), and print the answers, then the usage the gateway metered per adapter,
 6. print the dashboard URL and keep the control plane up until Ctrl-C; then stop it and its replicas.
 
 Environment: `DEMO_PORT` (control plane port, default 8000), `DEMO_EXIT=1` (stop right after the
@@ -281,6 +282,24 @@ def ask_everyone(endpoint) -> list[Row]:  # type: ignore[no-untyped-def]
         return list(pool.map(ask, jobs))
 
 
+def print_usage(endpoint, expected_requests: int, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    """The gateway's per-adapter usage, once every request is metered (written every few seconds)."""
+    deadline = time.monotonic() + timeout
+    usage = endpoint.usage()
+    while time.monotonic() < deadline and not (
+        len(usage.adapters) == 1 + len(TASKS) and all(a.requests == expected_requests for a in usage.adapters)
+        and all(a.output_tokens for a in usage.adapters)
+    ):
+        time.sleep(0.5)
+        usage = endpoint.usage()
+    print("  usage    requests  input tokens  output tokens  latency p50")
+    for a in usage.adapters:
+        latency = "-" if a.latency_p50_ms is None else f"{a.latency_p50_ms:.0f} ms"
+        name = a.adapter or "base"
+        print(f"  {name:<8} {a.requests:>8}  {a.input_tokens:>12}  {a.output_tokens:>13}  {latency:>11}")
+    print(flush=True)
+
+
 def print_table(rows: list[Row]) -> bool:
     """Prints the answers side by side; returns whether every answer is the expected one."""
     headers = ("model", "prompt", "answer", "")
@@ -325,6 +344,7 @@ def run_demo(config: DemoConfig, control_plane: ControlPlane) -> bool:
     with progress(f"Asking the base model and its {len(TASKS)} adapters the same prompts, all at once"):
         rows = ask_everyone(endpoint)
     all_ok = print_table(rows)
+    print_usage(endpoint, expected_requests=len(DEMO_INPUTS))
     if not all_ok:
         print("Some answers are not the adapter's task: the replica disagrees with transformers + peft.")
     print(f"Dashboard: {config.url}/dashboard  (sign in with the token below)")

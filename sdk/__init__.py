@@ -46,8 +46,10 @@ from .inference_endpoint import (
     InferenceEndpointStatus,
     InferenceEndpointType,
 )
+from .usage import AdapterUsage, EndpointUsage
 
 __all__ = [
+    "AdapterUsage",
     "AsyncClient",
     "AsyncInferenceEndpoint",
     "AuthenticationError",
@@ -55,6 +57,7 @@ __all__ = [
     "Conflict",
     "EndpointFailed",
     "EndpointNotFound",
+    "EndpointUsage",
     "InferenceEndpoint",
     "InferenceEndpointStatus",
     "InferenceEndpointType",

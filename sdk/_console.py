@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from .inference_endpoint import _EndpointState
+from .usage import EndpointUsage
 
 SPINNER_FRAMES = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
 SPINNER_INTERVAL = 0.1  # seconds between two frames
@@ -124,3 +125,21 @@ class Progress:
             self._thread.join()
             self.stream.write("\r\033[K")
             self.stream.flush()
+
+
+USAGE_COLUMNS = ("ADAPTER", "REQUESTS", "ERRORS", "INPUT TOKENS", "OUTPUT TOKENS", "TTFT P50/P99 MS",
+                 "LATENCY P50/P99 MS")
+
+
+def _ms(p50: float | None, p99: float | None) -> str:
+    return "-" if p50 is None else f"{p50:.1f} / {p99:.1f}"
+
+
+def usage_table(usage: EndpointUsage) -> str:
+    """One row per adapter (the base model first), then the period."""
+    if not usage.adapters:
+        return f"No requests since {usage.since:%Y-%m-%d %H:%M:%S UTC}."
+    rows = [(a.adapter or "(base model)", str(a.requests), str(a.errors), str(a.input_tokens),
+             str(a.output_tokens), _ms(a.ttft_p50_ms, a.ttft_p99_ms), _ms(a.latency_p50_ms, a.latency_p99_ms))
+            for a in usage.adapters]
+    return render_table(rows, USAGE_COLUMNS) + f"\nsince {usage.since:%Y-%m-%d %H:%M:%S UTC}"

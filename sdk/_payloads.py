@@ -177,6 +177,10 @@ def logs_call(namespace: str, name: str, tail: int | None = None) -> ApiCall:
     return ApiCall("GET", f"{endpoint_path(namespace, name)}/logs", params=params)
 
 
+def usage_call(namespace: str, name: str) -> ApiCall:
+    return ApiCall("GET", f"{endpoint_path(namespace, name)}/usage")
+
+
 def logs_text(body: Any) -> str:
     """The log text of a logs response: plain text, `{"logs": ...}`, `{"lines": [...]}` or a list.
 

@@ -201,5 +201,5 @@ async def resume_inference_endpoint(
 async def scale_to_zero_inference_endpoint(
     name: str, *, namespace: str | None = None, token: Token = None, client: AsyncClient | None = None
 ) -> AsyncInferenceEndpoint:
-    """Stops every replica; the endpoint restarts on its next request."""
+    """Stops every replica; the endpoint keeps its URL and the next request through it starts it again."""
     return await _action(name, "scale-to-zero", namespace, token, client)

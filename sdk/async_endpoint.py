@@ -13,6 +13,7 @@ from . import _payloads as calls
 from ._http import auth_headers
 from .errors import LorafleetError
 from .inference_endpoint import HEALTH_PROBE_TIMEOUT, _check_wait_args, _EndpointState
+from .usage import EndpointUsage
 
 if TYPE_CHECKING:
     from .client import AsyncClient
@@ -108,7 +109,7 @@ class AsyncInferenceEndpoint(_EndpointState):
             raise
 
     async def scale_to_zero(self) -> AsyncInferenceEndpoint:
-        """Stops every replica; the endpoint restarts on its next request."""
+        """Stops every replica; the next request through the endpoint's URL starts it again."""
         return await self._action("scale-to-zero")
 
     async def delete(self) -> None:
@@ -119,6 +120,11 @@ class AsyncInferenceEndpoint(_EndpointState):
         """The replicas' recent log lines (the last `tail` lines if given)."""
         call = calls.logs_call(self.namespace, self.name, tail)
         return calls.logs_text(await self._api.request(call, token=self._token_arg()))
+
+    async def usage(self) -> EndpointUsage:
+        """Requests, errors, tokens and latency percentiles per adapter (see [`InferenceEndpoint.usage`])."""
+        raw = await self._api.request(calls.usage_call(self.namespace, self.name), token=self._token_arg())
+        return EndpointUsage.from_raw(raw)
 
     async def _action(self, action: str) -> AsyncInferenceEndpoint:
         call = calls.action_call(self.namespace, self.name, action)

@@ -1,8 +1,9 @@
 """The `lorafleet` command line.
 
 ```
-lorafleet endpoints create|list|describe|update|pause|resume|scale-to-zero|delete|logs|wait ...
+lorafleet endpoints create|list|describe|update|pause|resume|scale-to-zero|delete|logs|usage|wait ...
 lorafleet controlplane serve|migrate|create-token ...   (delegates to lorafleet.controlplane.cli)
+lorafleet gateway serve ...                             (delegates to lorafleet.controlplane.gateway.cli)
 lorafleet runtime serve ...                             (delegates to lorafleet.runtime.server.cli)
 ```
 Every `endpoints` command takes `--url`, `--token`, `--namespace` and `--output json|table`.
@@ -24,9 +25,11 @@ from . import _console, _payloads, endpoints
 from .client import Client
 from .errors import LorafleetError
 from .inference_endpoint import InferenceEndpoint
+from .usage import EndpointUsage
 
 DELEGATES = {
     "controlplane": ("lorafleet.controlplane.cli", "controlplane"),
+    "gateway": ("lorafleet.controlplane.gateway.cli", "controlplane"),
     "runtime": ("lorafleet.runtime.server.cli", "runtime"),
 }
 Handler = Callable[[argparse.Namespace, Client], Any]
@@ -157,6 +160,10 @@ def _cmd_logs(args: argparse.Namespace, client: Client) -> str:
     return _payloads.logs_text(client.request(call))
 
 
+def _cmd_usage(args: argparse.Namespace, client: Client) -> EndpointUsage:
+    return endpoints.get_inference_endpoint(args.name, **_target(args), client=client).usage()
+
+
 def _cmd_wait(args: argparse.Namespace, client: Client) -> InferenceEndpoint:
     return _wait(endpoints.get_inference_endpoint(args.name, **_target(args), client=client), args)
 
@@ -182,11 +189,13 @@ def _endpoint_commands(subparsers: Any, common: argparse.ArgumentParser) -> None
     resume = add("resume", _cmd_resume, "restart a paused or scaled-to-zero endpoint")
     resume.add_argument("--fail-if-running", action="store_true", help="error if it is already running")
     _wait_options(resume, flag=True)
-    add("scale-to-zero", _cmd_scale_to_zero, "stop every replica; restart on the next request")
+    add("scale-to-zero", _cmd_scale_to_zero,
+        "stop every replica; the next request through the endpoint's URL starts it again")
     delete = add("delete", _cmd_delete, "delete an endpoint")
     delete.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     logs = add("logs", _cmd_logs, "print the replicas' logs")
     logs.add_argument("--tail", type=int, help="only the last N lines")
+    add("usage", _cmd_usage, "requests, errors, tokens and latencies per adapter")
     wait = add("wait", _cmd_wait, "block until the endpoint is running and healthy")
     _wait_options(wait, flag=False)
 
@@ -194,7 +203,9 @@ def _endpoint_commands(subparsers: Any, common: argparse.ArgumentParser) -> None
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (delegated command groups only show their help line)."""
     parser = argparse.ArgumentParser(prog="lorafleet", description="Deploy one base LLM, serve many LoRAs.")
-    groups = parser.add_subparsers(dest="group", metavar="{endpoints,controlplane,runtime}", required=True)
+    groups = parser.add_subparsers(
+        dest="group", metavar="{endpoints,controlplane,gateway,runtime}", required=True
+    )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--url", help="control plane URL (default: $LORAFLEET_URL or http://127.0.0.1:8000)")
     common.add_argument("--token", help="API token (default: $LORAFLEET_TOKEN)")
@@ -204,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = endpoints_parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _endpoint_commands(commands, common)
     groups.add_parser("controlplane", help="run the control plane: serve | migrate | create-token ...")
+    groups.add_parser("gateway", help="run an endpoint gateway alone: serve --port ...")
     groups.add_parser("runtime", help="run a runtime replica: serve --model-id ... --lora-adapters ...")
     return parser
 
@@ -216,6 +228,8 @@ def _print_result(result: Any, output: str) -> None:
         text = _console.to_json([e.raw for e in result]) if as_json else _console.endpoints_table(result)
     elif isinstance(result, InferenceEndpoint):
         text = _console.to_json(result.raw) if output == "json" else _console.endpoint_table(result)
+    elif isinstance(result, EndpointUsage):
+        text = _console.to_json(result.raw) if output == "json" else _console.usage_table(result)
     elif output == "json":
         text = _console.to_json(result)
     else:

@@ -285,7 +285,8 @@ def resume_inference_endpoint(
 def scale_to_zero_inference_endpoint(
     name: str, *, namespace: str | None = None, token: Token = None, client: Client | None = None
 ) -> InferenceEndpoint:
-    """Stops every replica; unlike pause, the endpoint keeps its URL and restarts on demand.
+    """Stops every replica; unlike pause, the endpoint keeps its URL, and the next request through it
+    starts it again (503 with `Retry-After` meanwhile, or held up to `X-Scale-Up-Timeout` seconds).
 
     Example:
         ```python

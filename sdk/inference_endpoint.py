@@ -21,6 +21,7 @@ import httpx
 from . import _payloads as calls
 from ._http import auth_headers
 from .errors import EndpointFailed, LorafleetError, Timeout
+from .usage import EndpointUsage
 
 if TYPE_CHECKING:
     from huggingface_hub import AsyncInferenceClient, InferenceClient
@@ -289,7 +290,9 @@ class InferenceEndpoint(_EndpointState):
             raise
 
     def scale_to_zero(self) -> InferenceEndpoint:
-        """Stops every replica; the endpoint restarts on its next request. Returns `self`."""
+        """Stops every replica; the endpoint keeps its URL, and the next request through it starts it
+        again (answered 503 with `Retry-After` meanwhile, or held with `X-Scale-Up-Timeout`).
+        Returns `self`."""
         return self._action("scale-to-zero")
 
     def delete(self) -> None:
@@ -300,6 +303,18 @@ class InferenceEndpoint(_EndpointState):
         """The replicas' recent log lines (the last `tail` lines if given)."""
         body = self._api.request(calls.logs_call(self.namespace, self.name, tail), token=self._token_arg())
         return calls.logs_text(body)
+
+    def usage(self) -> EndpointUsage:
+        """Requests, errors, tokens and latency percentiles per adapter since the endpoint's creation.
+
+        Example:
+            ```python
+            >>> for a in endpoint.usage().adapters:
+            ...     print(a.adapter or "base", a.requests, a.output_tokens, a.ttft_p50_ms)
+            ```
+        """
+        raw = self._api.request(calls.usage_call(self.namespace, self.name), token=self._token_arg())
+        return EndpointUsage.from_raw(raw)
 
     def _action(self, action: str) -> InferenceEndpoint:
         call = calls.action_call(self.namespace, self.name, action)

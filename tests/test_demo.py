@@ -73,11 +73,15 @@ def test_demo_shows_every_adapter_doing_its_task_then_stops_everything(tmp_path)
     assert len(answers) == len(DEMO_INPUTS) * (1 + len(TASKS)), output
 
     assert f"http://127.0.0.1:{port}/dashboard" in result.stdout
-    replica = re.search(r"healthy at (http://\S+)", result.stdout)
-    assert replica is not None, output
-    for url in (f"http://127.0.0.1:{port}/health", f"{replica.group(1)}/health"):
-        with pytest.raises(httpx.TransportError):
-            httpx.get(url, timeout=2)
+    url = re.search(r"healthy at (http://\S+)", result.stdout)
+    assert url is not None, output
+    assert url.group(1) == f"http://127.0.0.1:{port}/endpoints/demo/demo-multi-lora", output  # the gateway
+    # The gateway metered every answer: one request per prompt for the base model and each adapter.
+    for model in ("base", *TASKS):
+        line = next(row for row in rows if row[0] == model and len(row) == 5)
+        assert int(line[1]) == len(DEMO_INPUTS) and int(line[2]) > 0 and int(line[3]) > 0, line
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{url.group(1)}/health", timeout=2)
     assert "stopped 1 replica(s)" in result.stdout, output
 
 

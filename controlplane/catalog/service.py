@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lorafleet.controlplane.catalog.types import Catalog, InstanceType
 from lorafleet.controlplane.errors import BadRequestError
 from lorafleet.controlplane.launchers.base import Launcher
+
+if TYPE_CHECKING:
+    from lorafleet.controlplane.endpoints.spec_view import EndpointSpec
 
 
 class Hardware:
@@ -84,6 +87,15 @@ class Hardware:
             )
         self.launcher.validate(match)
         return match
+
+    def resolve_spec(self, spec: EndpointSpec, *, check_accelerator: bool = False) -> InstanceType:
+        """`resolve` for a stored spec's provider and compute (may ask the launcher, e.g. Ray's
+        nodes: never call it with a database transaction open)."""
+        compute = spec.compute
+        accelerator = compute.accelerator if check_accelerator else None
+        return self.resolve(vendor=spec.provider.vendor, region=spec.provider.region,
+                            instance_type=compute.instance_type, instance_size=compute.instance_size,
+                            accelerator=accelerator)
 
     def render(self) -> dict[str, Any]:
         """The HF `/v2/provider` shape, with live quota from the launcher."""

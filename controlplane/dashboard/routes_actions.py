@@ -6,13 +6,14 @@ from typing import Annotated
 from urllib.parse import quote
 
 from fastapi import Form, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from lorafleet.controlplane.dashboard.routes_pages import endpoint_page
 from lorafleet.controlplane.dashboard.routing import CallerDep, CsrfChecked, router
 from lorafleet.controlplane.dashboard.tryit import Trial, generate
 from lorafleet.controlplane.dashboard.web import redirect, render
 from lorafleet.controlplane.deps import EndpointServiceDep, SessionDep
-from lorafleet.controlplane.errors import ControlPlaneError, NotFoundError
+from lorafleet.controlplane.errors import ControlPlaneError
 
 ACTIONS = ("pause", "resume", "scale-to-zero")
 
@@ -32,26 +33,20 @@ def delete_endpoint(request: Request, name: str, db: SessionDep, caller: CallerD
 
 
 @router.post("/endpoints/{name}/try", dependencies=[CsrfChecked])
-def try_endpoint(request: Request, name: str, db: SessionDep, caller: CallerDep, service: EndpointServiceDep,
-                 prompt: Annotated[str, Form()] = "", adapter_id: Annotated[str, Form()] = "",
-                 max_new_tokens: Annotated[str, Form()] = "20") -> Response:
+async def try_endpoint(request: Request, name: str, db: SessionDep, caller: CallerDep,
+                       service: EndpointServiceDep, prompt: Annotated[str, Form()] = "",
+                       adapter_id: Annotated[str, Form()] = "",
+                       max_new_tokens: Annotated[str, Form()] = "20") -> Response:
     wants_json = request.headers.get("accept", "").startswith("application/json")
-    try:
-        access = service.replica_access(db, caller.principal, name)
-    except NotFoundError as e:
-        if wants_json:
-            return JSONResponse({"error": e.message}, status_code=404)
-        return endpoint_page(request, db, caller, service, name)
-    # The session's work is done: release the connection before waiting on the replica.
-    db.commit()
-    trial = generate(Trial(prompt, adapter_id, max_new_tokens), url=access.url, state=access.state,
-                     api_key=access.api_key)
+    await run_in_threadpool(db.commit)  # release the connection before waiting on the endpoint
+    trial = await generate(Trial(prompt, adapter_id, max_new_tokens), gateway=request.app.state.gateway.app,
+                           namespace=caller.principal.namespace, name=name, token=caller.token)
     if wants_json:
         if trial.error:
             return JSONResponse({"error": trial.error}, status_code=trial.status_code)
         return JSONResponse({"generated_text": trial.text, "label": trial.label})
-    return endpoint_page(request, db, caller, service, name, trial=trial,
-                         status_code=trial.status_code)
+    return await run_in_threadpool(endpoint_page, request, db, caller, service, name, trial=trial,
+                                   status_code=trial.status_code)
 
 
 # Registered last: the literal /delete and /try routes above must win over `{action}`.

@@ -7,9 +7,12 @@ from urllib.parse import quote
 
 from fastapi import Depends, Request
 from fastapi.responses import Response
+from lorafleet.controlplane.clock import utcnow
 from lorafleet.controlplane.dashboard.errors import field_for, validation_errors
+from lorafleet.controlplane.dashboard.examples import examples
 from lorafleet.controlplane.dashboard.forms import EndpointForm, FormError, build_create_payload
 from lorafleet.controlplane.dashboard.routing import CallerDep, CsrfChecked, router
+from lorafleet.controlplane.dashboard.usage_view import CHART_MINUTES, usage_views
 from lorafleet.controlplane.dashboard.views import (
     EndpointView,
     HardwareChoices,
@@ -97,12 +100,22 @@ def _status_context(db: Session, caller: Caller, service: EndpointService, name:
     return {"ep": EndpointView.from_raw(service.render(service.get(db, caller.principal, name)))}
 
 
+def _call_context(request: Request, caller: Caller, ep: EndpointView) -> dict[str, Any]:
+    """The endpoint's stable URL (known before it runs) and examples of calling it."""
+    url = request.app.state.settings.endpoint_url(caller.principal.namespace, ep.name)
+    return {"gateway_url": url,
+            "examples": examples(url, ep.adapters[0].id if ep.adapters else None, ep.type == "public")}
+
+
 def _activity_context(db: Session, caller: Caller, service: EndpointService, name: str) -> dict[str, Any]:
     logs = service.logs(db, caller.principal, name, tail=LOG_TAIL_LINES)
+    usage = service.usage(db, caller.principal, name)
+    minutes = service.usage_per_minute(db, caller.principal, name, minutes=CHART_MINUTES)
     return {
         "events": event_views(service.events(db, caller.principal, name, limit=50)),
         "replicas": replica_views(logs),
         "logs": logs_text(logs, tail=LOG_TAIL_LINES),
+        "usage": usage_views(usage, minutes, utcnow()),
     }
 
 
@@ -112,6 +125,7 @@ def endpoint_page(request: Request, db: Session, caller: Caller, service: Endpoi
     """An endpoint's page; also re-rendered by actions that fail and by a no-JS "Try it"."""
     try:
         context = _status_context(db, caller, service, name)
+        context.update(_call_context(request, caller, context["ep"]))
         context.update(_activity_context(db, caller, service, name))
     except NotFoundError as e:
         return render(request, "error.html", {"title": "Endpoint not found", "message": e.message},

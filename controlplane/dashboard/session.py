@@ -24,6 +24,8 @@ import hashlib
 import hmac
 import json
 import secrets
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography.fernet import Fernet, InvalidToken
@@ -67,10 +69,16 @@ def _derive(secret_key: str, purpose: bytes) -> bytes:
 
 
 class SessionSealer:
-    """Seals sessions into cookie values and opens them again; mints and checks CSRF tokens."""
+    """Seals sessions into cookie values and opens them again; mints and checks CSRF tokens.
 
-    def __init__(self, config: SessionConfig) -> None:
+    Args:
+        config: keys and lifetime.
+        clock: seconds since the epoch (Fernet's timestamps); tests pass their own.
+    """
+
+    def __init__(self, config: SessionConfig, clock: Callable[[], float] = time.time) -> None:
         self.config = config
+        self._clock = clock
         self._fernet = Fernet(base64.urlsafe_b64encode(_derive(config.secret_key, b"session")))
         self._csrf_key = _derive(config.secret_key, b"csrf")
 
@@ -79,14 +87,16 @@ class SessionSealer:
 
     def seal(self, session: DashboardSession) -> str:
         payload = json.dumps({"sid": session.session_id, "tok": session.token, "ns": session.namespace})
-        return self._fernet.encrypt(payload.encode()).decode("ascii")
+        return self._fernet.encrypt_at_time(payload.encode(), int(self._clock())).decode("ascii")
 
     def open(self, cookie_value: str | None) -> DashboardSession | None:
         """Returns the session in `cookie_value`, or None if it is absent, forged or expired."""
         if not cookie_value:
             return None
         try:
-            raw = self._fernet.decrypt(cookie_value.encode("ascii"), ttl=self.config.max_age_s)
+            raw = self._fernet.decrypt_at_time(
+                cookie_value.encode("ascii"), ttl=self.config.max_age_s, current_time=int(self._clock())
+            )
             payload = json.loads(raw)
             return DashboardSession(session_id=payload["sid"], token=payload["tok"], namespace=payload["ns"])
         except (InvalidToken, UnicodeError, ValueError, KeyError, TypeError):

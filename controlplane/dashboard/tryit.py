@@ -1,16 +1,18 @@
-""""Try it": one generation through the endpoint's URL, proxied by the control plane.
+""""Try it": one generation through the endpoint's gateway, run inside the control plane.
 
 Server-side on purpose: the browser never needs the endpoint's URL to be reachable from it (no
-CORS, replicas may listen on a private network) and no key enters JavaScript. The request is
-exactly what `InferenceClient.text_generation(..., adapter_id=...)` sends: `POST {url}/generate`
-with `parameters.adapter_id`, authorised by the serving replica's own key, which the control plane
-holds. The user's control-plane token never leaves the control plane: a replica runs a tenant's
-input, so whatever it receives must be worth nothing elsewhere.
+CORS) and no token enters JavaScript. The request is exactly what
+`InferenceClient.text_generation(..., adapter_id=...)` sends to the endpoint's URL:
+`POST {url}/generate` with `parameters.adapter_id` and the signed-in user's token. It is handed to
+the gateway's ASGI app in-process (no network hop, no dependence on `LORAFLEET_PUBLIC_URL` being
+reachable from the control plane), so it is authenticated, routed, metered and rate-limited like
+any client's request, and the replica receives the gateway's key for it, never the user's token.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
@@ -57,31 +59,31 @@ def _error_text(response: httpx.Response) -> str:
     return str(body)[:500]
 
 
-def generate(trial: Trial, *, url: str | None, state: str, api_key: str | None,
-             timeout_s: float = GENERATE_TIMEOUT_S) -> Trial:
-    """Runs `trial` against the endpoint at `url` (with the replica's `api_key`); returns it with
-    `text` or `error` filled in."""
+async def generate(trial: Trial, *, gateway: Any, namespace: str, name: str, token: str,
+                   timeout_s: float = GENERATE_TIMEOUT_S) -> Trial:
+    """Runs `trial` through the gateway's ASGI app `gateway` as the user with `token`; returns it
+    with `text` or `error` filled in."""
     if not trial.prompt.strip():
         return _failed(trial, "Enter a prompt.", 400)
     try:
         max_new_tokens = parse_max_new_tokens(trial.max_new_tokens)
     except ValueError as e:
         return _failed(trial, str(e), 400)
-    if not url:
-        return _failed(trial, f"The endpoint is {state} and has no URL yet: try again once it is running.",
-                       409)
     parameters: dict[str, object] = {"max_new_tokens": max_new_tokens}
     if trial.adapter_id:
         parameters["adapter_id"] = trial.adapter_id
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    transport = httpx.ASGITransport(app=gateway)
     try:
-        response = httpx.post(f"{url.rstrip('/')}/generate",
-                              json={"inputs": trial.prompt, "parameters": parameters},
-                              headers=headers, timeout=timeout_s)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw", timeout=timeout_s) as client:
+            response = await client.post(f"/{namespace}/{name}/generate",
+                                         json={"inputs": trial.prompt, "parameters": parameters},
+                                         headers={"Authorization": f"Bearer {token}"})
     except httpx.HTTPError as e:
         return _failed(trial, f"The endpoint did not answer ({type(e).__name__}: {e}).")
     if response.status_code != 200:
-        return _failed(trial, f"The endpoint answered HTTP {response.status_code}: {_error_text(response)}")
+        status = response.status_code if response.status_code in (404, 409, 429, 503) else 502
+        return _failed(trial, f"The endpoint answered HTTP {response.status_code}: {_error_text(response)}",
+                       status)
     try:
         body = response.json()
         if isinstance(body, list):

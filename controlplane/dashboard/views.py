@@ -6,6 +6,7 @@ what `huggingface_hub` users see, and changes to the database schema do not reac
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,7 +28,7 @@ STATE_CLASSES = {
 }
 EVENT_CLASSES = {"created": "busy", "ready": "ok", "running": "ok", "failed": "bad", "paused": "idle",
                  "replica-started": "busy", "replica-ready": "ok", "replica-failed": "bad",
-                 "scaled-to-zero": "idle", "resumed": "busy", "updated": "busy"}
+                 "scaled-to-zero": "idle", "resumed": "busy", "updated": "busy", "woken": "busy"}
 
 
 def state_class(state: str) -> str:
@@ -161,11 +162,22 @@ def replica_views(logs: Sequence[ReplicaLogsLike]) -> list[ReplicaView]:
     return [ReplicaView(key=item.replica, state=item.state) for item in logs]
 
 
+# Access lines of successful probes (the reconciler's health and /metrics checks, the gateways'
+# adapter reports): a replica answers several a second, and they drown its own log.
+PROBE_ACCESS_LINE = re.compile(
+    r'"(?:GET|HEAD) /(?:health|ping|metrics|v1/models)?(?:\?\S*)? HTTP/[\d.]+" 200\b')
+
+
+def is_probe_line(line: str) -> bool:
+    return "uvicorn.access" in line and PROBE_ACCESS_LINE.search(line) is not None
+
+
 def logs_text(logs: Sequence[ReplicaLogsLike], *, tail: int) -> str:
-    """The last `tail` lines of each replica, under a `== replica (state) ==` header."""
+    """The last `tail` lines of each replica (without successful probes' access lines), under a
+    `== replica (state) ==` header."""
     blocks = []
     for item in logs:
-        lines = list(item.lines)[-tail:]
+        lines = [line for line in item.lines if not is_probe_line(line)][-tail:]
         blocks.append("\n".join([f"== {item.replica} ({item.state}) ==", *lines]))
     return "\n\n".join(blocks)
 

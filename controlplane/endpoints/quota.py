@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lorafleet.controlplane.catalog.types import Catalog
+from lorafleet.controlplane.endpoints.spec_view import EndpointSpec
 from lorafleet.controlplane.errors import ControlPlaneError
 from lorafleet.controlplane.models import Endpoint, Replica
 
@@ -49,17 +50,16 @@ class Claim:
     accelerators: int
 
     @classmethod
-    def of(cls, spec: Mapping[str, Any], catalog: Catalog) -> Claim:
-        scaling = spec["compute"]["scaling"]
-        return cls(scaling["minReplica"], scaling["maxReplica"], accelerators_per_replica(spec, catalog))
+    def of(cls, spec: EndpointSpec, catalog: Catalog) -> Claim:
+        scaling = spec.compute.scaling
+        return cls(scaling.min_replica, scaling.max_replica, accelerators_per_replica(spec, catalog))
 
 
-def accelerators_per_replica(spec: Mapping[str, Any], catalog: Catalog) -> int:
-    compute, provider = spec["compute"], spec["provider"]
+def accelerators_per_replica(spec: EndpointSpec, catalog: Catalog) -> int:
+    wanted = (spec.provider.vendor, spec.provider.region, spec.compute.instance_type,
+              spec.compute.instance_size)
     for instance in catalog.instances():
-        if (instance.vendor, instance.region, instance.instance_type, instance.instance_size) == (
-            provider["vendor"], provider["region"], compute["instanceType"], compute["instanceSize"]
-        ):
+        if (instance.vendor, instance.region, instance.instance_type, instance.instance_size) == wanted:
             return instance.num_accelerators if instance.accelerator == "gpu" else 0
     return 0
 
@@ -117,7 +117,7 @@ class QuotaTally:
         self._accelerators: dict[str, int] = {}
         for endpoint, namespace in endpoints:
             count = len(replicas.get(endpoint.id, ()))
-            accelerators = accelerators_per_replica(endpoint.spec, catalog)
+            accelerators = accelerators_per_replica(EndpointSpec.from_stored(endpoint.spec), catalog)
             self._per_replica[endpoint.id], self._own[endpoint.id] = accelerators, count
             self._replicas[namespace] = self._replicas.get(namespace, 0) + count
             self._accelerators[namespace] = self._accelerators.get(namespace, 0) + count * accelerators

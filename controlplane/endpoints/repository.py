@@ -6,8 +6,16 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, cast
 
-from lorafleet.controlplane.models import Endpoint, EndpointEvent, Namespace, Replica
-from sqlalchemy import CursorResult, delete, func, select, update
+from lorafleet.controlplane.models import (
+    Endpoint,
+    EndpointEvent,
+    EndpointUsage,
+    EndpointUsageMinute,
+    GatewayLoad,
+    Namespace,
+    Replica,
+)
+from sqlalchemy import CursorResult, delete, select, update
 from sqlalchemy.orm import Session
 
 
@@ -33,6 +41,8 @@ def delete_endpoint(session: Session, endpoint: Endpoint) -> None:
     """Deletes the row; its replicas become orphans (endpoint_id NULL) for the reconciler to stop."""
     session.execute(update(Replica).where(Replica.endpoint_id == endpoint.id).values(endpoint_id=None))
     session.execute(delete(EndpointEvent).where(EndpointEvent.endpoint_id == endpoint.id))
+    for model in (EndpointUsage, EndpointUsageMinute, GatewayLoad):
+        session.execute(delete(model).where(model.endpoint_id == endpoint.id))  # type: ignore[attr-defined]
     session.delete(endpoint)
     session.flush()
 
@@ -94,14 +104,19 @@ def write_status(session: Session, *, endpoint_id: int, revision: int, values: d
     return bool(cast(CursorResult[Any], result).rowcount)
 
 
-def count_endpoints(session: Session) -> int:
-    return int(session.scalar(select(func.count(Endpoint.id))) or 0)
-
-
-def touch_active(session: Session, *, endpoint_id: int, moment: datetime) -> None:
-    session.execute(
+def wake_from_zero(session: Session, *, endpoint_id: int, moment: datetime) -> bool:
+    """A request reached a scaled-to-zero endpoint: it is to run again (the reconciler starts its
+    replicas). A no-op unless the endpoint is `scaledToZero` (a paused endpoint stays paused).
+    Bumps `revision`, as a resume does. Returns whether it woke the endpoint."""
+    result = session.execute(
         update(Endpoint)
-        .where(Endpoint.id == endpoint_id)
-        .values(last_active_at=moment)
+        .where(Endpoint.id == endpoint_id, Endpoint.desired_state == "scaledToZero")
+        .values(desired_state="running", state="pending", failure_count=0, last_active_at=moment,
+                updated_at=moment, message="Endpoint waking up: a request arrived",
+                revision=Endpoint.revision + 1)
         .execution_options(synchronize_session=False)
     )
+    woke = bool(cast(CursorResult[Any], result).rowcount)
+    if woke:
+        add_event(session, endpoint_id=endpoint_id, kind="woken", message="a request woke it up")
+    return woke

@@ -135,3 +135,11 @@ def endpoint_events(
 ) -> Json:
     _own(principal, namespace)
     return {"items": service.events(session, principal, name, limit)}
+
+
+@router.get("/{namespace}/{name}/usage", summary="Requests, errors, tokens and latencies per adapter")
+def endpoint_usage(
+    namespace: str, name: str, principal: PrincipalDep, session: SessionDep, service: EndpointServiceDep
+) -> Json:
+    _own(principal, namespace)
+    return service.usage(session, principal, name)

@@ -97,6 +97,22 @@ class ProviderIn(_Lenient):
     region: str = Field(..., min_length=1, max_length=64)
 
 
+class RateLimitIn(BaseModel):
+    """Limits of one scope. Strict numbers: no strings, no booleans, no NaN or infinity."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    requestsPerSecond: float | None = Field(None, gt=0, le=1_000_000, strict=True, allow_inf_nan=False)
+    tokensPerMinute: int | None = Field(None, ge=1, le=10**12, strict=True)
+
+
+class RateLimitsIn(RateLimitIn):
+    """`rateLimits`: the endpoint's limits, and `perAdapter` ones applied to each adapter (and the
+    base model) on its own. Replaced as a whole by an update; `{}` removes every limit."""
+
+    perAdapter: RateLimitIn | None = None
+
+
 class RouteIn(_Lenient):
     domain: str | None = None
     path: str | None = None
@@ -108,6 +124,7 @@ class _EndpointFields(_Lenient):
     cacheHttpResponses: bool | None = None
     tags: list[str] | None = None
     healthRoute: str | None = Field(None, max_length=256)
+    rateLimits: RateLimitsIn | None = Field(None, description="requests/s and tokens/min, see the docs")
 
     @field_validator("type")
     @classmethod

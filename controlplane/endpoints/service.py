@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import builtins  # the class defines list(); annotations below mean the builtin
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from lorafleet.controlplane.auth.service import Principal
@@ -21,10 +22,13 @@ from lorafleet.controlplane.endpoints.local_paths import LocalRoots
 from lorafleet.controlplane.endpoints.quota import Claim, Quota, check_claims
 from lorafleet.controlplane.endpoints.render import render_endpoint
 from lorafleet.controlplane.endpoints.schemas import EndpointCreate, EndpointUpdate
-from lorafleet.controlplane.endpoints.spec import build_spec, check_spec, launch_digest_fields, merge_update
+from lorafleet.controlplane.endpoints.spec import build_spec, check_spec, merge_update
+from lorafleet.controlplane.endpoints.spec_view import EndpointSpec, launch_digest_fields
 from lorafleet.controlplane.errors import BadRequestError, ConflictError, NotFoundError
 from lorafleet.controlplane.models import Endpoint
 from lorafleet.controlplane.secretbox import SecretBox
+from lorafleet.controlplane.usage import repository as usage_repository
+from lorafleet.controlplane.usage.report import usage_json
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
@@ -41,15 +45,6 @@ class ReplicaLogs:
     replica: str
     state: str
     lines: list[str]
-
-
-@dataclass(frozen=True)
-class ReplicaAccess:
-    """How the control plane itself reaches an endpoint (Try it): its URL and that replica's key."""
-
-    url: str | None
-    api_key: str | None
-    state: str
 
 
 class EndpointService:
@@ -116,7 +111,7 @@ class EndpointService:
             session,
             endpoint_id=endpoint.id,
             kind="created",
-            message=f"created on {self._instance_label(spec)}",
+            message=f"created on {EndpointSpec.from_stored(spec).instance_label}",
         )
         _wake(session)
         return endpoint
@@ -214,16 +209,19 @@ class EndpointService:
             for e in repository.list_events(session, endpoint_id=endpoint.id, limit=limit)
         ]
 
-    def replica_access(self, session: Session, principal: Principal, name: str) -> ReplicaAccess:
-        """The endpoint's URL and the key of the replica serving it, for the control plane's own
-        requests (never shown to the tenant)."""
+    def usage(self, session: Session, principal: Principal, name: str) -> dict[str, Any]:
+        """`GET .../usage`: per-adapter counters and latency percentiles since the endpoint's creation."""
         endpoint = self.get(session, principal, name)
-        serving = [
-            r for r in repository.replicas_of(session, endpoint_id=endpoint.id)
-            if r.url == endpoint.url and r.api_key_encrypted
-        ]
-        api_key = self.secret_box.open(serving[0].api_key_encrypted)["api_key"] if serving else None
-        return ReplicaAccess(endpoint.url, api_key, endpoint.state)
+        totals = usage_repository.totals(session, [endpoint.id]).get(endpoint.id, {})
+        return usage_json(totals, since=endpoint.created_at)
+
+    def usage_per_minute(
+        self, session: Session, principal: Principal, name: str, minutes: int = 60
+    ) -> builtins.list[tuple[str, datetime, dict[str, int]]]:
+        """(adapter, minute, counters) of the last `minutes` minutes, oldest first (dashboard charts)."""
+        endpoint = self.get(session, principal, name)
+        since = usage_repository.window_start(utcnow(), minutes)
+        return usage_repository.per_minute(session, endpoint.id, since)
 
     # --- helpers ------------------------------------------------------------------------
 
@@ -239,24 +237,13 @@ class EndpointService:
         catalog = self.hardware.catalog
         others = [e for e in repository.list_endpoints(session, namespace_id=principal.namespace_id)
                   if endpoint is None or e.id != endpoint.id]
-        running = [Claim.of(e.spec, catalog) for e in others if e.desired_state == "running"]
-        check_claims(self.quota, principal.namespace, Claim.of(spec, catalog), running,
-                     endpoints=len(others) + 1)
+        running = [Claim.of(EndpointSpec.from_stored(e.spec), catalog)
+                   for e in others if e.desired_state == "running"]
+        check_claims(self.quota, principal.namespace, Claim.of(EndpointSpec.from_stored(spec), catalog),
+                     running, endpoints=len(others) + 1)
 
     def _resolve(self, spec: dict[str, Any]) -> None:
-        compute, provider = spec["compute"], spec["provider"]
-        self.hardware.resolve(
-            vendor=provider["vendor"],
-            region=provider["region"],
-            instance_type=compute["instanceType"],
-            instance_size=compute["instanceSize"],
-            accelerator=compute["accelerator"],
-        )
-
-    @staticmethod
-    def _instance_label(spec: dict[str, Any]) -> str:
-        c, p = spec["compute"], spec["provider"]
-        return f"{p['vendor']}/{p['region']} {c['instanceType']} {c['instanceSize']}"
+        self.hardware.resolve_spec(EndpointSpec.from_stored(spec), check_accelerator=True)
 
     @staticmethod
     def _touch(endpoint: Endpoint, principal: Principal) -> None:

@@ -14,12 +14,9 @@ from typing import Any
 from lorafleet.controlplane.endpoints.env_policy import check_args, check_env
 from lorafleet.controlplane.endpoints.local_paths import REPOSITORY_PLACEHOLDER, LocalRoots
 from lorafleet.controlplane.endpoints.schemas import EndpointCreate, EndpointUpdate
+from lorafleet.controlplane.endpoints.spec_view import DEFAULT_HEALTH_ROUTE
 from lorafleet.controlplane.errors import BadRequestError
 from lorafleet.controlplane.launchers.base import LocalFolder
-
-DEFAULT_HEALTH_ROUTE = "/health"
-DEFAULT_SCALE_TO_ZERO_MINUTES = 15
-DEFAULT_PENDING_REQUESTS = 4.0
 
 
 def _split_image(
@@ -92,13 +89,18 @@ def build_spec(body: EndpointCreate) -> dict[str, Any]:
         spec["route"] = body.route.model_dump(exclude_none=True)
     if body.cacheHttpResponses is not None:
         spec["cacheHttpResponses"] = body.cacheHttpResponses
+    if body.rateLimits is not None:
+        spec["rateLimits"] = body.rateLimits.model_dump(exclude_none=True)
     _check_replicas(spec)
     return spec
 
 
+WHOLE_VALUES = ("env", "measure", "rateLimits")  # an update replaces these as a whole
+
+
 def _deep_merge(target: dict[str, Any], patch: dict[str, Any]) -> None:
     for key, value in patch.items():
-        if isinstance(value, dict) and isinstance(target.get(key), dict) and key not in ("env", "measure"):
+        if isinstance(value, dict) and isinstance(target.get(key), dict) and key not in WHOLE_VALUES:
             _deep_merge(target[key], value)
         else:
             target[key] = value
@@ -154,13 +156,3 @@ def runtime_env(
     if model.get("revision") and "REVISION" not in env:
         env["REVISION"] = model["revision"]
     return {**env, **secrets}, sources
-
-
-def launch_digest_fields(spec: dict[str, Any]) -> dict[str, Any]:
-    """The parts of a spec that, when changed, need new replicas."""
-    return {
-        "provider": spec["provider"],
-        "compute": {k: v for k, v in spec["compute"].items() if k != "scaling"},
-        "model": spec["model"],
-        "healthRoute": spec["healthRoute"],
-    }

@@ -19,8 +19,6 @@ returning None means "use the catalog file".
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -80,6 +78,9 @@ class ReplicaSpec:
             bearer token. Not part of the digest; never logged.
         folders: the local model and adapter folders the spec names (under `LOCAL_ROOTS`), the only
             host files a sandboxed replica reads besides its interpreter.
+        digest: the endpoint spec's replica digest (`EndpointSpec.replica_digest`, also on the
+            replica's row): equal digests mean interchangeable replicas. A launcher that finds a
+            replica already running under this key reuses it only if the digest matches.
     """
 
     replica_key: str
@@ -91,17 +92,7 @@ class ReplicaSpec:
     health_route: str = "/health"
     api_key: str = field(default="", repr=False)
     folders: tuple[LocalFolder, ...] = ()
-
-    @property
-    def digest(self) -> str:
-        """Fingerprint of what runs (not of the key): equal digests mean interchangeable replicas."""
-        payload = {
-            "instance": self.instance.id,
-            "env": dict(sorted(self.env.items())),
-            "args": list(self.args),
-            "health_route": self.health_route,
-        }
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    digest: str = ""
 
 
 @dataclass(frozen=True)

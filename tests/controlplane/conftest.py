@@ -102,9 +102,12 @@ class Server:
 
 
 def serve_app(settings: Settings) -> Iterator[tuple[str, object]]:
-    """Runs `create_app(settings)` with uvicorn in a thread on a free port until the test ends."""
-    app = create_app(settings)
+    """Runs `create_app(settings)` with uvicorn in a thread on a free port until the test ends
+    (endpoints' URLs name that port, as `lorafleet controlplane serve` makes them)."""
     port = free_port()
+    if "public_url" not in settings.model_fields_set:
+        settings = settings.model_copy(update={"public_url": f"http://127.0.0.1:{port}"})
+    app = create_app(settings)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -152,8 +152,11 @@ class LiveControlPlane:
         """A second, started control-plane process on the same database, home (replica handle
         files), settings and token, on its own port and log file; stopped at exit (its replicas
         are left to `live_controlplane`'s clean-up). Two such processes elect one reconciler."""
+        # One public URL for both, as behind a load balancer: endpoints' URLs do not depend on
+        # which process leads (the docs say to give every process the same LORAFLEET_PUBLIC_URL).
+        env = {**self.env, "LORAFLEET_PUBLIC_URL": self.env.get("LORAFLEET_PUBLIC_URL", self.url)}
         other = LiveControlPlane(
-            self.home, self.env, self.namespace, self._startup_timeout_s, f"controlplane-{free_port()}.log"
+            self.home, env, self.namespace, self._startup_timeout_s, f"controlplane-{free_port()}.log"
         )
         other.token = self.token
         try:
@@ -167,6 +170,20 @@ class LiveControlPlane:
         port and database; the new process adopts the replicas that are still alive."""
         self.stop(sig)
         self.start()
+
+    def reconciler(self) -> dict[str, object]:
+        """`{"passes": n, "leading": bool}` from `/health`: finished reconciler loop iterations."""
+        return httpx.get(f"{self.url}/health", timeout=10).json()["reconciler"]
+
+    def wait_passes(self, count: int, timeout_s: float = 120.0) -> None:
+        """Returns once this process has finished `count` more reconciler loop iterations (a test
+        that must see that nothing happens waits for passes, not for a guessed time)."""
+        target = int(self.reconciler()["passes"]) + count  # type: ignore[call-overload]
+        deadline = time.monotonic() + timeout_s
+        while int(self.reconciler()["passes"]) < target:  # type: ignore[call-overload]
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.url} did not finish {count} reconciler passes in {timeout_s} s")
+            time.sleep(0.1)
 
     def output(self) -> str:
         try:

@@ -27,13 +27,17 @@ from tests.controlplane.conftest import SEED_CATALOG, endpoint_body
 from tests.controlplane.live import LiveControlPlane, live_controlplane
 from tests.fixtures import standard_adapters, tiny_model
 
-# Reconciler tuning for the tests: quick passes, quick backoff, two attempts before `failed`.
+# Reconciler and gateway tuning for the tests: quick passes, quick backoff, two attempts before
+# `failed`; gateways reload every 0.3 s, so a draining replica may stop after 1 s.
 FAST_RECONCILER = {
     "LORAFLEET_RECONCILE_INTERVAL_S": "0.3",
     "LORAFLEET_BACKOFF_BASE_S": "0.2",
     "LORAFLEET_BACKOFF_MAX_S": "1",
     "LORAFLEET_MAX_RESTARTS": "1",
     "LORAFLEET_HEALTH_TIMEOUT_S": "5",
+    "LORAFLEET_GATEWAY_REFRESH_S": "0.3",
+    "LORAFLEET_GATEWAY_FLUSH_S": "0.5",
+    "LORAFLEET_DRAIN_GRACE_S": "1",
 }
 ADAPTER_ID = "support"
 
@@ -129,14 +133,37 @@ class EndpointView:
         raw = self.get()
         return raw if raw["status"]["state"] == "running" else None
 
-    def wait_running(self, other_than: str | None = None, timeout_s: float = 120.0) -> dict[str, Any]:
-        """Waits for `running` (with a URL other than `other_than`, when given)."""
+    def wait_running(self, timeout_s: float = 120.0) -> dict[str, Any]:
+        """Waits for `running` with the gateway answering its health route (what `wait()` checks)."""
 
         def ready() -> dict[str, Any] | None:
             raw = self.running()
-            return raw if raw and raw["status"].get("url") != other_than else None
+            if not raw or not raw["status"].get("url"):
+                return None
+            health = httpx.get(raw["status"]["url"] + raw["healthRoute"], headers=self.cp.headers, timeout=30)
+            return raw if health.status_code == 200 else None
 
         return wait_for(ready, timeout_s, f"{self.name} running (last: {self.get()['status']})")
+
+    def wait_replaced(self, old_pids: set[int], timeout_s: float = 120.0) -> dict[str, Any]:
+        """Waits until the endpoint runs on replicas none of which is one of `old_pids`."""
+
+        def replaced() -> dict[str, Any] | None:
+            pids = set(self.pids().values())
+            return self.running() if pids and not pids & old_pids else None
+
+        wait_for(replaced, timeout_s, f"{self.name} running on new replicas (last: {self.get()['status']})")
+        return self.wait_running(timeout_s)
+
+    def replica_urls(self) -> dict[str, str]:
+        """replica key → the replica's own URL, from the process launcher's handle files."""
+        found = {}
+        for key in self.replica_keys():
+            path = self.cp.home / "replicas" / f"{key}.json"
+            if path.exists():
+                handle = json.loads(path.read_text())
+                found[key] = f"http://{handle['host']}:{handle['port']}"
+        return found
 
     def replica_keys(self) -> list[str]:
         response = httpx.get(f"{self.path}/logs?tail=1", headers=self.cp.headers, timeout=30)
@@ -157,15 +184,16 @@ class EndpointView:
         response.raise_for_status()
         return response.json()["items"]
 
-    def generate(self, url: str, adapter_id: str | None = ADAPTER_ID, max_new_tokens: int = 4) -> str:
-        """One TGI `/generate` request to the replica at `url`, with the adapter; returns the text."""
+    def generate(self, url: str | None = None, adapter_id: str | None = ADAPTER_ID, max_new_tokens: int = 4,
+                 token: str | None = None) -> str:
+        """One TGI `/generate` request through the endpoint's URL (default: its `status.url`) with the
+        user's token, as any client sends it; returns the text."""
         parameters: dict[str, Any] = {"max_new_tokens": max_new_tokens}
         if adapter_id:
             parameters["adapter_id"] = adapter_id
-        response = httpx.post(
-            f"{url}/generate", json={"inputs": "Hello there", "parameters": parameters}, timeout=60,
-            headers={"Authorization": f"Bearer {api_key_of(self.cp, url)}"},
-        )
+        base = url or self.get()["status"]["url"]
+        response = httpx.post(f"{base}/generate", json={"inputs": "Hello there", "parameters": parameters},
+                              timeout=60, headers={"Authorization": f"Bearer {token or self.cp.token}"})
         assert response.status_code == 200, response.text
         return response.json()["generated_text"]
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -62,9 +61,12 @@ class Tenant:
         self.path = f"{cp.url}/v2/endpoint/{namespace}/ep-{namespace}"
         created = httpx.post(f"{cp.url}/v2/endpoint/{namespace}", json=body, headers=self.headers, timeout=30)
         assert created.status_code == 200, created.text
-        self.url: str = wait_for(lambda: self.status().get("url"), 60, f"{namespace}'s endpoint running")
+        wait_for(lambda: self.status().get("url"), 60, f"{namespace}'s endpoint running")
+        logs = httpx.get(f"{self.path}/logs?tail=1", headers=self.headers, timeout=30).json()
+        keys = {replica["id"] for replica in logs["replicas"]}
+        (self.handle,) = [h for h in handles(cp) if h["replica_key"] in keys]
+        self.url = f"http://{self.handle['host']}:{self.handle['port']}"  # its replica, not the gateway
         self.key = api_key_of(cp, self.url)
-        (self.handle,) = [h for h in handles(cp) if f":{h['port']}" in self.url]
 
     @property
     def headers(self) -> dict[str, str]:
@@ -186,7 +188,7 @@ def test_the_env_trick_of_the_issue_is_refused_and_runs_nothing(cp: LiveControlP
     error = response.json()
     assert error["field"].endswith(".PYTHONWARNINGS") and "HF_TOKEN" in error["accepted"]
     assert "PYTHONWARNINGS" in error["error"] and "MAX_TOTAL_TOKENS" in error["error"]
-    time.sleep(2.0)  # several reconciler passes: nothing may start
+    cp.wait_passes(3)  # several reconciler passes: nothing may start
     assert not MARKER.exists()
     assert httpx.get(f"{response.url}/ep-trick-{where}", headers=cp.headers).status_code == 404
 
@@ -197,7 +199,8 @@ def test_probes_and_try_it_use_the_replica_key_never_the_users_token(cp: LiveCon
     response = httpx.post(f"{cp.url}/v2/endpoint/{cp.namespace}", json=body, headers=cp.headers, timeout=30)
     assert response.status_code == 200, response.text
     view = EndpointView(cp, "ep-keys")
-    url = wait_for(lambda: view.get()["status"].get("url"), 60, "ep-keys running")
+    wait_for(lambda: view.get()["status"].get("url"), 60, "ep-keys running")
+    (url,) = view.replica_urls().values()  # the replica itself: it tells what it was sent
     key = api_key_of(cp, url)
     seen = lambda: httpx.get(f"{url}/seen", headers={"Authorization": f"Bearer {key}"}).json()  # noqa: E731
     wait_for(lambda: "GET /metrics" in seen()["served"], 30, "a probe of /metrics with the key")

@@ -18,7 +18,6 @@ import httpx
 import lorafleet
 import pytest
 import ray
-from huggingface_hub import InferenceClient
 from lorafleet.controlplane.launchers.ray import DEFAULT_RAY_NAMESPACE
 
 from tests.controlplane.live import LiveControlPlane, live_controlplane
@@ -83,21 +82,23 @@ def running(client: lorafleet.Client) -> lorafleet.InferenceEndpoint:
     return endpoint.wait(timeout=SERVE_TIMEOUT_S, refresh_every=1)
 
 
-def replica_client(endpoint: lorafleet.InferenceEndpoint) -> InferenceClient:
-    """An InferenceClient on the endpoint's replica with that replica's own key, read (as root, the
-    test cluster runs here) from the server's environment: only the control plane holds it."""
-    (actor,) = [a for a in replica_actors().values() if _url(a) == endpoint.url]
-    return InferenceClient(model=endpoint.url, token=environ(actor["pid"])["API_KEY"])
-
-
 def first_token_logprobs(endpoint: lorafleet.InferenceEndpoint) -> dict[str | None, float]:
-    """Greedy first-token log-probability for the base model and each adapter."""
+    """Greedy first-token log-probability for the base model and each adapter, asked through the
+    endpoint's URL (the gateway forwards to the actor's server with its key) as any client would."""
     logprobs = {}
-    client = replica_client(endpoint)
+    client = endpoint.client
     for adapter in (None, *ADAPTERS):
         out = client.text_generation("the fleet serves", max_new_tokens=2, details=True, adapter_id=adapter)
         logprobs[adapter] = out.details.tokens[0].logprob
     return logprobs
+
+
+def served_through_the_gateway(endpoint: lorafleet.InferenceEndpoint) -> dict[str | None, float] | None:
+    """`first_token_logprobs`, or None while the gateway still knows only a replica that is gone."""
+    try:
+        return first_token_logprobs(endpoint)
+    except Exception:  # huggingface_hub's HTTP errors (a 502 or 503 from the gateway)
+        return None
 
 
 @pytest.mark.parametrize(("instance_type", "size", "message"), [
@@ -123,7 +124,10 @@ def test_l4_endpoint_lands_on_the_gpu_node_and_serves_every_adapter(deployment: 
     assert name.startswith(f"{deployment.controlplane.namespace}/multi-lora/rep-")
     assert actor["node_id"] == deployment.cluster.gpu_node_ids[0]
     assert actor["gpu_ids"] == ["0"]
-    assert endpoint.url == f"http://{actor['host']}:{actor['port']}"
+    cp = deployment.controlplane
+    assert endpoint.url == f"{cp.url}/endpoints/{cp.namespace}/multi-lora"  # the gateway, not the actor
+    key = {"Authorization": f"Bearer {environ(actor['pid'])['API_KEY']}"}
+    assert httpx.get(f"{_url(actor)}/info", headers=key, timeout=30).status_code == 200  # the actor itself
     logprobs = first_token_logprobs(endpoint)
     assert len(set(logprobs.values())) == len(logprobs), f"adapters must change the output: {logprobs}"
     assert free_gpus(deployment.cluster.gpu_node_ids[0]) == 0.0
@@ -160,16 +164,16 @@ def test_killed_actor_is_replaced_by_the_reconciler(deployment: Deployment) -> N
     replaced = wait_for(lambda: [a for a in replica_actors().values() if a["actor_id"] != before["actor_id"]],
                         timeout_s=SERVE_TIMEOUT_S, what="a replacement actor")
     assert replaced[0]["node_id"] == deployment.cluster.gpu_node_ids[0]
-    # The new server may get the old port back, so wait for it to answer before reading the status.
     wait_for(lambda: _healthy(_url(replaced[0])), timeout_s=SERVE_TIMEOUT_S, what="the new replica")
-    endpoint = wait_for(lambda: (e := running(deployment.client)).url == _url(replaced[0]) and e,
-                        timeout_s=SERVE_TIMEOUT_S, what="the endpoint to serve from the new replica")
-    assert first_token_logprobs(endpoint)
+    endpoint = running(deployment.client)
+    assert wait_for(lambda: served_through_the_gateway(endpoint), timeout_s=SERVE_TIMEOUT_S,
+                    what="the endpoint to serve from the new replica")
     assert len(replica_actors()) == 1
 
 
 def test_restarted_controlplane_adopts_the_replica_and_stops_orphans(deployment: Deployment) -> None:
     (name, before), = replica_actors().items()
+    url = running(deployment.client).url
     orphan = _start_orphan_actor(deployment)
     deployment.controlplane.restart()
     # The new leader adopts on its first pass: the orphan (no row in the database) is stopped...
@@ -177,8 +181,8 @@ def test_restarted_controlplane_adopts_the_replica_and_stops_orphans(deployment:
     endpoint = running(deployment.client)
     # ...and the endpoint's own replica is kept: same actor, same URL, nothing started beside it.
     assert {n: a["actor_id"] for n, a in replica_actors().items()} == {name: before["actor_id"]}
-    assert endpoint.url == _url(before)
-    assert first_token_logprobs(endpoint)
+    assert endpoint.url == url
+    assert wait_for(lambda: served_through_the_gateway(endpoint), timeout_s=120, what="the adopted replica")
 
 
 def test_delete_frees_the_gpu_and_leaves_no_actor(deployment: Deployment) -> None:

@@ -47,3 +47,18 @@ def test_controlplane_runs_the_ray_launcher_against_the_clusters_head_service() 
     images = {c["image"] for c in pod["containers"] + pod["initContainers"]}
     images |= {g["template"]["spec"]["containers"][0]["image"] for g in cluster["spec"]["workerGroupSpecs"]}
     assert len(images) == 1, "driver and workers must run one image (same Ray and Python)"
+
+
+def test_gateways_run_alone_on_the_control_planes_database_and_own_the_endpoint_urls() -> None:
+    deployment, service = yaml.safe_load_all((DEPLOY / "gateway.yaml").read_text())
+    controlplane, _ = yaml.safe_load_all((DEPLOY / "controlplane.yaml").read_text())
+    pod = deployment["spec"]["template"]["spec"]
+    (gateway,) = pod["containers"]
+    assert gateway["command"][:3] == ["lorafleet", "gateway", "serve"] and deployment["spec"]["replicas"] >= 2
+    secrets = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in gateway["env"] if "valueFrom" in e}
+    assert secrets == {"LORAFLEET_DATABASE_URL": {"name": "lorafleet-controlplane", "key": "database-url"},
+                       "LORAFLEET_SECRET_KEY": {"name": "lorafleet-controlplane", "key": "secret-key"}}
+    server = controlplane["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in server["env"]}
+    port = service["spec"]["ports"][0]["port"]
+    assert env["LORAFLEET_PUBLIC_URL"] == f"http://{service['metadata']['name']}:{port}"

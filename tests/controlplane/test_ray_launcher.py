@@ -71,6 +71,7 @@ def spec(key: str, instance: InstanceType = L4_X1, model_id: str = "/models/tiny
         env={"MODEL_ID": model_id},
         args=("--flag",),
         api_key=f"key-of-{key}",
+        digest=f"digest-of-{model_id}",  # the planner's replica digest: changes with the spec
     )
 
 

@@ -43,14 +43,17 @@ def test_real_replica_starts_with_the_endpoint_env_and_answers_with_its_adapter(
     body["model"]["secrets"] = {"HF_TOKEN": "hf_secret_value"}  # type: ignore[index]
     with endpoint(cp, body) as ep:
         seen: set[str] = set()
-        raw = wait_for(lambda: seen.add(ep.state()) or ep.running(), 120, "running")
+        wait_for(lambda: seen.add(ep.state()) or ep.running(), 120, "running")
+        raw = ep.wait_running()
         url = raw["status"]["url"]
+        assert url == f"{cp.url}/endpoints/{cp.namespace}/ep-env"  # the gateway's URL, not a replica's
         assert "initializing" in seen
         assert raw["status"]["readyReplica"] == 1 and raw["status"]["targetReplica"] == 1
-        assert httpx.get(url + raw["healthRoute"]).status_code == 200
-        replica_key = {"Authorization": f"Bearer {api_key_of(cp, url)}"}
-        info = httpx.get(f"{url}/info", headers=replica_key).json()
+        ((replica_url),) = ep.replica_urls().values()
+        replica_key = {"Authorization": f"Bearer {api_key_of(cp, replica_url)}"}
+        info = httpx.get(f"{replica_url}/info", headers=replica_key).json()
         assert info["model_id"] == str(model_dir)  # MODEL_ID=/repository became the repository
+        assert httpx.get(f"{url}/info", headers=cp.headers).json() == info  # the same through the gateway
         assert ep.generate(url)
         (pid,) = ep.pids().values()
         env = environ(pid)
@@ -73,10 +76,10 @@ def test_replica_killed_with_sigkill_is_restarted_and_serves_again(cp: LiveContr
         url = ep.wait_running()["status"]["url"]
         (pid,) = ep.pids().values()
         os.kill(pid, signal.SIGKILL)
-        new = ep.wait_running(other_than=url)["status"]["url"]
+        assert ep.wait_replaced({pid})["status"]["url"] == url  # the URL outlives the replica
         (new_pid,) = ep.pids().values()
         assert new_pid != pid and gone(pid)
-        assert ep.generate(new)
+        assert ep.generate(url)
         failures = [e["message"] for e in ep.events() if e["kind"] == "replica-failed"]
         assert len(failures) == 1 and "exited" in failures[0]
 
@@ -85,16 +88,19 @@ def test_pause_stops_the_replica_process_and_resume_serves_again(cp: LiveControl
     with endpoint(cp, real_body("ep-pause")) as ep:
         first = ep.wait_running()["status"]["url"]
         (pid,) = ep.pids().values()
+        (replica_url,) = ep.replica_urls().values()
         paused = ep.post("pause")
         assert paused["status"]["state"] == "paused" and "url" not in paused["status"]
-        # The process exits first; the reconciler forgets the replica right after.
+        # The process exits first (once drained); the reconciler forgets the replica right after.
         wait_for(lambda: gone(pid) and ep.pids() == {}, 60, "replica process stopped and forgotten")
         assert ep.state() == "paused"
         with pytest.raises(httpx.HTTPError):
-            httpx.get(f"{first}/health", timeout=2)
+            httpx.get(f"{replica_url}/health", timeout=2)
+        refused = httpx.post(f"{first}/generate", json={"inputs": "Hi"}, headers=cp.headers, timeout=30)
+        assert refused.status_code == 503 and "paused" in refused.json()["error"]
         assert ep.post("resume")["status"]["state"] == "pending"
-        second = ep.wait_running()["status"]["url"]
-        assert ep.generate(second)
+        assert ep.wait_running()["status"]["url"] == first  # the same URL after resume
+        assert ep.generate(first)
 
 
 def _broken_adapter(folder: Path) -> Path:
@@ -135,15 +141,15 @@ def test_update_rolls_to_a_new_replica_serving_the_new_adapter_set(cp: LiveContr
         env = real_body("x")["model"]["image"]["custom"]["env"]  # type: ignore[index]
         env["LORA_ADAPTERS"] = f"{ADAPTER_ID}={adapter},second={adapter}"
         httpx.put(ep.path, json={"model": {"env": env}}, headers=cp.headers).raise_for_status()
-        new = ep.wait_running(other_than=url)["status"]["url"]
+        assert ep.wait_replaced({old_pid})["status"]["url"] == url
         wait_for(lambda: gone(old_pid), 60, "old replica stopped")
-        assert ep.generate(new, adapter_id="second")
+        assert ep.generate(url, adapter_id="second")
 
 
-def _load(url: str, key: str, stop: threading.Event, answered: list[int]) -> None:
-    """Back-to-back long requests to one replica until `stop` (error answers are recorded, not raised)."""
+def _load(url: str, token: str, stop: threading.Event, answered: list[int]) -> None:
+    """Back-to-back long requests through the endpoint's URL until `stop` (error answers are recorded)."""
     request = {"inputs": "Hello there", "parameters": {"max_new_tokens": 40, "adapter_id": ADAPTER_ID}}
-    with httpx.Client(timeout=120, headers={"Authorization": f"Bearer {key}"}) as client:
+    with httpx.Client(timeout=120, headers={"Authorization": f"Bearer {token}"}) as client:
         while not stop.is_set():
             try:
                 response = client.post(f"{url}/generate", json=request)
@@ -152,18 +158,15 @@ def _load(url: str, key: str, stop: threading.Event, answered: list[int]) -> Non
                 answered.append(0)
 
 
-def test_queue_depth_of_the_real_runtime_scales_the_endpoint_up(cp: LiveControlPlane) -> None:
-    # A KV pool of 4 blocks x 16 tokens holds about two requests, so most of 12 concurrent clients
-    # wait in the runtime's queue: `lorafleet_queue_size` stays far above pendingRequests=2.
+def test_gateway_load_scales_the_endpoint_up(cp: LiveControlPlane) -> None:
+    # 12 clients keep 12 requests pending or in flight at the gateway, far above pendingRequests=2
+    # per replica: the autoscaler (fed by the gateway's load reports) wants the maximum, 2.
     body = real_body("ep-scale", MAX_INPUT_LENGTH="16", MAX_TOTAL_TOKENS="64", NUM_KV_BLOCKS="4")
     body["compute"]["scaling"] = {"minReplica": 1, "maxReplica": 2, "measure": {"pendingRequests": 2}}  # type: ignore[index]
     with endpoint(cp, body) as ep:
         url = ep.wait_running()["status"]["url"]
-        key = api_key_of(cp, url)
-        metrics = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {key}"}).text
-        assert "lorafleet_queue_size 0.0" in metrics
         stop, answered = threading.Event(), []
-        clients = [threading.Thread(target=_load, args=(url, key, stop, answered)) for _ in range(12)]
+        clients = [threading.Thread(target=_load, args=(url, cp.token, stop, answered)) for _ in range(12)]
         for thread in clients:
             thread.start()
         try:

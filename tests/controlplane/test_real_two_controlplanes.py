@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,8 +27,8 @@ from tests.controlplane.replicas import EndpointView, gone, real_body, real_cont
 pytestmark = pytest.mark.slow
 
 # Reconciler passes to let run before checking that nothing was started (an absence can only be
-# observed by waiting; LORAFLEET_RECONCILE_INTERVAL_S is 0.3 s).
-PASSES_TO_WAIT = 10
+# observed by letting both processes' reconcilers run: the test counts their passes).
+PASSES_TO_WAIT = 5
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
@@ -97,21 +96,23 @@ def test_one_reconciler_for_two_processes_and_the_survivor_adopts_the_replica(cp
         assert created.status_code == 200, created.text
         url = first.wait_running()["status"]["url"]
         assert second.running() is not None and second.get()["status"]["url"] == url
-        time.sleep(PASSES_TO_WAIT * 0.3)  # both processes keep looping: only the leader may start
+        other_url = url.replace(cp.url, other.url)  # both processes serve the gateway
+        cp.wait_passes(PASSES_TO_WAIT)  # both processes keep looping: only the leader may start
+        other.wait_passes(PASSES_TO_WAIT)
         assert lease_holder(cp, [cp, other]) == cp.pid
         ((key, pid),) = first.pids().items()
         assert handle_pids(cp) == {key: pid} and second.pids() == {key: pid}
         assert started_events(first) == 1 and started_events(second) == 1
-        assert second.generate(url)
+        assert second.generate(url) and second.generate(other_url)
 
         cp.stop(signal.SIGKILL)  # the leader dies: the lock goes with its process / connection
         wait_for(lambda: lease_holder(cp, [other]) == other.pid, 60, "the second process taking the lease")
-        time.sleep(PASSES_TO_WAIT * 0.3)
+        other.wait_passes(PASSES_TO_WAIT)
         raw = second.get()
         assert raw["status"]["state"] == "running" and raw["status"]["url"] == url
         assert second.pids() == {key: pid} and handle_pids(cp) == {key: pid} and not gone(pid)
         assert started_events(second) == 1
-        assert second.generate(url)
+        assert second.generate(other_url)
 
         # The survivor really reconciles: deleting the endpoint through it stops the adopted replica.
         httpx.delete(second.path, headers=other.headers, timeout=30).raise_for_status()

@@ -37,7 +37,8 @@ def cp() -> Iterator[LiveControlPlane]:
 
 def test_replica_answers_only_the_bearer_of_its_own_key(cp: LiveControlPlane) -> None:
     with endpoint(cp, real_body("ep-auth")) as ep:
-        url = ep.wait_running()["status"]["url"]
+        ep.wait_running()
+        (url,) = ep.replica_urls().values()
         key = api_key_of(cp, url)
         assert httpx.get(f"{url}/health", timeout=30).status_code == 200  # probes need no key
         wrong = ({}, {"Authorization": f"Bearer {cp.token}"}, {"Authorization": "Bearer " + "x" * 43})
@@ -56,7 +57,8 @@ def test_control_plane_probes_and_try_it_reach_an_authenticating_replica(cp: Liv
     body["compute"]["scaling"] = {"minReplica": 1, "maxReplica": 2}  # type: ignore[index]  # probes /metrics
     with endpoint(cp, body) as ep:
         url = ep.wait_running()["status"]["url"]
-        assert httpx.get(f"{url}/metrics", timeout=30).status_code == 401
+        for replica_url in ep.replica_urls().values():
+            assert httpx.get(f"{replica_url}/metrics", timeout=30).status_code == 401
         client, csrf = signed_in_client(cp)
         try:
             tried = client.post(f"/dashboard/endpoints/{ep.name}/try", headers={"accept": "application/json"},
@@ -64,4 +66,4 @@ def test_control_plane_probes_and_try_it_reach_an_authenticating_replica(cp: Liv
         finally:
             client.close()
         assert tried.status_code == 200 and isinstance(tried.json()["generated_text"], str), tried.text
-        assert ep.generate(url)  # with the replica's key
+        assert ep.generate(url)  # through the gateway, which sends the replica's key

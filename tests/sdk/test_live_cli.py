@@ -57,6 +57,11 @@ def test_every_endpoints_command_round_trip(static_cp, run, endpoint_name):
     code, out, _ = run("logs", name, "--tail", "5", "-o", "json")
     assert code == 0 and isinstance(json.loads(out)["logs"], str)
 
+    code, out, _ = run("usage", name)
+    assert code == 0 and out.startswith("No requests since")
+    code, out, _ = run("usage", name, "-o", "json")
+    assert code == 0 and json.loads(out) == {"adapters": [], "since": created["status"]["createdAt"]}
+
     code, out, _ = run("delete", name, "--yes")
     assert code == 0 and out.strip() == f"Deleted endpoint alice/{name}."
     code, out, err = run("describe", name)

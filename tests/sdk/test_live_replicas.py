@@ -8,6 +8,7 @@ import lorafleet
 import pytest
 from lorafleet import cli
 
+from tests.controlplane.replicas import wait_for
 from tests.fixtures import standard_adapters, tiny_model
 from tests.sdk.conftest import CPU_INSTANCE
 
@@ -72,7 +73,8 @@ def test_seed_article_snippet_deploys_and_serves_adapters(live_cp, endpoint_name
     endpoint.wait(timeout=240, refresh_every=0.5)
     # --- end of the article's code ---
 
-    assert endpoint.status == "running" and endpoint.url.startswith("http://127.0.0.1:")
+    assert endpoint.status == "running"
+    assert endpoint.url == f"{live_cp.url}/endpoints/{endpoint.namespace}/{name}"  # the gateway's URL
     outputs = {
         adapter: endpoint.client.text_generation(
             prompt="Hello who are you?", max_new_tokens=8, adapter_id=adapter, seed=0
@@ -81,6 +83,19 @@ def test_seed_article_snippet_deploys_and_serves_adapters(live_cp, endpoint_name
     }
     assert all(isinstance(text, str) for text in outputs.values())
     assert len(set(outputs.values())) > 1, outputs  # the adapters change the output
+
+    def metered() -> lorafleet.EndpointUsage | None:  # gateways and the reconciler write every few s
+        usage = endpoint.usage()
+        by_name = {a.adapter: a for a in usage.adapters}
+        done = set(by_name) == {None, "customer_support", "magicoder"} and all(
+            a.requests == 1 and a.output_tokens == 8 for a in by_name.values())
+        return usage if done else None
+
+    usage = wait_for(metered, 60, "the three requests metered")
+    assert all(a.input_tokens > 0 and a.errors == 0 and a.latency_p50_ms for a in usage.adapters)
+    assert cli.main(["endpoints", "usage", name]) == 0
+    table = capsys.readouterr().out
+    assert "customer_support" in table and "(base model)" in table and "OUTPUT TOKENS" in table
 
     assert endpoint.resume().status == "running"  # running_ok
     with pytest.raises(lorafleet.ValidationError, match="already running"):
@@ -112,6 +127,8 @@ async def test_async_functions_deploy_wait_and_serve(live_cp, endpoint_name):
         await endpoint.wait(timeout=240, refresh_every=0.5)
         text = await endpoint.async_client.text_generation("Hello", max_new_tokens=4, adapter_id="qv")
         assert isinstance(text, str)
+        usage = await endpoint.usage()
+        assert isinstance(usage, lorafleet.EndpointUsage) and usage.since == endpoint.created_at
         assert name in [e.name for e in await aio.list_inference_endpoints(client=client)]
         assert (await aio.get_inference_endpoint(name, client=client)).status == "running"
         assert (await aio.resume_inference_endpoint(name, client=client)).status == "running"

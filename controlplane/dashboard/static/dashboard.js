@@ -110,6 +110,21 @@ function asyncForm(form) {
   });
 }
 
+// Copy buttons: the text of the element named by data-copy (selectable without JavaScript too).
+function copyButton(button) {
+  button.addEventListener("click", async () => {
+    const source = document.getElementById(button.dataset.copy);
+    try {
+      await navigator.clipboard.writeText(source.textContent);
+      button.textContent = "Copied";
+    } catch (_) {
+      window.getSelection().selectAllChildren(source);
+      button.textContent = "Selected";
+    }
+    window.setTimeout(() => { button.textContent = "Copy"; }, 1500);
+  });
+}
+
 function paragraph(className, text) {
   const p = document.createElement("p");
   p.className = className;
@@ -123,6 +138,7 @@ document.addEventListener("DOMContentLoaded", () => {
   document.querySelectorAll("form.create-form").forEach(narrowHardware);
   document.querySelectorAll("form[data-confirm]").forEach(confirmBeforeSubmit);
   document.querySelectorAll("form[data-async]").forEach(asyncForm);
+  document.querySelectorAll("button[data-copy]").forEach(copyButton);
   const invalid = document.querySelector('[aria-invalid="true"]');
   if (invalid) invalid.focus();
 });

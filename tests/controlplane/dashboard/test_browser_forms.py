@@ -210,7 +210,9 @@ def test_scale_to_zero_resume_and_try_it_without_a_replica(page, api_only_cp) ->
     page.get_by_label("Prompt", exact=True).fill("Hello")
     page.get_by_label("Adapter", exact=True).select_option("a")
     page.get_by_role("button", name="Generate").click()
-    expect(page.locator("#try-output [role=alert]")).to_contain_text("has no URL yet")
+    # Through the gateway like any client: no ready replica yet, so a 503 that says so.
+    expect(page.locator("#try-output [role=alert]")).to_contain_text("The endpoint answered HTTP 503")
+    expect(page.locator("#try-output [role=alert]")).to_contain_text("Endpoint alice/idle")
 
 
 def test_another_namespace_endpoint_is_not_found(page, api_only_cp) -> None:

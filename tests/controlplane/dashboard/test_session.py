@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from lorafleet.controlplane.dashboard.session import SessionConfig, SessionSealer
 
@@ -43,9 +41,12 @@ def test_cookie_sealed_with_another_secret_key_is_refused(sealer: SessionSealer)
 
 
 def test_session_expires_after_max_age() -> None:
-    sealer = SessionSealer(SessionConfig(secret_key="k", max_age_s=1))
+    now = [1_700_000_000.0]
+    sealer = SessionSealer(SessionConfig(secret_key="k", max_age_s=60), clock=lambda: now[0])
     cookie = sealer.seal(sealer.new_session(token="lf_x", namespace="alice"))
-    time.sleep(2.1)  # Fernet timestamps have one-second resolution
+    now[0] += 60  # Fernet timestamps have one-second resolution: still valid at exactly max_age
+    assert sealer.open(cookie) is not None
+    now[0] += 1
     assert sealer.open(cookie) is None
 
 

@@ -2,18 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 from lorafleet.controlplane.dashboard.tryit import Trial, generate, parse_max_new_tokens
 
-from tests.controlplane.live import free_port
+from tests.controlplane.dashboard.conftest import create_via_api, signed_in_client
+from tests.controlplane.live import LiveControlPlane
+from tests.controlplane.replicas import wait_for
 
 
 def _trial(prompt: str = "Hello", adapter_id: str = "a", max_new_tokens: str = "8") -> Trial:
     return Trial(prompt=prompt, adapter_id=adapter_id, max_new_tokens=max_new_tokens)
 
 
+def _refused(trial: Trial) -> Trial:
+    """Runs a trial that must be refused before anything is sent (there is no gateway to send to).
+    In a thread of its own: the browser tests of this package keep an event loop in the main one."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, generate(trial, gateway=None, namespace="alice", name="ep",
+                                                 token="lf_x")).result()
+
+
 def test_empty_prompt_is_refused_before_any_request() -> None:
-    result = generate(_trial(prompt="   "), url="http://127.0.0.1:1", state="running", api_key="k")
+    result = _refused(_trial(prompt="   "))
     assert (result.error, result.status_code) == ("Enter a prompt.", 400)
 
 
@@ -22,7 +35,7 @@ def test_empty_prompt_is_refused_before_any_request() -> None:
 def test_bad_max_new_tokens_is_refused(text: str, fragment: str) -> None:
     with pytest.raises(ValueError, match=fragment):
         parse_max_new_tokens(text)
-    result = generate(_trial(max_new_tokens=text), url="http://127.0.0.1:1", state="running", api_key="k")
+    result = _refused(_trial(max_new_tokens=text))
     assert result.status_code == 400 and fragment in (result.error or "")
 
 
@@ -30,18 +43,25 @@ def test_blank_max_new_tokens_means_the_default() -> None:
     assert parse_max_new_tokens(" ") == 20
 
 
-def test_endpoint_without_url_says_its_state() -> None:
-    result = generate(_trial(), url=None, state="paused", api_key="k")
-    assert result.status_code == 409
-    assert "The endpoint is paused and has no URL yet" in (result.error or "")
+def test_an_endpoint_without_a_replica_is_explained_through_the_gateway(
+    api_only_cp: LiveControlPlane,
+) -> None:
+    create_via_api(api_only_cp, "ep-try-none", adapters="a=org/a")
+    client, csrf = signed_in_client(api_only_cp)
+    json = {"accept": "application/json"}
+    try:
+        def tried() -> object:
+            answer = client.post("/dashboard/endpoints/ep-try-none/try", headers=json,
+                                 data={"csrf_token": csrf, "prompt": "Hello", "adapter_id": "a"})
+            return answer if answer.status_code != 404 else None  # the gateway sees new endpoints within 1 s
 
-
-def test_endpoint_that_refuses_the_connection_is_reported_not_raised() -> None:
-    closed = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    result = generate(_trial(), url=closed, state="running", api_key="k", timeout_s=5)
-    assert result.status_code == 502
-    assert "did not answer" in (result.error or "")
-    assert result.prompt == "Hello" and result.adapter_id == "a"  # the input is kept for the page
+        answer = wait_for(tried, 30, "the gateway seeing the endpoint")
+        missing = client.post("/dashboard/endpoints/no-such-ep/try", headers=json,
+                              data={"csrf_token": csrf, "prompt": "Hello"})
+    finally:
+        client.close()
+    assert answer.status_code == 503 and "has no ready replica" in answer.json()["error"]
+    assert missing.status_code == 404 and "not found" in missing.json()["error"]
 
 
 def test_labels_name_the_adapter_or_the_base_model() -> None:

@@ -1,0 +1,1 @@
+"""Per-adapter usage of endpoints: counters and latency histograms, stored per source and per minute."""
