@@ -14,6 +14,7 @@ import itertools
 import logging
 import os
 import threading
+from pathlib import Path
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -21,6 +22,8 @@ from typing import Any
 import torch
 from lorafleet.runtime.adapters import AdapterStore, AdapterVersion
 from lorafleet.runtime.args import AdapterSource, EngineArgs
+from lorafleet.runtime.distributed.launch import ShardGroup, start_shards
+from lorafleet.runtime.distributed.runner import ShardedRunner
 from lorafleet.runtime.engine import memory, setup, warmup
 from lorafleet.runtime.engine.adapter_service import AdapterListing, AdapterReader, EngineAdapters
 from lorafleet.runtime.engine.config import EngineConfig
@@ -32,7 +35,7 @@ from lorafleet.runtime.engine.scheduler import Scheduler, SchedulerConfig
 from lorafleet.runtime.engine.sequence import Sequence as Seq
 from lorafleet.runtime.engine.validation import prepare_request
 from lorafleet.runtime.errors import EngineError, GenerationError
-from lorafleet.runtime.models.args import LoraCapacity
+from lorafleet.runtime.models.args import LoraCapacity, ModelArgs
 from lorafleet.runtime.models.decoder import DecoderModel
 from lorafleet.runtime.models.generation_config import read_generation_config, token_ids
 from lorafleet.runtime.models.loader import load_model, read_config
@@ -57,7 +60,8 @@ class EngineInfo:
     num_kv_blocks: int
     max_loaded_adapters: int
     eos_token_id: int | None
-    memory: memory.MemorySplit
+    memory: memory.MemorySplit  # of one shard when sharded
+    num_shard: int = 1  # processes (devices) the model is split over
 
 
 @dataclass(frozen=True)
@@ -83,8 +87,14 @@ class Engine:
         ...     [result] = engine.generate([GenerationRequest("SELECT", adapter_id="sql")])
     """
 
-    def __init__(self, config: EngineConfig, model: DecoderModel, tokenizer: Tokenizer) -> None:
+    def __init__(
+        self, config: EngineConfig, model: DecoderModel, tokenizer: Tokenizer, shards: ShardGroup | None = None
+    ) -> None:
         self.config = config
+        self.shards = shards
+        # Why the engine can no longer serve (a shard died); the server reports 503 and exits.
+        self.failure: str | None = None
+        self.on_failure: Callable[[str], None] | None = None
         self.tokenizer = tokenizer
         page_bytes = dict(config.adapter_page_bytes)
         reader = AdapterReader(config, model.lora_sites, frozenset(page_bytes))
@@ -101,13 +111,20 @@ class Engine:
                 adapter_page_bytes=config.adapter_page_bytes,
             )
         )
-        runner = ModelRunner(config, model)
+        runner = ModelRunner(config, model) if shards is None else ShardedRunner(config, model)
         self.loop = EngineLoop(scheduler, runner, store)
         self.adapters = EngineAdapters(config, store, self.loop)
         self.memory = memory.memory_split(model, list(model.lora_holders), runner.kv_cache,
                                           reserve=config.memory_reserve)
         self._seq_ids = itertools.count()
         self._deliveries = DeliveryRegistry()  # stream events reach each event loop in batches
+        if shards is not None:
+            shards.watch(self._shard_died)
+
+    def _shard_died(self, reason: str) -> None:
+        self.failure = reason
+        if self.on_failure is not None:
+            self.on_failure(reason)
 
     @classmethod
     def from_args(cls, args: EngineArgs, progress: Callable[[str], None] | None = None) -> Engine:
@@ -129,33 +146,53 @@ class Engine:
         raw_config, model_args = read_config(model_dir)
         device = setup.resolve_device(args.device)
         dtype = setup.resolve_dtype(args.dtype, device)
+        lora = LoraCapacity(args.max_loaded_adapters, args.max_lora_rank)
+        shards = start_shards(setup.resolve_num_shard(args, device), model_dir, model_args, dtype, device, lora)
+        if shards is not None:
+            say(f"sharded over {shards.world} processes ({', '.join(shards.devices)})")
+        try:
+            return cls._build(args, say, (model_dir, sha, raw_config, model_args), dtype, device, shards)
+        except BaseException:
+            if shards is not None:
+                shards.abort()
+            raise
+
+    @classmethod
+    def _build(
+        cls,
+        args: EngineArgs,
+        say: Callable[[str], None],
+        checkpoint: tuple[Path, str | None, dict[str, Any], ModelArgs],
+        dtype: torch.dtype,
+        device: torch.device,
+        shards: ShardGroup | None,
+    ) -> Engine:
+        model_dir, sha, raw_config, model_args = checkpoint
         tokenizer = Tokenizer(model_dir)
         generation = read_generation_config(model_dir)
         lora = LoraCapacity(args.max_loaded_adapters, args.max_lora_rank)
-        model = load_model(model_dir, model_args, dtype=dtype, device=device, lora=lora, progress=say)
-        page_bytes = model.page_bytes()
+        model = load_model(model_dir, model_args, dtype=dtype, device=device, lora=lora, progress=say,
+                           shard=(shards.plan, shards.reduce) if shards is not None else None)
+        page_bytes = model.page_bytes()  # a shard's: the adapter budget is per shard
         num_pages = memory.adapter_pages(args, sum(page_bytes.values()), device)
         model.allocate_adapter_pages(num_pages)  # before the KV cache is sized: it gets the rest
         eos = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
         eos |= generation.eos_token_ids | _config_eos(raw_config, model_dir)
         config = setup.resolve_config(
-            args,
-            model_dir=model_dir,
-            model_sha=sha,
-            model=model_args,
-            dtype=dtype,
-            device=device,
-            eos_token_ids=frozenset(eos),
-            generation_defaults=generation,
-            adapter_pages=num_pages,
-            adapter_page_bytes=page_bytes,
+            args, model_dir=model_dir, model_sha=sha, model=model_args, dtype=dtype, device=device,
+            eos_token_ids=frozenset(eos), generation_defaults=generation, adapter_pages=num_pages,
+            adapter_page_bytes=page_bytes, num_shard=shards.world if shards is not None else 1,
         )
-        if setup.measures_kv_cache(args, device):
+        if setup.measures_kv_cache(args, device) and shards is None:
             plan = warmup.plan_memory(config, model)
             say(f"memory reserve: {plan.reserve >> 20} MiB (activations {plan.activations >> 20}, "
                 f"CUDA graphs {plan.graphs >> 20}, fragmentation {plan.fragmentation >> 20})")
             config = setup.with_memory_plan(config, plan)
-        engine = cls(config, model, tokenizer)
+        elif setup.measures_kv_cache(args, device):  # profiling runs one process's forward: estimate
+            config = setup.with_kv_estimate(config, model)
+        if shards is not None:
+            shards.hand_over(config)
+        engine = cls(config, model, tokenizer, shards)
         say(f"KV pool: {config.num_kv_blocks} blocks x {config.block_size} tokens")
         say(f"adapter memory: {num_pages} pages per projection group, {config.adapter_bytes} bytes")
         if device.type == "cuda":  # before the adapters: warm-up borrows a slot and empty pages
@@ -186,8 +223,14 @@ class Engine:
         self.loop.start()
 
     def shutdown(self) -> None:
-        """Stops the loop; requests still running fail with `GenerationError`."""
+        """Stops the loop (and the shards' workers); requests still running fail with `GenerationError`."""
         self.loop.stop()
+        if self.shards is not None:
+            runner = self.loop.runner
+            assert isinstance(runner, ShardedRunner)
+            if self.failure is None:
+                runner.close()
+            self.shards.close()
 
     def __enter__(self) -> Engine:
         self.start()
@@ -216,6 +259,7 @@ class Engine:
             max_loaded_adapters=c.max_loaded_adapters,
             eos_token_id=self.tokenizer.eos_token_id,
             memory=self.memory,
+            num_shard=self.shards.world if self.shards is not None else 1,
         )
 
     def loaded_adapters(self) -> list[str]:

@@ -28,6 +28,7 @@ logger = logging.getLogger("lorafleet.runtime.server")
 
 DTYPES = ("float16", "bfloat16", "float32")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+MAX_SHARDS = 64  # tensor-parallel processes at most (catalog sizes stop at 8 GPUs)
 
 
 def _int(value: str) -> int:
@@ -96,10 +97,11 @@ def _log_max_bytes(value: str) -> int:
     return number
 
 
-def _one_shard(value: str) -> int:
-    if _int(value) != 1:
-        raise ValueError("must be 1: this runtime serves a model on one device (no tensor parallelism)")
-    return 1
+def _num_shard(value: str) -> int:
+    number = _int(value)
+    if not 1 <= number <= MAX_SHARDS:
+        raise ValueError(f"must be between 1 and {MAX_SHARDS}")
+    return number
 
 
 @dataclass(frozen=True)
@@ -238,7 +240,12 @@ FLAGS = (
         "size at which the log file rotates; one backup is kept (default 10000000)",
         field="log_max_bytes",
     ),
-    Flag("--num-shard", ("NUM_SHARD",), _one_shard, "devices to shard the model over (only 1)", field="-"),
+    Flag(
+        "--num-shard",
+        ("NUM_SHARD",),
+        _num_shard,
+        "processes (GPUs) to split the model over, tensor-parallel (default every visible GPU; 1 on the CPU)",
+    ),
 )
 
 
