@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from lorafleet.runtime.distributed.group import AllReduce, free_port, init_group
 from lorafleet.runtime.distributed.plan import ShardPlan
-from lorafleet.runtime.distributed.worker import WorkerSetup, worker_main
+from lorafleet.runtime.distributed.entry import WorkerSetup, main
 from lorafleet.runtime.engine.config import EngineConfig
 from lorafleet.runtime.models.args import LoraCapacity, ModelArgs
 
@@ -72,7 +72,7 @@ class ShardGroup:
         context = multiprocessing.get_context("spawn")
         for setup in self._setups[1:]:
             setup = WorkerSetup(**{**setup.__dict__, "port": port})
-            process = context.Process(target=worker_main, args=(setup,), name=f"lorafleet-shard-{setup.rank}",
+            process = context.Process(target=main, args=(setup,), name=f"lorafleet-shard-{setup.rank}",
                                       daemon=True)
             process.start()
             self.processes.append(process)

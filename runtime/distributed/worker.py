@@ -14,8 +14,6 @@ import logging
 import os
 import sys
 import threading
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -29,31 +27,18 @@ from lorafleet.runtime.distributed.messages import (
     WritePages,
     rebuild_batch,
 )
+from lorafleet.runtime.distributed.entry import WorkerSetup
 from lorafleet.runtime.distributed.plan import ShardPlan
 from lorafleet.runtime.engine.config import EngineConfig
 from lorafleet.runtime.engine.model_runner import AdapterWrite, ModelRunner
-from lorafleet.runtime.models.args import LoraCapacity, ModelArgs
 from lorafleet.runtime.models.loader import load_model
 
 logger = logging.getLogger(__name__)
 PARENT_POLL_SECONDS = 1.0
 
 
-@dataclass(frozen=True)
-class WorkerSetup:
-    rank: int
-    world: int
-    port: int
-    model_dir: Path
-    model: ModelArgs  # the whole architecture
-    dtype: torch.dtype
-    device: str  # this shard's device ("cpu", "cuda:1")
-    lora: LoraCapacity
-    parent_pid: int
-
-
 def worker_main(setup: WorkerSetup) -> None:
-    """The spawned process's entry point; exits the process when done."""
+    """Runs shard `setup.rank` until told to stop; exits the process."""
     logging.basicConfig(level=logging.INFO, format=f"shard {setup.rank}: %(levelname)s %(message)s")
     threading.Thread(target=_watch_parent, args=(setup.parent_pid,), daemon=True).start()
     code = 0

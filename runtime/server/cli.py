@@ -28,6 +28,8 @@ logger = logging.getLogger("lorafleet.runtime.server")
 
 DTYPES = ("float16", "bfloat16", "float32")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+DOWN_503_S = 2.0  # a replica whose shard died answers 503 this long, then stops
+EXIT_GRACE_S = 15.0  # a replica whose shard died exits at most this long after
 MAX_SHARDS = 64  # tensor-parallel processes at most (catalog sizes stop at 8 GPUs)
 
 
@@ -368,9 +370,27 @@ def serve(config: ServerConfig) -> int:
         server.should_exit = True
         http.join(60)
         return 1
+    engine = app.state.context.holder.engine
+    if engine is not None:
+        engine.on_failure = lambda reason: _exit_for_restart(server)
+        if engine.failure is not None:  # died before it could be told
+            _exit_for_restart(server)
     while http.is_alive():
         http.join(0.5)
-    return 0
+    return 1 if engine is not None and engine.failure is not None else 0
+
+
+def _exit_for_restart(server: Any) -> None:
+    """A shard died: /health answers 503 from now on (the holder sees `engine.failure`), for
+    DOWN_503_S so that load balancers see it; then stop serving and exit non-zero so the launcher's reconciler restarts the replica. A loop stuck in
+    a collective with the dead shard cannot hold the exit: the process ends EXIT_GRACE_S later."""
+    def stop() -> None:
+        server.should_exit = True
+
+    for delay, action in ((DOWN_503_S, stop), (DOWN_503_S + EXIT_GRACE_S, lambda: os._exit(1))):
+        timer = threading.Timer(delay, action)
+        timer.daemon = True
+        timer.start()
 
 
 def _install_stop_handlers(server: Any, holder: Any) -> threading.Event:
