@@ -25,6 +25,7 @@ class WorkerSetup:
     device: str  # this shard's device ("cpu", "cuda:1")
     lora: LoraCapacity
     parent_pid: int
+    threads: int = 0  # CPU: torch threads of this process (the host's cores split between shards)
 
 
 def main(setup: WorkerSetup) -> None:

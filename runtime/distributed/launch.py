@@ -69,9 +69,13 @@ class ShardGroup:
     def start(self) -> None:
         """Spawns the workers and joins the group with them (blocks until all have joined)."""
         port = free_port()
+        threads = 0
+        if self.device.type == "cpu":  # N processes on one host: split its cores, never oversubscribe
+            threads = max(1, torch.get_num_threads() // self.world)
+            torch.set_num_threads(threads)
         context = multiprocessing.get_context("spawn")
         for setup in self._setups[1:]:
-            setup = WorkerSetup(**{**setup.__dict__, "port": port})
+            setup = WorkerSetup(**{**setup.__dict__, "port": port, "threads": threads})
             process = context.Process(target=main, args=(setup,), name=f"lorafleet-shard-{setup.rank}",
                                       daemon=True)
             process.start()

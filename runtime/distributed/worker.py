@@ -55,6 +55,8 @@ def worker_main(setup: WorkerSetup) -> None:
 
 def _build(setup: WorkerSetup) -> ModelRunner:
     device = torch.device(setup.device)
+    if setup.threads:
+        torch.set_num_threads(setup.threads)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     init_group(setup.rank, setup.world, setup.port, device)
