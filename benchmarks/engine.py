@@ -75,7 +75,7 @@ def run_scenarios(
     }
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=64)
@@ -93,7 +93,11 @@ def main() -> None:
     parser.add_argument("--shape", choices=("smollm2-135m", "qwen2.5-0.5b"),
                         help="a real-sized model vs server, transformers+peft and the linear bound "
                              "(benchmarks/engine_shapes.py); --repeats rounds")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = _parser().parse_args()
     if args.shared_prefix:
         shared_prefix(args)
         return

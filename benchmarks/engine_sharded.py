@@ -102,8 +102,8 @@ def plot(report: dict[str, Any], path: Path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
     labels = list(report["tokens_per_s"])
     for offset, scenario, color in ((-0.2, "base", "#888888"), (0.2, "mixed", "#dd8452")):
-        bars = left.bar([i + offset for i in range(len(labels))],
-                        [report["tokens_per_s"][k][scenario] for k in labels], 0.38, label=scenario, color=color)
+        heights = [report["tokens_per_s"][k][scenario] for k in labels]
+        bars = left.bar([i + offset for i in range(len(labels))], heights, 0.38, label=scenario, color=color)
         left.bar_label(bars, fmt="%.0f")
     left.set_xticks(range(len(labels)), [f"{k} shard(s)" for k in labels])
     left.set_ylabel("generated tokens / s")

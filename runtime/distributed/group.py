@@ -30,7 +30,8 @@ def init_group(rank: int, world: int, port: int, device: torch.device) -> None:
     """Joins the replica's group (blocks until all `world` ranks have joined)."""
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(
-        backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world, timeout=COLLECTIVE_TIMEOUT
+        backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+        timeout=COLLECTIVE_TIMEOUT,
     )
 
 

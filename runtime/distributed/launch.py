@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from lorafleet.runtime.distributed.entry import WorkerSetup, main
 from lorafleet.runtime.distributed.group import AllReduce, free_port, init_group
 from lorafleet.runtime.distributed.plan import ShardPlan
-from lorafleet.runtime.distributed.entry import WorkerSetup, main
 from lorafleet.runtime.engine.config import EngineConfig
 from lorafleet.runtime.models.args import LoraCapacity, ModelArgs
 

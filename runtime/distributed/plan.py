@@ -94,7 +94,9 @@ class ShardPlan:
             raise ModelLoadError(f"{name}: a bias on a row-parallel projection cannot be sharded")
         return cut
 
-    def cut_lora(self, module: str, lora_a: torch.Tensor, lora_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def cut_lora(
+        self, module: str, lora_a: torch.Tensor, lora_b: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The shard's A [r, K_s] and B [N_s, r] of PEFT module `module` (a full module name)."""
         cut = self.segments(module.rsplit(".", 1)[-1])
         if cut is None:

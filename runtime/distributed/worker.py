@@ -18,6 +18,7 @@ import threading
 import torch
 import torch.distributed as dist
 from lorafleet.runtime.adapters.residency import Residence
+from lorafleet.runtime.distributed.entry import WorkerSetup
 from lorafleet.runtime.distributed.group import AllReduce, init_group
 from lorafleet.runtime.distributed.messages import (
     Activate,
@@ -27,7 +28,6 @@ from lorafleet.runtime.distributed.messages import (
     WritePages,
     rebuild_batch,
 )
-from lorafleet.runtime.distributed.entry import WorkerSetup
 from lorafleet.runtime.distributed.plan import ShardPlan
 from lorafleet.runtime.engine.config import EngineConfig
 from lorafleet.runtime.engine.model_runner import AdapterWrite, ModelRunner

@@ -14,9 +14,9 @@ import itertools
 import logging
 import os
 import threading
-from pathlib import Path
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -88,7 +88,11 @@ class Engine:
     """
 
     def __init__(
-        self, config: EngineConfig, model: DecoderModel, tokenizer: Tokenizer, shards: ShardGroup | None = None
+        self,
+        config: EngineConfig,
+        model: DecoderModel,
+        tokenizer: Tokenizer,
+        shards: ShardGroup | None = None,
     ) -> None:
         self.config = config
         self.shards = shards
@@ -147,7 +151,8 @@ class Engine:
         device = setup.resolve_device(args.device)
         dtype = setup.resolve_dtype(args.dtype, device)
         lora = LoraCapacity(args.max_loaded_adapters, args.max_lora_rank)
-        shards = start_shards(setup.resolve_num_shard(args, device), model_dir, model_args, dtype, device, lora)
+        num_shard = setup.resolve_num_shard(args, device)
+        shards = start_shards(num_shard, model_dir, model_args, dtype, device, lora)
         if shards is not None:
             say(f"sharded over {shards.world} processes ({', '.join(shards.devices)})")
         try:

@@ -164,7 +164,9 @@ class ModelRunner:
         for name, w in weights.modules.items():
             site = sites[name]
             pages = residence.pages.get(site.group, ())
-            lora_a, lora_b = plan.cut_lora(name, w.lora_a, w.lora_b) if plan is not None else (w.lora_a, w.lora_b)
+            lora_a, lora_b = w.lora_a, w.lora_b
+            if plan is not None:  # a shard: its slices of A or B (docs/kernels.md)
+                lora_a, lora_b = plan.cut_lora(name, lora_a, lora_b)
             site.write(slot, pages, lora_a.to(self.device), lora_b.to(self.device), w.scale)
             ranks[site.group] = max(ranks[site.group], w.lora_a.shape[0])
         return ranks

@@ -382,8 +382,10 @@ def serve(config: ServerConfig) -> int:
 
 def _exit_for_restart(server: Any) -> None:
     """A shard died: /health answers 503 from now on (the holder sees `engine.failure`), for
-    DOWN_503_S so that load balancers see it; then stop serving and exit non-zero so the launcher's reconciler restarts the replica. A loop stuck in
-    a collective with the dead shard cannot hold the exit: the process ends EXIT_GRACE_S later."""
+    DOWN_503_S so that load balancers see it; then stop serving and exit non-zero so the
+    launcher's reconciler restarts the replica. A loop stuck in a collective with the dead shard
+    cannot hold the exit: the process ends EXIT_GRACE_S later."""
+
     def stop() -> None:
         server.should_exit = True
 

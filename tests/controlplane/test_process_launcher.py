@@ -141,7 +141,8 @@ def test_an_x2_gpu_replica_gets_its_two_gpus_and_num_shard_2_whatever_the_tenant
         time.sleep(300)
     """)
     gpus = [HostGpu("nvidia-l4", "NVIDIA L4", 24.0) for _ in range(3)]
-    launcher = ProcessLauncher(ProcessConfig.from_settings(settings(home, command, sandbox_paths=folder)), gpus)
+    config = ProcessConfig.from_settings(settings(home, command, sandbox_paths=folder))
+    launcher = ProcessLauncher(config, gpus)
     x2 = InstanceType("local", "local", "nvidia-l4", "x2", "gpu", 2, "nvidia-l4")
     handle = launcher.start(ReplicaSpec("rep-x2", "alice", "ep", x2, env={"NUM_SHARD": "8"}))
     lines = wait_for(lambda: [x for x in launcher.logs(handle) if x.startswith("{")], 60, "the dump")

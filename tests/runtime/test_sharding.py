@@ -15,7 +15,13 @@ from lorafleet.runtime.errors import ModelLoadError
 from lorafleet.runtime.models.loader import read_config
 
 from tests.fixtures import standard_adapters, tiny_model
-from tests.runtime.oracle import corpus_prompts, engine_for, engine_prefill_logits, oracle_greedy, oracle_logits
+from tests.runtime.oracle import (
+    corpus_prompts,
+    engine_for,
+    engine_prefill_logits,
+    oracle_greedy,
+    oracle_logits,
+)
 
 NUM_TOKENS = 12
 ADAPTERS = [None, "r8-qv", "r16-all", "r64-rslora", "r8-mlp-patterns", "r16-all"]
@@ -48,7 +54,9 @@ async def _staggered(engine: Engine, requests: list[GenerationRequest]) -> list[
 
 
 @pytest.mark.parametrize("arch", ["llama", "mistral"])
-async def test_two_shards_give_the_oracles_and_one_shards_greedy_tokens_with_mixed_adapters(arch: str) -> None:
+async def test_two_shards_give_the_oracles_and_one_shards_greedy_tokens_with_mixed_adapters(
+    arch: str,
+) -> None:
     with engine_for(arch, max_batch_prefill_tokens=16, dtype="float32") as single:
         requests = _requests(single)
         expected = await _staggered(single, requests)
@@ -62,7 +70,8 @@ async def test_two_shards_give_the_oracles_and_one_shards_greedy_tokens_with_mix
     torch.testing.assert_close(logits, oracle_logits(arch, ids, "r16-all"), atol=2e-4, rtol=1e-4)
     assert got == expected
     for request, tokens in zip(requests, got, strict=True):
-        assert tokens == oracle_greedy(arch, list(request.prompt), request.adapter_id, NUM_TOKENS), request.adapter_id
+        oracle = oracle_greedy(arch, list(request.prompt), request.adapter_id, NUM_TOKENS)
+        assert tokens == oracle, request.adapter_id
 
 
 async def test_adapters_loaded_and_evicted_while_serving_reach_every_shard() -> None:
@@ -87,7 +96,8 @@ async def test_other_families_shard_to_the_oracles_greedy_tokens(arch: str) -> N
         requests = _requests(engine)[:4]
         got = await _staggered(engine, requests)
     for request, tokens in zip(requests, got, strict=True):
-        assert tokens == oracle_greedy(arch, list(request.prompt), request.adapter_id, NUM_TOKENS), request.adapter_id
+        oracle = oracle_greedy(arch, list(request.prompt), request.adapter_id, NUM_TOKENS)
+        assert tokens == oracle, request.adapter_id
 
 
 def test_heads_that_do_not_divide_fail_at_start_naming_them() -> None:
@@ -109,7 +119,8 @@ def test_row_parallel_lora_partial_shrinks_sum_to_the_whole_delta() -> None:
     _, args = read_config(tiny_model("llama"))
     torch.manual_seed(0)
     q = args.num_heads * args.head_dim
-    x, a, b = torch.randn(5, q, dtype=torch.float64), torch.randn(8, q, dtype=torch.float64), torch.randn(64, 8, dtype=torch.float64)
+    f64 = torch.float64
+    x, a, b = torch.randn(5, q, dtype=f64), torch.randn(8, q, dtype=f64), torch.randn(64, 8, dtype=f64)
     parts = []
     for rank in range(2):
         plan = ShardPlan(rank, 2, args)

@@ -21,14 +21,19 @@ from huggingface_hub import InferenceClient
 from tests.runtime.oracle import oracle_greedy
 from tests.runtime.server.conftest import RunningServer, adapter_flag, free_port, run_server
 
-PROMPTS = {None: "The quick brown fox", "r8-qv": "SQL: SELECT", "r16-all": "Hello there", "r64-rslora": "Low-rank"}
+PROMPTS = {
+    None: "The quick brown fox", "r8-qv": "SQL: SELECT", "r16-all": "Hello there", "r64-rslora": "Low-rank"
+}
 
 
 @pytest.fixture(scope="module")
-def sharded(model_dir: Path, adapters: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+def sharded(
+    model_dir: Path, adapters: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
     folder = tmp_path_factory.mktemp("sharded")
     env = {"API_KEY": f"replica-key-{secrets.token_hex(16)}", "NUM_SHARD": "2"}
-    args = ["--model-id", str(model_dir), "--lora-adapters", adapter_flag(adapters), "--max-loaded-adapters", "6"]
+    args = ["--model-id", str(model_dir), "--lora-adapters", adapter_flag(adapters)]
+    args += ["--max-loaded-adapters", "6"]
     with run_server(args, folder / "stdout.log", env=env) as running:
         yield running
 
@@ -49,7 +54,9 @@ def _prompt_ids(server: RunningServer, prompt: str) -> list[int]:
     return [t.id for t in out.details.prefill]
 
 
-def test_a_two_shard_replica_answers_the_oracles_tokens_and_reports_its_shards(sharded: RunningServer) -> None:
+def test_a_two_shard_replica_answers_the_oracles_tokens_and_reports_its_shards(
+    sharded: RunningServer,
+) -> None:
     info = httpx.get(f"{sharded.url}/info", headers=sharded.headers, timeout=30)
     assert info.status_code == 200 and info.json()["num_shard"] == 2
     assert httpx.get(f"{sharded.url}/info", timeout=30).status_code == 401  # the key, shards or not
@@ -67,7 +74,8 @@ def test_the_admin_api_loads_and_unloads_adapters_on_every_shard(
                         json={"lora_name": "sql-v2", "lora_path": str(adapters["r8-mlp-patterns"])})
     assert loaded.status_code == 200
     ids = _prompt_ids(sharded, "Continuous batching")
-    assert _greedy(sharded, "Continuous batching", "sql-v2") == oracle_greedy("mistral", ids, "r8-mlp-patterns", 10)
+    expected = oracle_greedy("mistral", ids, "r8-mlp-patterns", 10)  # the same files, another name
+    assert _greedy(sharded, "Continuous batching", "sql-v2") == expected
     unloaded = httpx.post(f"{sharded.url}/v1/unload_lora_adapter", headers=sharded.headers, timeout=60,
                           json={"lora_name": "sql-v2"})
     assert unloaded.status_code == 200
