@@ -288,6 +288,7 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
             values[owner][field] = value
     if "model_id" not in values["engine"]:
         raise ConfigError("--model-id/MODEL_ID is required: a local model directory or a Hub repo id")
+    values["engine"].setdefault("num_shard", None)  # unset: TGI's default, every visible GPU
     _check_limits(values["engine"])
     return ServerConfig(engine=EngineArgs(**values["engine"]), **values["server"])
 
