@@ -18,7 +18,7 @@ from lorafleet.runtime.models.args import LoraCapacity, ModelArgs
 class WorkerSetup:
     rank: int
     world: int
-    port: int
+    store: str  # the rendezvous file, in a folder private to the replica's user
     model_dir: Path
     model: ModelArgs  # the whole architecture
     dtype: torch.dtype

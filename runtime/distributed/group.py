@@ -1,14 +1,17 @@
 """The process group of one replica's shards, and its timed all-reduce.
 
-gloo on the CPU, NCCL on CUDA. Rank 0 (the server) picks a free local port and passes it to the
-workers it spawns; they all meet there. The group's timeout bounds every collective: a shard that
+gloo on the CPU, NCCL on CUDA. The shards meet through a file store in a folder only the replica's
+user can open (`mkdtemp`, mode 0700), never a TCP store: replicas share the host's network, and any
+local process could join a TCP rendezvous and claim a rank (it would receive every prompt). The
+collectives' own sockets stay on loopback (`GLOO_SOCKET_IFNAME`/`NCCL_SOCKET_IFNAME=lo` unless the
+operator chose an interface). The group's timeout bounds every collective: a shard that
 hangs (rather than dies, which the supervisor sees at once) fails the step after it, and rank 0
 broadcasts a heartbeat when idle (`runner.py`) so idle workers never reach it.
 """
 
 from __future__ import annotations
 
-import socket
+import os
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -20,18 +23,13 @@ COLLECTIVE_TIMEOUT = timedelta(seconds=120)
 HEARTBEAT_SECONDS = 20.0  # < COLLECTIVE_TIMEOUT: idle workers wait on a broadcast that long at most
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def init_group(rank: int, world: int, port: int, device: torch.device) -> None:
-    """Joins the replica's group (blocks until all `world` ranks have joined)."""
+def init_group(rank: int, world: int, store: str, device: torch.device) -> None:
+    """Joins the replica's group through the file `store` (blocks until all `world` ranks joined)."""
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    os.environ.setdefault("NCCL_SOCKET_IFNAME", "lo")
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(
-        backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
-        timeout=COLLECTIVE_TIMEOUT,
+        backend, init_method=f"file://{store}", rank=rank, world_size=world, timeout=COLLECTIVE_TIMEOUT
     )
 
 

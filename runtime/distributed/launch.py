@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import shutil
+import tempfile
 import threading
 from collections.abc import Callable
 from multiprocessing.connection import wait
@@ -20,7 +22,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from lorafleet.runtime.distributed.entry import WorkerSetup, main
-from lorafleet.runtime.distributed.group import AllReduce, free_port, init_group
+from lorafleet.runtime.distributed.group import AllReduce, init_group
 from lorafleet.runtime.distributed.plan import ShardPlan
 from lorafleet.runtime.engine.config import EngineConfig
 from lorafleet.runtime.models.args import LoraCapacity, ModelArgs
@@ -60,27 +62,29 @@ class ShardGroup:
         self.device = device
         self.devices = shard_devices(device, world)
         self._setups = [
-            WorkerSetup(rank, world, 0, model_dir, model, dtype, name, lora, os.getpid())
+            WorkerSetup(rank, world, "", model_dir, model, dtype, name, lora, os.getpid())
             for rank, name in enumerate(self.devices)
         ]
         self.processes: list[BaseProcess] = []
+        self._folder: str | None = None
         self._stopping = threading.Event()
 
     def start(self) -> None:
         """Spawns the workers and joins the group with them (blocks until all have joined)."""
-        port = free_port()
+        self._folder = tempfile.mkdtemp(prefix="lorafleet-shards-")  # 0700: only this user joins
+        store = os.path.join(self._folder, "rendezvous")
         threads = 0
         if self.device.type == "cpu":  # N processes on one host: split its cores, never oversubscribe
             threads = max(1, torch.get_num_threads() // self.world)
             torch.set_num_threads(threads)
         context = multiprocessing.get_context("spawn")
         for setup in self._setups[1:]:
-            setup = WorkerSetup(**{**setup.__dict__, "port": port, "threads": threads})
+            setup = WorkerSetup(**{**setup.__dict__, "store": store, "threads": threads})
             process = context.Process(target=main, args=(setup,), name=f"lorafleet-shard-{setup.rank}",
                                       daemon=True)
             process.start()
             self.processes.append(process)
-        init_group(0, self.world, port, self.device)
+        init_group(0, self.world, store, self.device)
 
     def hand_over(self, config: EngineConfig) -> None:
         """Sends the workers the config every shard allocates its pools from."""
@@ -107,8 +111,13 @@ class ShardGroup:
         for process in self.processes:
             process.kill()
             process.join(STOP_GRACE_SECONDS)
+        self._teardown()
+
+    def _teardown(self) -> None:
         if dist.is_initialized():
             dist.destroy_process_group()
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
 
     def close(self) -> None:
         """After the runner told the workers to stop: waits for them, kills stragglers."""
@@ -117,5 +126,4 @@ class ShardGroup:
             process.join(STOP_GRACE_SECONDS)
             if process.is_alive():
                 process.kill()
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        self._teardown()

@@ -59,7 +59,7 @@ def _build(setup: WorkerSetup) -> ModelRunner:
         torch.set_num_threads(setup.threads)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    init_group(setup.rank, setup.world, setup.port, device)
+    init_group(setup.rank, setup.world, setup.store, device)
     plan = ShardPlan(setup.rank, setup.world, setup.model)
     model = load_model(setup.model_dir, setup.model, dtype=setup.dtype, device=device, lora=setup.lora,
                        shard=(plan, AllReduce()))
