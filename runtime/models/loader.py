@@ -80,15 +80,26 @@ def iter_tensors(
             with safe_open(str(path), framework="pt", device="cpu") as f:
                 for name in f.keys():  # noqa: SIM118 - safe_open has no __iter__
                     cut = plan.checkpoint_cut(name) if plan is not None else None
-                    yield path, name, f.get_tensor(name) if cut is None else _read_cut(f.get_slice(name), cut)
+                    if cut is None:
+                        yield path, name, f.get_tensor(name)
+                    else:
+                        yield path, name, _read_cut(path, name, f.get_slice(name), cut, plan)
         except ModelLoadError:
             raise
         except Exception as e:  # safetensors raises its own error types for corrupt headers/data
             raise ModelLoadError(f"{path}: corrupt or unreadable safetensors file: {e}") from e
 
 
-def _read_cut(tensor_slice: Any, cut: tuple[int, tuple[tuple[int, int], ...]]) -> torch.Tensor:
+def _read_cut(
+    path: Path, name: str, tensor_slice: Any, cut: tuple[int, tuple[tuple[int, int], ...]], plan: ShardPlan
+) -> torch.Tensor:
+    """The shard's slice of a split tensor, read by ranges; its full size checked first (a wrong
+    size would otherwise still give a slice of the expected shape)."""
     dim, ranges = cut
+    full = tuple(tensor_slice.get_shape())
+    expected = sum(hi - lo for lo, hi in ranges) * plan.world
+    if len(full) <= dim or full[dim] != expected:
+        raise ModelLoadError(f"{path}: {name} has shape {full}, expected {expected} along dim {dim}")
     pieces = [tensor_slice[lo:hi] if dim == 0 else tensor_slice[:, lo:hi] for lo, hi in ranges]
     return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=dim)
 

@@ -6,6 +6,8 @@ cannot be split."""
 from __future__ import annotations
 
 import asyncio
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -129,3 +131,20 @@ def test_row_parallel_lora_partial_shrinks_sum_to_the_whole_delta() -> None:
         assert b_s is b and a_s.shape == (8, q // 2)
         parts.append((x[:, lo:hi] @ a_s.T) @ b_s.T)
     torch.testing.assert_close(parts[0] + parts[1], (x @ a.T) @ b.T)
+
+
+def test_a_checkpoint_tensor_of_the_wrong_full_size_is_refused_not_sliced(tmp_path: Path) -> None:
+    """A shard reads only its rows of q_proj: a tensor with extra rows would still give a slice of
+    the expected shape, so the full size is checked before slicing."""
+    from safetensors.torch import load_file, save_file
+
+    source = tiny_model("llama")
+    for item in source.iterdir():
+        if item.name != "model.safetensors" and item.is_file():
+            shutil.copy(item, tmp_path / item.name)
+    tensors = load_file(source / "model.safetensors")
+    name = "model.layers.0.self_attn.q_proj.weight"
+    tensors[name] = torch.cat([tensors[name], tensors[name][:16]])
+    save_file(tensors, tmp_path / "model.safetensors")
+    with pytest.raises(ModelLoadError, match=r"q_proj.weight has shape \(80, 64\), expected 64 along dim 0"):
+        Engine.from_pretrained(tmp_path, progress=lambda _: None, num_shard=2)
