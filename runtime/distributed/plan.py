@@ -40,10 +40,15 @@ def check_shardable(args: ModelArgs, num_shard: int) -> None:
         ("intermediate size", args.intermediate_size),
     ):
         if count % num_shard:
+            fits = [n for n in range(1, args.num_kv_heads + 1) if _divides(args, n)]
             raise ModelLoadError(
                 f"--num-shard {num_shard}: the model's {what} ({count}) do not divide by {num_shard}; "
-                f"choose a shard count that divides {what}"
+                f"shard counts that fit this model: {', '.join(map(str, fits))}"
             )
+
+
+def _divides(args: ModelArgs, n: int) -> bool:
+    return not (args.num_heads % n or args.num_kv_heads % n or args.intermediate_size % n)
 
 
 @dataclass(frozen=True)
