@@ -67,6 +67,7 @@ class ShardGroup:
         ]
         self.processes: list[BaseProcess] = []
         self._folder: str | None = None
+        self._threads_before = 0  # CPU: this process's torch threads before the cores were split
         self._stopping = threading.Event()
 
     def start(self) -> None:
@@ -75,7 +76,8 @@ class ShardGroup:
         store = os.path.join(self._folder, "rendezvous")
         threads = 0
         if self.device.type == "cpu":  # N processes on one host: split its cores, never oversubscribe
-            threads = max(1, torch.get_num_threads() // self.world)
+            self._threads_before = torch.get_num_threads()
+            threads = max(1, self._threads_before // self.world)
             torch.set_num_threads(threads)
         context = multiprocessing.get_context("spawn")
         for setup in self._setups[1:]:
@@ -118,6 +120,8 @@ class ShardGroup:
             dist.destroy_process_group()
         if self._folder is not None:
             shutil.rmtree(self._folder, ignore_errors=True)
+        if self._threads_before:  # an embedding process (tests) gets its cores back
+            torch.set_num_threads(self._threads_before)
 
     def close(self) -> None:
         """After the runner told the workers to stop: waits for them, kills stragglers."""
