@@ -42,6 +42,7 @@ class ShardedRunner(ModelRunner):
         self._send_lock = threading.Lock()  # one broadcast (and forward) at a time: steps, heartbeats
         self._last_send = time.monotonic()
         self.broadcast_seconds = 0.0  # time spent sending step messages (benchmarks report it)
+        self.heartbeats = 0  # idle messages sent (tests check they keep the shards in step)
         self._closed = threading.Event()
         self._heartbeat = threading.Thread(target=self._beat, name="lorafleet-shard-heartbeat", daemon=True)
         self._heartbeat.start()
@@ -97,6 +98,7 @@ class ShardedRunner(ModelRunner):
                     return
                 try:
                     self._send(None)
+                    self.heartbeats += 1
                 except Exception:  # noqa: BLE001 - a shard is gone: the supervisor takes the replica down
                     logger.exception("shard heartbeat failed")
                     return

@@ -148,3 +148,19 @@ def test_a_checkpoint_tensor_of_the_wrong_full_size_is_refused_not_sliced(tmp_pa
     save_file(tensors, tmp_path / "model.safetensors")
     with pytest.raises(ModelLoadError, match=r"q_proj.weight has shape \(80, 64\), expected 64 along dim 0"):
         Engine.from_pretrained(tmp_path, progress=lambda _: None, num_shard=2)
+
+
+async def test_idle_heartbeats_keep_the_shards_in_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An idle replica's heartbeats (which keep workers inside the collective timeout) are
+    messages too: serving after many of them still gives the oracle's tokens."""
+    from lorafleet.runtime.distributed import runner
+
+    monkeypatch.setattr(runner, "HEARTBEAT_SECONDS", 0.2)
+    with engine_for("llama", dtype="float32", num_shard=2) as engine:
+        sharded = engine.loop.runner
+        assert isinstance(sharded, runner.ShardedRunner)
+        while sharded.heartbeats < 5:
+            await asyncio.sleep(0.1)
+        [request] = _requests(engine)[2:3]
+        [got] = await _staggered(engine, [request])
+    assert got == oracle_greedy("llama", list(request.prompt), request.adapter_id, NUM_TOKENS)
