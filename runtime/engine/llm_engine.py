@@ -24,7 +24,7 @@ from lorafleet.runtime.adapters import AdapterStore, AdapterVersion
 from lorafleet.runtime.args import AdapterSource, EngineArgs
 from lorafleet.runtime.distributed.launch import ShardGroup, start_shards
 from lorafleet.runtime.distributed.runner import ShardedRunner
-from lorafleet.runtime.engine import memory, setup, warmup
+from lorafleet.runtime.engine import building, memory, setup, warmup
 from lorafleet.runtime.engine.adapter_service import AdapterListing, AdapterReader, EngineAdapters
 from lorafleet.runtime.engine.config import EngineConfig
 from lorafleet.runtime.engine.delivery import DeliveryRegistry
@@ -37,8 +37,7 @@ from lorafleet.runtime.engine.validation import prepare_request
 from lorafleet.runtime.errors import EngineError, GenerationError
 from lorafleet.runtime.models.args import LoraCapacity, ModelArgs
 from lorafleet.runtime.models.decoder import DecoderModel
-from lorafleet.runtime.models.generation_config import read_generation_config, token_ids
-from lorafleet.runtime.models.loader import load_model, read_config
+from lorafleet.runtime.models.loader import read_config
 from lorafleet.runtime.tokenizer import Tokenizer
 from lorafleet.runtime.types import GenerationRequest, GenerationResult, PreparedRequest, TokenEvent
 
@@ -172,31 +171,8 @@ class Engine:
         device: torch.device,
         shards: ShardGroup | None,
     ) -> Engine:
-        model_dir, sha, raw_config, model_args = checkpoint
-        tokenizer = Tokenizer(model_dir)
-        generation = read_generation_config(model_dir)
-        lora = LoraCapacity(args.max_loaded_adapters, args.max_lora_rank)
-        model = load_model(model_dir, model_args, dtype=dtype, device=device, lora=lora, progress=say,
-                           shard=(shards.plan, shards.reduce) if shards is not None else None)
-        page_bytes = model.page_bytes()  # a shard's: the adapter budget is per shard
-        num_pages = memory.adapter_pages(args, sum(page_bytes.values()), device)
-        model.allocate_adapter_pages(num_pages)  # before the KV cache is sized: it gets the rest
-        eos = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-        eos |= generation.eos_token_ids | _config_eos(raw_config, model_dir)
-        config = setup.resolve_config(
-            args, model_dir=model_dir, model_sha=sha, model=model_args, dtype=dtype, device=device,
-            eos_token_ids=frozenset(eos), generation_defaults=generation, adapter_pages=num_pages,
-            adapter_page_bytes=page_bytes, num_shard=shards.world if shards is not None else 1,
-        )
-        if setup.measures_kv_cache(args, device) and shards is None:
-            plan = warmup.plan_memory(config, model)
-            say(f"memory reserve: {plan.reserve >> 20} MiB (activations {plan.activations >> 20}, "
-                f"CUDA graphs {plan.graphs >> 20}, fragmentation {plan.fragmentation >> 20})")
-            config = setup.with_memory_plan(config, plan)
-        elif setup.measures_kv_cache(args, device):  # profiling runs one process's forward: estimate
-            config = setup.with_kv_estimate(config, model)
-        if shards is not None:
-            shards.hand_over(config)
+        config, model, tokenizer = building.load_parts(args, say, checkpoint, dtype, device, shards)
+        num_pages = config.adapter_pages
         engine = cls(config, model, tokenizer, shards)
         say(f"KV pool: {config.num_kv_blocks} blocks x {config.block_size} tokens")
         say(f"adapter memory: {num_pages} pages per projection group, {config.adapter_bytes} bytes")
@@ -385,14 +361,6 @@ class Engine:
         if not prepared.request.decoder_input_details:  # prompt log-probs need every prompt token run
             seq.cache_identity = (prepared.adapter_digest or "base").encode()
         return seq
-
-
-def _config_eos(raw_config: dict[str, Any], model_dir: os.PathLike[str]) -> set[int]:
-    """`eos_token_id` of config.json: absent, one id or a list."""
-    try:
-        return token_ids(raw_config.get("eos_token_id"))
-    except ValueError as e:
-        raise EngineError(f"{model_dir}/config.json: {e}") from e
 
 
 class _BlockingSink:
