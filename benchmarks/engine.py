@@ -13,6 +13,7 @@ exactly `--new-tokens` tokens; throughput is generated tokens over wall time, me
 JSON on stdout; JSON + PNG under benchmarks/results/.
 
     python benchmarks/engine.py [--repeats 3] [--new-tokens 64] [--rank 16] [--targets all]
+    python benchmarks/engine.py --shape qwen2.5-0.5b --num-shard 2 [--device cpu]   (engine_sharded.py)
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def run_scenarios(
     }
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=64)
@@ -83,14 +84,25 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--targets", choices=sorted(TARGETS), default="qv")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--num-shard", type=int,
+                        help="with --shape: the engine split over this many processes vs one "
+                             "(benchmarks/engine_sharded.py)")
+    parser.add_argument("--device", help="with --num-shard: the engine's device (default: CUDA if present)")
     parser.add_argument("--shared-prefix", action="store_true",
                         help="the prefix-cache scenario instead (benchmarks/engine_prefix.py)")
     parser.add_argument("--shape", choices=("smollm2-135m", "qwen2.5-0.5b"),
                         help="a real-sized model vs server, transformers+peft and the linear bound "
                              "(benchmarks/engine_shapes.py); --repeats rounds")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = _parser().parse_args()
     if args.shared_prefix:
         shared_prefix(args)
+        return
+    if args.shape and args.num_shard:
+        sharded(args)
         return
     if args.shape:
         real_shape(args)
@@ -163,6 +175,18 @@ def real_shape(args: argparse.Namespace) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"engine-{args.shape}.json").write_text(json.dumps(report, indent=2))
     _plot_shape(report, args.out / f"engine-{args.shape}.png")
+    print(json.dumps(report, indent=2))
+
+
+def sharded(args: argparse.Namespace) -> None:
+    from engine_sharded import plot as plot_sharded
+    from engine_sharded import run_sharded
+
+    report = run_sharded(args.shape, args.num_shard, args.repeats, args.device)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = f"engine-{args.shape}-{args.num_shard}shards-{report['device'].split(':')[0]}"
+    (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2))
+    plot_sharded(report, args.out / f"{stem}.png")
     print(json.dumps(report, indent=2))
 
 

@@ -18,6 +18,8 @@
 #   lora_kernels  benchmarks/kernels.py --quick (ours vs loop / bmm, paged vs stacked)
 #   decode        gpu_decode.py: decode tokens/s with and without CUDA graphs at batch 1/8/32,
 #                 LoRA kernel vs a per-adapter loop at 32 tokens x 32 adapters (graph vs graph)
+#   sharded       gpu_sharded.py, only with 2+ GPUs: --num-shard 2 (NCCL) vs 1, identical greedy
+#                 tokens, tokens/s and the all-reduce share (sharded.json, a 9th file)
 # Files in the results folder (8): gpu_check.json (the summary, also printed), kernel_tests.json,
 # engine.json, attention.json, kernels.json, decode.json + decode.png, log.txt (every section's output).
 set -uo pipefail
@@ -67,6 +69,9 @@ section lora_kernels 75 "$PY" benchmarks/kernels.py --quick --json-out "$WORK/ke
 cp "$WORK/kernels/kernels.json" "$RESULTS/" 2> /dev/null
 section decode 150 "$PY" benchmarks/gpu_decode.py --json-out "$RESULTS/decode.json" \
   --model-root "$WORK/decode_model"
+if [ "$("$PY" -c 'import torch; print(torch.cuda.device_count())' 2> /dev/null || echo 0)" -ge 2 ]; then
+  section sharded 120 "$PY" benchmarks/gpu_sharded.py --json-out "$RESULTS/sharded.json"
+fi
 
 for log in "$WORK"/*.log; do
   echo "===== $(basename "$log")"

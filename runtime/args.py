@@ -84,6 +84,9 @@ class EngineArgs:
             default four times the device budget, at least 256 MiB.
         cuda_graphs: replay decode steps from CUDA graphs captured at start, one per batch-size
             bucket; default on for CUDA (off for MoE models, whose routing reads the device).
+        num_shard: processes (devices) the model is split over, Megatron-style (TGI's
+            `--num-shard`); None: every visible GPU on CUDA, 1 elsewhere (the server's default).
+            Above 1, workers are spawned (gloo on the CPU, NCCL on CUDA): `runtime/distributed`.
 
     Example:
         >>> EngineArgs("/models/mistral", adapters=(AdapterSource("sql", "/adapters/sql"),))
@@ -108,3 +111,4 @@ class EngineArgs:
     adapter_memory: int | float | None = None
     adapter_host_memory: int | None = None
     cuda_graphs: bool | None = None
+    num_shard: int | None = 1

@@ -250,6 +250,8 @@ class ProcessLauncher:
             "HOME": str(home), "HF_HOME": str(home / "huggingface"), "TMPDIR": str(files.tmp),
             "PORT": str(port), "HOSTNAME": "127.0.0.1", "CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus)),
             "LOG_FILE": str(files.log), "LOG_MAX_BYTES": str(self._config.log_max_bytes),
+            # The runtime splits the model over every GPU reserved for it (tensor parallelism).
+            "NUM_SHARD": str(max(len(gpus), 1)),
         })
         if spec.api_key:
             env["API_KEY"] = spec.api_key

@@ -37,7 +37,7 @@ import ray
 RUNTIME_MODULE = "lorafleet.runtime"
 LOG_LINES = 2000  # the ring buffer `logs()` reads; the control plane shows the tail
 NODE_ENV = ("PATH", "LD_LIBRARY_PATH", "LANG", "LC_ALL", "TZ", "VIRTUAL_ENV", "CONDA_PREFIX")
-LAUNCHER_ENV = ("PORT", "HOSTNAME", "CUDA_VISIBLE_DEVICES", "HOME", "TMPDIR")
+LAUNCHER_ENV = ("PORT", "HOSTNAME", "CUDA_VISIBLE_DEVICES", "NUM_SHARD", "HOME", "TMPDIR")
 _PR_SET_PDEATHSIG = 1
 
 
@@ -85,6 +85,7 @@ class ReplicaServer:
         child_env.setdefault("HF_HOME", os.path.join(self._folder, "huggingface"))
         # Without GPUs from Ray the replica must not grab a GPU some other actor holds.
         child_env["CUDA_VISIBLE_DEVICES"] = ",".join(self._gpu_ids)
+        child_env["NUM_SHARD"] = str(max(len(self._gpu_ids), 1))  # one shard per GPU Ray gave the actor
         command = [*(command or [sys.executable, "-m", RUNTIME_MODULE]), *args]
         # Popen runs on the actor's main thread, which lives as long as the actor: the
         # parent-death signal fires when the creating *thread* exits, so this matters.

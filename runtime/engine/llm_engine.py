@@ -16,12 +16,15 @@ import os
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import torch
 from lorafleet.runtime.adapters import AdapterStore, AdapterVersion
 from lorafleet.runtime.args import AdapterSource, EngineArgs
-from lorafleet.runtime.engine import memory, setup, warmup
+from lorafleet.runtime.distributed.launch import ShardGroup, start_shards
+from lorafleet.runtime.distributed.runner import ShardedRunner
+from lorafleet.runtime.engine import building, memory, setup, warmup
 from lorafleet.runtime.engine.adapter_service import AdapterListing, AdapterReader, EngineAdapters
 from lorafleet.runtime.engine.config import EngineConfig
 from lorafleet.runtime.engine.delivery import DeliveryRegistry
@@ -32,10 +35,9 @@ from lorafleet.runtime.engine.scheduler import Scheduler, SchedulerConfig
 from lorafleet.runtime.engine.sequence import Sequence as Seq
 from lorafleet.runtime.engine.validation import prepare_request
 from lorafleet.runtime.errors import EngineError, GenerationError
-from lorafleet.runtime.models.args import LoraCapacity
+from lorafleet.runtime.models.args import LoraCapacity, ModelArgs
 from lorafleet.runtime.models.decoder import DecoderModel
-from lorafleet.runtime.models.generation_config import read_generation_config, token_ids
-from lorafleet.runtime.models.loader import load_model, read_config
+from lorafleet.runtime.models.loader import read_config
 from lorafleet.runtime.tokenizer import Tokenizer
 from lorafleet.runtime.types import GenerationRequest, GenerationResult, PreparedRequest, TokenEvent
 
@@ -57,7 +59,8 @@ class EngineInfo:
     num_kv_blocks: int
     max_loaded_adapters: int
     eos_token_id: int | None
-    memory: memory.MemorySplit
+    memory: memory.MemorySplit  # of one shard when sharded
+    num_shard: int = 1  # processes (devices) the model is split over
 
 
 @dataclass(frozen=True)
@@ -83,8 +86,18 @@ class Engine:
         ...     [result] = engine.generate([GenerationRequest("SELECT", adapter_id="sql")])
     """
 
-    def __init__(self, config: EngineConfig, model: DecoderModel, tokenizer: Tokenizer) -> None:
+    def __init__(
+        self,
+        config: EngineConfig,
+        model: DecoderModel,
+        tokenizer: Tokenizer,
+        shards: ShardGroup | None = None,
+    ) -> None:
         self.config = config
+        self.shards = shards
+        # Why the engine can no longer serve (a shard died); the server reports 503 and exits.
+        self.failure: str | None = None
+        self.on_failure: Callable[[str], None] | None = None
         self.tokenizer = tokenizer
         page_bytes = dict(config.adapter_page_bytes)
         reader = AdapterReader(config, model.lora_sites, frozenset(page_bytes))
@@ -101,13 +114,20 @@ class Engine:
                 adapter_page_bytes=config.adapter_page_bytes,
             )
         )
-        runner = ModelRunner(config, model)
+        runner = ModelRunner(config, model) if shards is None else ShardedRunner(config, model)
         self.loop = EngineLoop(scheduler, runner, store)
         self.adapters = EngineAdapters(config, store, self.loop)
         self.memory = memory.memory_split(model, list(model.lora_holders), runner.kv_cache,
                                           reserve=config.memory_reserve)
         self._seq_ids = itertools.count()
         self._deliveries = DeliveryRegistry()  # stream events reach each event loop in batches
+        if shards is not None:
+            shards.watch(self._shard_died)
+
+    def _shard_died(self, reason: str) -> None:
+        self.failure = reason
+        if self.on_failure is not None:
+            self.on_failure(reason)
 
     @classmethod
     def from_args(cls, args: EngineArgs, progress: Callable[[str], None] | None = None) -> Engine:
@@ -129,33 +149,31 @@ class Engine:
         raw_config, model_args = read_config(model_dir)
         device = setup.resolve_device(args.device)
         dtype = setup.resolve_dtype(args.dtype, device)
-        tokenizer = Tokenizer(model_dir)
-        generation = read_generation_config(model_dir)
         lora = LoraCapacity(args.max_loaded_adapters, args.max_lora_rank)
-        model = load_model(model_dir, model_args, dtype=dtype, device=device, lora=lora, progress=say)
-        page_bytes = model.page_bytes()
-        num_pages = memory.adapter_pages(args, sum(page_bytes.values()), device)
-        model.allocate_adapter_pages(num_pages)  # before the KV cache is sized: it gets the rest
-        eos = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-        eos |= generation.eos_token_ids | _config_eos(raw_config, model_dir)
-        config = setup.resolve_config(
-            args,
-            model_dir=model_dir,
-            model_sha=sha,
-            model=model_args,
-            dtype=dtype,
-            device=device,
-            eos_token_ids=frozenset(eos),
-            generation_defaults=generation,
-            adapter_pages=num_pages,
-            adapter_page_bytes=page_bytes,
-        )
-        if setup.measures_kv_cache(args, device):
-            plan = warmup.plan_memory(config, model)
-            say(f"memory reserve: {plan.reserve >> 20} MiB (activations {plan.activations >> 20}, "
-                f"CUDA graphs {plan.graphs >> 20}, fragmentation {plan.fragmentation >> 20})")
-            config = setup.with_memory_plan(config, plan)
-        engine = cls(config, model, tokenizer)
+        num_shard = setup.resolve_num_shard(args, device)
+        shards = start_shards(num_shard, model_dir, model_args, dtype, device, lora)
+        if shards is not None:
+            say(f"sharded over {shards.world} processes ({', '.join(shards.devices)})")
+        try:
+            return cls._build(args, say, (model_dir, sha, raw_config, model_args), dtype, device, shards)
+        except BaseException:
+            if shards is not None:
+                shards.abort()
+            raise
+
+    @classmethod
+    def _build(
+        cls,
+        args: EngineArgs,
+        say: Callable[[str], None],
+        checkpoint: tuple[Path, str | None, dict[str, Any], ModelArgs],
+        dtype: torch.dtype,
+        device: torch.device,
+        shards: ShardGroup | None,
+    ) -> Engine:
+        config, model, tokenizer = building.load_parts(args, say, checkpoint, dtype, device, shards)
+        num_pages = config.adapter_pages
+        engine = cls(config, model, tokenizer, shards)
         say(f"KV pool: {config.num_kv_blocks} blocks x {config.block_size} tokens")
         say(f"adapter memory: {num_pages} pages per projection group, {config.adapter_bytes} bytes")
         if device.type == "cuda":  # before the adapters: warm-up borrows a slot and empty pages
@@ -186,8 +204,14 @@ class Engine:
         self.loop.start()
 
     def shutdown(self) -> None:
-        """Stops the loop; requests still running fail with `GenerationError`."""
+        """Stops the loop (and the shards' workers); requests still running fail with `GenerationError`."""
         self.loop.stop()
+        if self.shards is not None:
+            runner = self.loop.runner
+            assert isinstance(runner, ShardedRunner)
+            if self.failure is None:
+                runner.close()
+            self.shards.close()
 
     def __enter__(self) -> Engine:
         self.start()
@@ -216,6 +240,7 @@ class Engine:
             max_loaded_adapters=c.max_loaded_adapters,
             eos_token_id=self.tokenizer.eos_token_id,
             memory=self.memory,
+            num_shard=self.shards.world if self.shards is not None else 1,
         )
 
     def loaded_adapters(self) -> list[str]:
@@ -336,14 +361,6 @@ class Engine:
         if not prepared.request.decoder_input_details:  # prompt log-probs need every prompt token run
             seq.cache_identity = (prepared.adapter_digest or "base").encode()
         return seq
-
-
-def _config_eos(raw_config: dict[str, Any], model_dir: os.PathLike[str]) -> set[int]:
-    """`eos_token_id` of config.json: absent, one id or a list."""
-    try:
-        return token_ids(raw_config.get("eos_token_id"))
-    except ValueError as e:
-        raise EngineError(f"{model_dir}/config.json: {e}") from e
 
 
 class _BlockingSink:

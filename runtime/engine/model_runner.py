@@ -90,7 +90,7 @@ class ModelRunner:
     def __init__(self, config: EngineConfig, model: DecoderModel) -> None:
         self.config = config
         self.model = model
-        self.args = args = config.model
+        self.args = args = model.args  # a shard's own heads when sharded (config.model: the whole)
         self.device = config.device
         self.lora_backend = kernels.backend_for(config.device)  # resolved once, used by every layer
         self.null_block = config.num_kv_blocks  # one block past the block manager's
@@ -160,10 +160,14 @@ class ModelRunner:
                 experts.clear(composite, (composite,))
         sites = self.model.lora_sites
         ranks = dict.fromkeys(self._group_names, 0)
+        plan = self.model.shard_plan
         for name, w in weights.modules.items():
             site = sites[name]
             pages = residence.pages.get(site.group, ())
-            site.write(slot, pages, w.lora_a.to(self.device), w.lora_b.to(self.device), w.scale)
+            lora_a, lora_b = w.lora_a, w.lora_b
+            if plan is not None:  # a shard: its slices of A or B (docs/kernels.md)
+                lora_a, lora_b = plan.cut_lora(name, lora_a, lora_b)
+            site.write(slot, pages, lora_a.to(self.device), lora_b.to(self.device), w.scale)
             ranks[site.group] = max(ranks[site.group], w.lora_a.shape[0])
         return ranks
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from lorafleet.kernels.backend import backend_for
@@ -14,6 +15,9 @@ from lorafleet.runtime.engine.memory import MemoryPlan, host_adapter_bytes
 from lorafleet.runtime.errors import EngineError
 from lorafleet.runtime.models.args import ModelArgs
 from lorafleet.runtime.models.generation_config import GenerationDefaults
+
+if TYPE_CHECKING:
+    from lorafleet.runtime.models.decoder import DecoderModel
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 CPU_KV_BYTES = 2 << 30  # default KV pool on the CPU: at most 2 GiB
@@ -72,6 +76,9 @@ def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
     return DTYPES[dtype]
 
 
+KV_ESTIMATE_FRACTION = 0.6  # the rest: activations and the all-reduce buffers, unmeasured when sharded
+
+
 def check_args(args: EngineArgs) -> None:
     """Checks what can be checked before loading anything; raises `EngineError` naming the option."""
     if args.block_size <= 0:
@@ -96,6 +103,7 @@ def resolve_config(
     generation_defaults: GenerationDefaults,
     adapter_pages: int,
     adapter_page_bytes: dict[str, int],
+    num_shard: int = 1,
 ) -> EngineConfig:
     """Fills in defaults (after the weights are loaded, so free device memory is known) and checks
     that the limits are consistent; raises `EngineError` naming the option."""
@@ -121,14 +129,29 @@ def resolve_config(
         adapter_host_bytes=host_adapter_bytes(args, adapter_pages * sum(adapter_page_bytes.values())),
         eos_token_ids=eos_token_ids,
         generation_defaults=generation_defaults,
-        cuda_graphs=resolve_cuda_graphs(args, model, device),
+        cuda_graphs=resolve_cuda_graphs(args, model, device, num_shard),
     )
 
 
-def resolve_cuda_graphs(args: EngineArgs, model: ModelArgs, device: torch.device) -> bool:
-    """On by default where they can run: CUDA, the Triton kernels, a dense model."""
+def resolve_num_shard(args: EngineArgs, device: torch.device) -> int:
+    """`args.num_shard`, or by default every visible GPU on CUDA (TGI's default) and 1 elsewhere."""
+    if args.num_shard is not None:
+        if args.num_shard < 1:
+            raise EngineError("num_shard must be >= 1")
+        available = torch.cuda.device_count() - (device.index or 0) if device.type == "cuda" else None
+        if available is not None and args.num_shard > available:
+            raise EngineError(f"num_shard={args.num_shard} needs {args.num_shard} GPUs from {device}; "
+                              f"{available} are visible")
+        return args.num_shard
+    return max(1, torch.cuda.device_count() - (device.index or 0)) if device.type == "cuda" else 1
+
+
+def resolve_cuda_graphs(args: EngineArgs, model: ModelArgs, device: torch.device, num_shard: int = 1) -> bool:
+    """On by default where they can run: CUDA, the Triton kernels, a dense model, one shard."""
     reason = None
-    if device.type != "cuda":
+    if num_shard > 1:
+        reason = "a sharded model runs eagerly (its all-reduces are not captured)"
+    elif device.type != "cuda":
         reason = f"they need a CUDA device (device is {device})"
     elif backend_for(device).name != "triton":
         reason = "they need the Triton kernels (LORAFLEET_KERNELS=torch is set)"
@@ -153,6 +176,16 @@ def with_memory_plan(config: EngineConfig, plan: MemoryPlan) -> EngineConfig:
                      f"CUDA graphs {plan.graphs >> 20}, fragmentation {plan.fragmentation >> 20}); lower "
                      "max_batch_prefill_tokens, max_batch_size or adapter_memory, or turn cuda_graphs off")
     return dataclasses.replace(config, num_kv_blocks=plan.num_kv_blocks, memory_reserve=plan.reserve)
+
+
+def with_kv_estimate(config: EngineConfig, model: DecoderModel) -> EngineConfig:
+    """A sharded replica's KV pool on CUDA, not profiled (profiling runs one process's forward):
+    KV_ESTIMATE_FRACTION of the device memory free now, in blocks of this shard's heads."""
+    free, _ = torch.cuda.mem_get_info(config.device)
+    per_block = kv_bytes_per_block(model.args, config.block_size, config.dtype)
+    blocks = int(free * KV_ESTIMATE_FRACTION) // per_block
+    _check_pool(blocks, config.block_size, config.max_total_tokens, hint="(sharded: memory estimated)")
+    return dataclasses.replace(config, num_kv_blocks=blocks)
 
 
 def _check_pool(num_kv_blocks: int, block_size: int, total: int, hint: str = "") -> None:

@@ -13,7 +13,9 @@ map checkpoint tensors and PEFT module names onto parameters and LoRA slots by p
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +28,10 @@ from lorafleet.runtime.models.args import LoraCapacity, ModelArgs
 from lorafleet.runtime.models.lora_targets import lora_groups, lora_targets
 from torch import nn
 
+if TYPE_CHECKING:
+    from lorafleet.runtime.distributed.plan import ShardPlan
+
+Reduce = Callable[[torch.Tensor], torch.Tensor]  # in-place all-reduce of a row-parallel output
 ACTIVATIONS = {"silu": F.silu, "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh")}
 
 
@@ -74,6 +80,7 @@ class Attention(nn.Module):
         theta, scaling = (args.local_rope_theta, None) if local else (args.rope_theta, args.rope_scaling)
         self.rotary = RotaryEmbedding(d, theta, scaling, args.partial_rotary_factor).to(device)  # type: ignore[arg-type]
         self.scale = args.attention_scale or d**-0.5
+        self.reduce: Reduce | None = None  # sharded: sums o_proj's partial outputs over the shards
 
     def forward(
         self,
@@ -95,7 +102,8 @@ class Attention(nn.Module):
         out = paged_attention(
             q, k, v, kv_cache[0], kv_cache[1], meta, self.scale, self.window, a.attn_logit_softcap
         )
-        return self.o_proj(out.reshape(-1, q_size), lora)
+        out = self.o_proj(out.reshape(-1, q_size), lora)  # LoRA's delta included: reduced with it
+        return out if self.reduce is None else self.reduce(out)
 
 
 class MLP(nn.Module):
@@ -108,11 +116,13 @@ class MLP(nn.Module):
         self.down_proj = LoRALinear(i, (("down_proj", args.hidden_size),), group="down", bias=False, **common)
         self.intermediate_size = i
         self.act = ACTIVATIONS[args.hidden_act]
+        self.reduce: Reduce | None = None  # sharded: sums down_proj's partial outputs over the shards
 
     def forward(self, x: torch.Tensor, lora: LoraStep | None) -> torch.Tensor:
         gate_up = self.gate_up_proj(x, lora)
         gate, up = gate_up[:, : self.intermediate_size], gate_up[:, self.intermediate_size :]
-        return self.down_proj(self.act(gate) * up, lora)
+        out = self.down_proj(self.act(gate) * up, lora)
+        return out if self.reduce is None else self.reduce(out)
 
 
 class DecoderLayer(nn.Module):
@@ -190,6 +200,18 @@ class DecoderModel(nn.Module):
         self.lora_groups = lora_groups(args)
         self.lora_holders = [m for m in self.modules() if isinstance(m, LoRABuffers)]
         self.lora_sites = self._lora_sites()
+        # Set on a shard of a sharded model (`runtime/distributed`): its rank's slices of the
+        # checkpoint and of every adapter; None on one device (nothing cut, nothing reduced).
+        self.shard_plan: ShardPlan | None = None
+
+    def install_reduce(self, plan: ShardPlan, reduce: Reduce) -> None:
+        """Makes this model shard `plan.rank`: each attention and MLP block all-reduces its
+        row-parallel output once (Megatron-LM's two collectives per layer)."""
+        self.shard_plan = plan
+        for layer in self.layers:
+            assert isinstance(layer, DecoderLayer) and not layer.is_moe
+            layer.self_attn.reduce = reduce
+            layer.mlp.reduce = reduce
 
     @property
     def paged_holders(self) -> list[LoRALinear]:

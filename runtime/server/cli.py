@@ -13,21 +13,21 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from lorafleet.runtime.args import EngineArgs, parse_memory
 from lorafleet.runtime.server.config import ConfigError, ServerConfig, parse_adapter_list
+from lorafleet.runtime.server.lifecycle import serve
 from lorafleet.runtime.server.logs import MIN_LOG_MAX_BYTES, configure_logging
 
 logger = logging.getLogger("lorafleet.runtime.server")
 
 DTYPES = ("float16", "bfloat16", "float32")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+MAX_SHARDS = 64  # tensor-parallel processes at most (catalog sizes stop at 8 GPUs)
 
 
 def _int(value: str) -> int:
@@ -96,10 +96,11 @@ def _log_max_bytes(value: str) -> int:
     return number
 
 
-def _one_shard(value: str) -> int:
-    if _int(value) != 1:
-        raise ValueError("must be 1: this runtime serves a model on one device (no tensor parallelism)")
-    return 1
+def _num_shard(value: str) -> int:
+    number = _int(value)
+    if not 1 <= number <= MAX_SHARDS:
+        raise ValueError(f"must be between 1 and {MAX_SHARDS}")
+    return number
 
 
 @dataclass(frozen=True)
@@ -238,7 +239,12 @@ FLAGS = (
         "size at which the log file rotates; one backup is kept (default 10000000)",
         field="log_max_bytes",
     ),
-    Flag("--num-shard", ("NUM_SHARD",), _one_shard, "devices to shard the model over (only 1)", field="-"),
+    Flag(
+        "--num-shard",
+        ("NUM_SHARD",),
+        _num_shard,
+        "processes (GPUs) to split the model over, tensor-parallel (default every visible GPU; 1 on the CPU)",
+    ),
 )
 
 
@@ -279,6 +285,7 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
             values[owner][field] = value
     if "model_id" not in values["engine"]:
         raise ConfigError("--model-id/MODEL_ID is required: a local model directory or a Hub repo id")
+    values["engine"].setdefault("num_shard", None)  # unset: TGI's default, every visible GPU
     _check_limits(values["engine"])
     return ServerConfig(engine=EngineArgs(**values["engine"]), **values["server"])
 
@@ -322,61 +329,3 @@ def main(argv: list[str] | None = None) -> int:
             config.port,
         )
     return serve(config)
-
-
-def serve(config: ServerConfig) -> int:
-    """Listens at once (503 until ready), loads the model on this (main) thread, serves."""
-    import uvicorn
-    from lorafleet.runtime.server.app import create_app
-    from lorafleet.runtime.server.loading import load_engine
-
-    app = create_app(config, load_on_startup=False)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host=config.hostname,
-            port=config.port,
-            log_level=config.log_level,
-            log_config=None,  # logging is configured already (stderr or the rotated --log-file)
-            timeout_graceful_shutdown=30,
-        )
-    )
-    http = threading.Thread(target=server.run, name="lorafleet-http", daemon=True)
-    stop = _install_stop_handlers(server, app.state.context.holder)
-    http.start()
-    while not server.started and http.is_alive():
-        http.join(0.05)
-    if not http.is_alive():  # uvicorn logged why (e.g. the port is taken)
-        return 1
-    logger.info("listening on http://%s:%d; loading %s", config.hostname, config.port, config.engine.model_id)
-    try:
-        if not stop.is_set():
-            app.state.context.holder.load(lambda progress: load_engine(config, progress))
-    except KeyboardInterrupt:  # SIGTERM/SIGINT while loading: a normal stop
-        logger.info("stopped while loading the model")
-        server.should_exit = True
-        http.join(60)
-        return 0
-    except BaseException:  # noqa: BLE001 - logged by the holder; the exit code tells the launcher
-        server.should_exit = True
-        http.join(60)
-        return 1
-    while http.is_alive():
-        http.join(0.5)
-    return 0
-
-
-def _install_stop_handlers(server: Any, holder: Any) -> threading.Event:
-    """SIGTERM/SIGINT stop the server; during the model load they abort it."""
-    stop = threading.Event()
-
-    def handle(signum: int, _frame: object) -> None:
-        first = not stop.is_set()
-        stop.set()
-        server.should_exit = True
-        if first and holder.engine is None and holder.load_error is None:
-            raise KeyboardInterrupt  # interrupts a load in progress on this thread
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, handle)
-    return stop

@@ -86,6 +86,7 @@ def info_payload(ctx: ServerContext) -> dict[str, Any]:
         "max_loaded_adapters": i.max_loaded_adapters,
         "block_size": i.block_size,
         "num_kv_blocks": i.num_kv_blocks,
+        "num_shard": i.num_shard,
         "validation_workers": 1,
         "max_client_batch_size": 1,
         "router": "lorafleet-runtime",

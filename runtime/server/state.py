@@ -81,6 +81,8 @@ class EngineHolder:
             if self.load_error is not None:
                 raise NotReadyError(f"Model failed to load: {self.load_error}")
             raise NotReadyError(f"Model is loading ({self.phase})")
+        if engine.failure is not None:  # a shard died: the process is exiting for a restart
+            raise NotReadyError(f"Model is down: {engine.failure}")
         return engine
 
     def shutdown(self) -> None:

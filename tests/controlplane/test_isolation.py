@@ -129,7 +129,7 @@ def test_replica_environment_holds_nothing_of_the_control_plane(cp: LiveControlP
     assert inside["API_KEY"] == alice.key and inside["HOSTNAME"] == "127.0.0.1"
     assert set(inside) <= {
         "PATH", "LANG", "PYTHONUNBUFFERED", "HF_HUB_OFFLINE", "HOME", "HF_HOME", "TMPDIR", "PORT", "HOSTNAME",
-        "CUDA_VISIBLE_DEVICES", "LOG_FILE", "LOG_MAX_BYTES", "API_KEY", "MODEL_ID", "PWD",
+        "CUDA_VISIBLE_DEVICES", "NUM_SHARD", "LOG_FILE", "LOG_MAX_BYTES", "API_KEY", "MODEL_ID", "PWD",
     }, sorted(inside)
 
 

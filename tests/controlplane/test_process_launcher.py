@@ -16,9 +16,10 @@ from pathlib import Path
 
 import psutil
 import pytest
+from lorafleet.controlplane.catalog.loader import HostGpu
 from lorafleet.controlplane.catalog.types import InstanceType
 from lorafleet.controlplane.launchers.base import ReplicaSpec
-from lorafleet.controlplane.launchers.process import ProcessLauncher
+from lorafleet.controlplane.launchers.process import ProcessConfig, ProcessLauncher
 from lorafleet.controlplane.launchers.replica_files import TRUNCATED
 from lorafleet.controlplane.settings import Settings
 
@@ -122,13 +123,32 @@ def test_replica_starts_from_the_launchers_minimal_environment(
     env = json.loads(lines[0])
     assert not {"LORAFLEET_CANARY", "PYTHONPATH"} & set(env)
     assert env["MODEL_ID"] == "org/model" and env["HF_HUB_OFFLINE"] == "1"
-    assert env["API_KEY"] == "the-replica-key"
+    assert env["API_KEY"] == "the-replica-key" and env["NUM_SHARD"] == "1"  # a CPU instance: one shard
     assert env["PORT"] == str(handle["port"]) and env["HOSTNAME"] == "127.0.0.1"  # the launcher's, always
     assert env["LOG_FILE"] == f"{handle['folder']}/replica.log" and int(env["LOG_MAX_BYTES"]) > 0
     assert env["TMPDIR"].startswith(handle["folder"]) and env["HOME"].endswith("/namespaces/alice")
     assert "the-replica-key" not in json.dumps(handle)
     launcher.stop(handle)
     assert not Path(handle["folder"]).exists() and not list((home / "replicas").iterdir())
+
+
+def test_an_x2_gpu_replica_gets_its_two_gpus_and_num_shard_2_whatever_the_tenant_set(
+    tmp_path: Path, home: Path
+) -> None:
+    command, folder = _script(tmp_path, "dump_env.py", """
+        import json, os, time
+        print(json.dumps(dict(os.environ)), flush=True)
+        time.sleep(300)
+    """)
+    gpus = [HostGpu("nvidia-l4", "NVIDIA L4", 24.0) for _ in range(3)]
+    config = ProcessConfig.from_settings(settings(home, command, sandbox_paths=folder))
+    launcher = ProcessLauncher(config, gpus)
+    x2 = InstanceType("local", "local", "nvidia-l4", "x2", "gpu", 2, "nvidia-l4")
+    handle = launcher.start(ReplicaSpec("rep-x2", "alice", "ep", x2, env={"NUM_SHARD": "8"}))
+    lines = wait_for(lambda: [x for x in launcher.logs(handle) if x.startswith("{")], 60, "the dump")
+    env = json.loads(lines[0])
+    assert (env["CUDA_VISIBLE_DEVICES"], env["NUM_SHARD"]) == ("0,1", "2")
+    launcher.stop(handle)
 
 
 def test_captured_output_is_capped_and_logs_merge_it_with_the_log_file(tmp_path: Path, home: Path) -> None:

@@ -114,14 +114,14 @@ def test_gpu_replica_runs_on_the_l4_node_with_the_gpu_ray_assigned(
     status = launcher.status(handle)
     assert status.phase == "running" and status.url == handle["url"]
     env = served_env(status.url)
-    assert (env["PORT"], env["CUDA_VISIBLE_DEVICES"]) == (str(handle["port"]), "0")
+    assert (env["PORT"], env["CUDA_VISIBLE_DEVICES"], env["NUM_SHARD"]) == (str(handle["port"]), "0", "1")
     assert env["MODEL_ID"] == "/models/tiny"
     # The node's own address behind the replica's key, never 0.0.0.0; a minimal environment.
     assert env["HOSTNAME"] == handle["host"] != "0.0.0.0" and env["API_KEY"] == "key-of-rep-gpu"
     assert not [name for name in env if name.startswith("RAY_")] and "NOTE" not in env
-    assert set(env) <= {"PORT", "HOSTNAME", "CUDA_VISIBLE_DEVICES", "MODEL_ID", "API_KEY", "HOME", "TMPDIR",
-                        "HF_HOME", "PATH", "LD_LIBRARY_PATH", "LANG", "LC_ALL", "TZ", "VIRTUAL_ENV",
-                        "CONDA_PREFIX", "PWD", "LC_CTYPE"}, sorted(env)
+    assert set(env) <= {"PORT", "HOSTNAME", "CUDA_VISIBLE_DEVICES", "NUM_SHARD", "MODEL_ID", "API_KEY",
+                        "HOME", "TMPDIR", "HF_HOME", "PATH", "LD_LIBRARY_PATH", "LANG", "LC_ALL", "TZ",
+                        "VIRTUAL_ENV", "CONDA_PREFIX", "PWD", "LC_CTYPE"}, sorted(env)
     assert any("args ['--flag']" in line for line in launcher.logs(handle))
     wait_for(lambda: free_gpus(cluster.gpu_node_ids[0]) == 0.0, what="Ray to count the GPU as used")
     assert launcher.used_accelerators(L4_X1) == 1

@@ -59,6 +59,7 @@ def test_real_replica_starts_with_the_endpoint_env_and_answers_with_its_adapter(
         env = environ(pid)
         assert env["MODEL_ID"] == str(model_dir) and env["LORA_ADAPTERS"] == f"{ADAPTER_ID}={adapter}"
         assert env["HF_TOKEN"] == "hf_secret_value" and env["CUDA_VISIBLE_DEVICES"] == ""
+        assert env["NUM_SHARD"] == "1"  # a CPU instance: one shard
         assert "hf_secret_value" not in str(ep.get())
         logs = httpx.get(f"{ep.path}/logs?tail=200", headers=cp.headers).json()
         assert len(logs["replicas"]) == 1

@@ -43,6 +43,7 @@ class FailingEngine:
     """Accepts every request, emits one token, then fails it as the engine reports failures."""
 
     info = type("Info", (), {"model_id": "stand-in"})()
+    failure = None  # the engine can still serve (no shard died)
 
     def prepare(self, request: GenerationRequest) -> PreparedRequest:
         return PreparedRequest(request, (1, 2), max_new_tokens=4, seed=None)

@@ -167,12 +167,22 @@ def test_allow_hub_adapters_is_a_switch_that_also_takes_a_value():
         ({"PAYLOAD_LIMIT": "2MB"}, "PAYLOAD_LIMIT"),
         ({"ALLOW_HUB_ADAPTERS": "maybe"}, "ALLOW_HUB_ADAPTERS"),
         ({"LOG_MAX_BYTES": "1000"}, "LOG_MAX_BYTES"),
-        ({"NUM_SHARD": "2"}, "NUM_SHARD"),
+        ({"NUM_SHARD": "0"}, "NUM_SHARD"),
+        ({"NUM_SHARD": "65"}, "NUM_SHARD"),
+        ({"NUM_SHARD": "-2"}, "NUM_SHARD"),
+        ({"NUM_SHARD": "two"}, "NUM_SHARD"),
+        ({"NUM_SHARD": str(10**30)}, "NUM_SHARD"),
     ],
 )
 def test_bad_security_values_name_their_variable(env, named):
     with pytest.raises(ConfigError, match=named):
         parse_config(["--model-id", "m"], env=env)
+
+
+def test_num_shard_reaches_the_engine_and_defaults_to_the_devices():
+    assert parse_config(["--model-id", "m"], env={"NUM_SHARD": "4"}).engine.num_shard == 4
+    assert parse_config(["--model-id", "m", "--num-shard", "2"], env={"NUM_SHARD": "4"}).engine.num_shard == 2
+    assert parse_config(["--model-id", "m"], env={}).engine.num_shard is None  # every visible GPU, or 1
 
 
 def test_a_bad_api_key_is_refused_without_echoing_it():
