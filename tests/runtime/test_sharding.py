@@ -24,6 +24,7 @@ from tests.runtime.oracle import (
     oracle_greedy,
     oracle_logits,
 )
+from tests.runtime.test_mixed_batch import _staggered
 
 NUM_TOKENS = 12
 ADAPTERS = [None, "r8-qv", "r16-all", "r64-rslora", "r8-mlp-patterns", "r16-all"]
@@ -33,26 +34,6 @@ def _requests(engine: Engine) -> list[GenerationRequest]:
     prompts = corpus_prompts(engine, len(ADAPTERS))
     params = SamplingParams(max_new_tokens=NUM_TOKENS, ignore_eos=True)
     return [GenerationRequest(p, params, adapter_id=a) for p, a in zip(prompts, ADAPTERS, strict=True)]
-
-
-async def _staggered(engine: Engine, requests: list[GenerationRequest]) -> list[list[int]]:
-    """Each request arrives while the previous one decodes: steps mix prefills and decodes."""
-    outputs: list[list[int]] = [[] for _ in requests]
-    started = [asyncio.Event() for _ in requests]
-
-    async def run(i: int) -> None:
-        async for event in engine.stream(requests[i]):
-            outputs[i].append(event.token.id)
-            if event.index == 2:
-                started[i].set()
-        started[i].set()
-
-    tasks = []
-    for i in range(len(requests)):
-        tasks.append(asyncio.create_task(run(i)))
-        await started[i].wait()
-    await asyncio.gather(*tasks)
-    return outputs
 
 
 @pytest.mark.parametrize("arch", ["llama", "mistral"])
