@@ -71,6 +71,7 @@ class Settings(BaseSettings):
     quota_endpoints: int = Field(20, ge=0, description="endpoints per namespace")
     quota_replicas: int = Field(8, ge=0, description="replicas per namespace")
     quota_accelerators: int = Field(8, ge=0, description="accelerators (GPUs) per namespace")
+    quota_adapters: int = Field(64, ge=0, description="adapters in one endpoint's live set")
     # --- the endpoint gateway (docs/controlplane.md#gateway) ----------------------------------
     public_url: str = Field(
         "http://127.0.0.1:8000",
