@@ -28,6 +28,7 @@ from lorafleet.controlplane.clock import to_wire, utcnow
 from lorafleet.controlplane.endpoints import adapter_rows
 from lorafleet.controlplane.endpoints.env_policy import check_args
 from lorafleet.controlplane.endpoints.local_paths import LocalRoots, is_hub_repo_id
+from lorafleet.controlplane.endpoints.plan import AdapterItem
 from lorafleet.controlplane.endpoints.quota import QuotaExceededError
 from lorafleet.controlplane.errors import BadRequestError, ConflictError, NotFoundError
 from lorafleet.controlplane.models import Endpoint, EndpointAdapter
@@ -58,15 +59,28 @@ class SeedItem:
     revision: str | None = None
 
 
-def version_tag(row: EndpointAdapter) -> str:
-    """What a replica records for the version it serves: row id and version, so a name removed and
-    added again (a new row) never matches what a replica loaded before."""
-    return f"{row.id}.{row.version}"
+def adapter_items(rows: Sequence[EndpointAdapter], roots: LocalRoots) -> tuple[AdapterItem, ...]:
+    """The set as the reconciler acts on it; each local source checked against `LOCAL_ROOTS` again
+    (the operator may have narrowed them) and resolved to the real folder a replica is shown."""
+    items = []
+    for row in rows:
+        load_path: str | None = row.source
+        refused = ""
+        try:
+            folder = roots.check(row.source, "source")
+            load_path = folder.real if folder is not None else row.source
+        except BadRequestError as e:
+            load_path, refused = None, e.message
+        items.append(AdapterItem(
+            row.id, row.version, row.name, row.source, row.revision, row.digest, load_path, refused,
+            row.state, row.message, row.ready_replicas, row.target_replicas))
+    return tuple(items)
 
 
-def lora_adapters_value(rows: Sequence[EndpointAdapter]) -> str:
-    """The set as the runtime's `LORA_ADAPTERS` (`name=source` or `name=repo@revision`)."""
-    return ",".join(f"{r.name}={r.source}" + (f"@{r.revision}" if r.revision else "") for r in rows)
+def lora_adapters_value(items: Sequence[AdapterItem]) -> str:
+    """The set as the runtime's `LORA_ADAPTERS` (`name=path` or `name=repo@revision`)."""
+    return ",".join(f"{i.name}={i.load_path}" + (f"@{i.revision}" if i.revision else "")
+                    for i in items if i.load_path is not None)
 
 
 def render_adapter(row: EndpointAdapter) -> dict[str, Any]:
