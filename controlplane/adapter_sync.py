@@ -69,13 +69,21 @@ class SyncResult:
 
 
 def jobs(
-    replicas: Sequence[Replica], sets: Mapping[int, Sequence[AdapterItem]], keys: Mapping[str, str | None],
+    replicas: Sequence[Replica],
+    sets: Mapping[int, Sequence[AdapterItem]],
+    keys: Mapping[str, str | None],
     failures: Failures,
 ) -> list[SyncJob]:
     """A job per ready replica with a URL (`keys`: replica key → its API key)."""
     return [
-        SyncJob(r.replica_key, r.url.rstrip("/"), keys.get(r.replica_key), tuple(sets.get(r.endpoint_id, ())),
-                dict(r.adapter_versions or {}), failures.get(r.replica_key, {}))
+        SyncJob(
+            r.replica_key,
+            r.url.rstrip("/"),
+            keys.get(r.replica_key),
+            tuple(sets.get(r.endpoint_id, ())),
+            dict(r.adapter_versions or {}),
+            failures.get(r.replica_key, {}),
+        )
         for r in replicas
         if r.state == "ready" and r.url and r.endpoint_id is not None
     ]
@@ -140,10 +148,14 @@ def _converge(
         result.errors[item.name] = (item.tag, message)
 
 
-def _call(client: httpx.Client, job: SyncJob, path: str, body: dict[str, Any], ok: tuple[int, ...]) -> httpx.Response:
+def _call(
+    client: httpx.Client, job: SyncJob, path: str, body: dict[str, Any], ok: tuple[int, ...]
+) -> httpx.Response:
     response = client.post(f"{job.url}{path}", json=body, headers=job.headers)
     if response.status_code >= 500 and response.status_code not in ok:
-        raise httpx.HTTPStatusError(f"{path}: {response.status_code}", request=response.request, response=response)
+        raise httpx.HTTPStatusError(
+            f"{path}: {response.status_code}", request=response.request, response=response
+        )
     return response
 
 
@@ -188,7 +200,9 @@ def record(
             values = _status(item, reached, target)
             changed = {k: v for k, v in values.items() if getattr(item, k) != v}
             if changed:
-                adapter_rows.write_adapter_status(session, adapter_id=item.id, version=item.version, values=changed)
+                adapter_rows.write_adapter_status(
+                    session, adapter_id=item.id, version=item.version, values=changed
+                )
 
 
 def _status(item: AdapterItem, reached: Sequence[SyncResult], target: int) -> dict[str, Any]:
@@ -199,12 +213,18 @@ def _status(item: AdapterItem, reached: Sequence[SyncResult], target: int) -> di
     if item.load_path is None:
         errors = errors or [item.refused]
     state = "failed" if errors else "ready" if target and len(serving) == target else "pending"
-    values: dict[str, Any] = {"ready_replicas": len(serving), "target_replicas": target, "state": state,
-                              "message": errors[0][:MAX_MESSAGE_CHARS] if errors else ""}
+    values: dict[str, Any] = {
+        "ready_replicas": len(serving),
+        "target_replicas": target,
+        "state": state,
+        "message": errors[0][:MAX_MESSAGE_CHARS] if errors else "",
+    }
     digests = {r.digests[item.name] for r in serving if r.digests.get(item.name)}
     if item.digest is None and len(digests) == 1 and not item.source.startswith("/"):
         values["digest"] = digests.pop()  # a Hub source: what the replicas loaded
     elif item.digest is not None and digests and digests != {item.digest} and not errors:
-        values["message"] = ("the replicas serve other files than the ones hashed at the PUT: "
-                             "PUT the adapter again to record the new version")
+        values["message"] = (
+            "the replicas serve other files than the ones hashed at the PUT: "
+            "PUT the adapter again to record the new version"
+        )
     return values

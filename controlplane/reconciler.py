@@ -17,10 +17,10 @@ import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from lorafleet.controlplane import adapter_sync
 from lorafleet.controlplane.catalog.service import Hardware
 from lorafleet.controlplane.clock import utcnow
 from lorafleet.controlplane.db import Database
-from lorafleet.controlplane import adapter_sync
 from lorafleet.controlplane.endpoints import adapter_rows, repository
 from lorafleet.controlplane.endpoints.adapters import adapter_items
 from lorafleet.controlplane.endpoints.plan import LaunchOutcome

@@ -9,8 +9,8 @@ import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from .inference_endpoint import _EndpointState
 from .adapters import EndpointAdapter
+from .inference_endpoint import _EndpointState
 from .usage import EndpointUsage
 
 SPINNER_FRAMES = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
@@ -153,7 +153,8 @@ def adapters_table(adapters: Sequence[EndpointAdapter]) -> str:
     """One row per adapter of an endpoint's live set: readiness as `ready/target` replicas."""
     if not adapters:
         return "No adapters."
-    rows = [(a.name, a.source, a.revision or "-", (a.digest or "-")[:12], f"{a.ready_replicas}/{a.target_replicas}",
-             a.state, a.message.splitlines()[0][:80] if a.message else "")
+    rows = [(a.name, a.source, a.revision or "-", (a.digest or "-")[:12],
+             f"{a.ready_replicas}/{a.target_replicas}", a.state,
+             a.message.splitlines()[0][:80] if a.message else "")
             for a in adapters]
     return render_table(rows, ADAPTER_COLUMNS)

@@ -41,9 +41,17 @@ class EndpointAdapter:
     @classmethod
     def from_raw(cls, raw: Any) -> EndpointAdapter:
         try:
-            return cls(raw["name"], raw["source"], raw.get("revision"), raw.get("digest"),
-                       int(raw["readyReplicas"]), int(raw["targetReplicas"]), raw["state"],
-                       raw.get("message") or "", raw)
+            return cls(
+                raw["name"],
+                raw["source"],
+                raw.get("revision"),
+                raw.get("digest"),
+                int(raw["readyReplicas"]),
+                int(raw["targetReplicas"]),
+                raw["state"],
+                raw.get("message") or "",
+                raw,
+            )
         except (KeyError, TypeError, ValueError) as error:
             raise LorafleetError(f"Unexpected adapter description from the server: {error!r}") from error
 

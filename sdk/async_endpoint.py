@@ -11,9 +11,9 @@ import httpx
 
 from . import _payloads as calls
 from ._http import auth_headers
+from .adapters import EndpointAdapter
 from .errors import LorafleetError
 from .inference_endpoint import HEALTH_PROBE_TIMEOUT, _check_wait_args, _EndpointState
-from .adapters import EndpointAdapter
 from .usage import EndpointUsage
 
 if TYPE_CHECKING:

@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from . import _console, _payloads, endpoints
+from .adapters import EndpointAdapter
 from .client import Client
 from .errors import LorafleetError
-from .adapters import EndpointAdapter
 from .inference_endpoint import InferenceEndpoint
 from .usage import EndpointUsage
 
@@ -195,17 +195,20 @@ def _cmd_adapters_remove(args: argparse.Namespace, client: Client) -> dict[str, 
 
 
 def _adapter_commands(subparsers: Any, common: argparse.ArgumentParser) -> None:
-    group = subparsers.add_parser("adapters", help="the endpoint's live adapter set (changes need no restart)")
+    group = subparsers.add_parser("adapters", help="the endpoint's live adapter set (no restart)")
     commands = group.add_subparsers(dest="adapter_command", metavar="{list,add,remove}", required=True)
-    listing = commands.add_parser("list", parents=[common], help="adapters and their readiness per replica")
-    add = commands.add_parser("add", parents=[common], help="add an adapter, or replace the one of that name")
-    remove = commands.add_parser("remove", parents=[common], help="remove an adapter")
-    for parser, handler in ((listing, _cmd_adapters_list), (add, _cmd_adapters_add), (remove, _cmd_adapters_remove)):
-        parser.add_argument("name", help="endpoint name")
-        parser.set_defaults(handler=handler)
+    helps = {"list": "adapters and their readiness per replica",
+             "add": "add an adapter, or replace the one of that name", "remove": "remove an adapter"}
+    handlers = {"list": _cmd_adapters_list, "add": _cmd_adapters_add, "remove": _cmd_adapters_remove}
+    parsers = {}
+    for command, handler in handlers.items():
+        parsers[command] = commands.add_parser(command, parents=[common], help=helps[command])
+        parsers[command].add_argument("name", help="endpoint name")
+        parsers[command].set_defaults(handler=handler)
+    add, remove = parsers["add"], parsers["remove"]
     for parser in (add, remove):
         parser.add_argument("adapter", help="adapter name (the adapter_id requests use)")
-    add.add_argument("source", help="Hub repo id (org/name) or a folder under the control plane's LOCAL_ROOTS")
+    add.add_argument("source", help="Hub repo id (org/name) or a folder under the server's LOCAL_ROOTS")
     add.add_argument("--revision", help="Hub branch, tag or commit (default: the default branch)")
 
 
@@ -273,12 +276,13 @@ def _print_result(result: Any, output: str) -> None:
     elif isinstance(result, EndpointUsage):
         text = _console.to_json(result.raw) if output == "json" else _console.usage_table(result)
     elif isinstance(result, _AdapterList):
-        as_json = output == "json"
-        text = _console.to_json([a.raw for a in result.items]) if as_json else _console.adapters_table(result.items)
+        rows = result.items
+        text = _console.to_json([a.raw for a in rows]) if output == "json" else _console.adapters_table(rows)
     elif output == "json":
         text = _console.to_json(result)
     elif "removed" in result:
-        text = f"Removed adapter {result['removed']} from endpoint {result['namespace']}/{result['endpoint']}."
+        where = f"{result['namespace']}/{result['endpoint']}"
+        text = f"Removed adapter {result['removed']} from endpoint {where}."
     else:
         text = f"Deleted endpoint {result['namespace']}/{result['deleted']}."
     print(text)

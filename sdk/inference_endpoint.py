@@ -20,8 +20,8 @@ import httpx
 
 from . import _payloads as calls
 from ._http import auth_headers
-from .errors import EndpointFailed, LorafleetError, Timeout
 from .adapters import EndpointAdapter
+from .errors import EndpointFailed, LorafleetError, Timeout
 from .usage import EndpointUsage
 
 if TYPE_CHECKING:

@@ -71,8 +71,8 @@ def put_adapter(request: Request, name: str, db: SessionDep, caller: CallerDep, 
 
 
 @router.post("/endpoints/{name}/adapters/remove", dependencies=[CsrfChecked])
-def remove_adapter(request: Request, name: str, db: SessionDep, caller: CallerDep, service: EndpointServiceDep,
-                   adapter: Annotated[str, Form()] = "") -> Response:
+def remove_adapter(request: Request, name: str, db: SessionDep, caller: CallerDep,
+                   service: EndpointServiceDep, adapter: Annotated[str, Form()] = "") -> Response:
     try:
         service.delete_adapter(db, caller.principal, name, adapter)
     except ControlPlaneError as e:

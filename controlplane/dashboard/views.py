@@ -57,7 +57,9 @@ class AdapterView:
         return state_class(self.state)
 
 
-def live_adapters(items: Iterable[Mapping[str, Any]], usage: Mapping[str, Any] | None = None) -> list[AdapterView]:
+def live_adapters(
+    items: Iterable[Mapping[str, Any]], usage: Mapping[str, Any] | None = None
+) -> list[AdapterView]:
     """The live set's items (the API's JSON) with each adapter's usage figures when it has any."""
     used = {u.get("adapter"): u for u in (usage or {}).get("adapters", [])}
     views = []
@@ -65,7 +67,8 @@ def live_adapters(items: Iterable[Mapping[str, Any]], usage: Mapping[str, Any] |
         figures = used.get(item["name"]) or {}
         views.append(AdapterView(
             id=item["name"], source=item["source"], revision=item.get("revision"), digest=item.get("digest"),
-            ready_replicas=int(item.get("readyReplicas") or 0), target_replicas=int(item.get("targetReplicas") or 0),
+            ready_replicas=int(item.get("readyReplicas") or 0),
+            target_replicas=int(item.get("targetReplicas") or 0),
             state=item.get("state") or "", message=item.get("message") or "",
             requests=figures.get("requests"), output_tokens=figures.get("outputTokens")))
     return views

@@ -12,13 +12,17 @@ from sqlalchemy.orm import Session
 
 def adapters_of(session: Session, endpoint_id: int) -> Sequence[EndpointAdapter]:
     return session.scalars(
-        select(EndpointAdapter).where(EndpointAdapter.endpoint_id == endpoint_id).order_by(EndpointAdapter.name)
+        select(EndpointAdapter)
+        .where(EndpointAdapter.endpoint_id == endpoint_id)
+        .order_by(EndpointAdapter.name)
     ).all()
 
 
 def get_adapter(session: Session, endpoint_id: int, name: str) -> EndpointAdapter | None:
     return session.scalar(
-        select(EndpointAdapter).where(EndpointAdapter.endpoint_id == endpoint_id, EndpointAdapter.name == name)
+        select(EndpointAdapter).where(
+            EndpointAdapter.endpoint_id == endpoint_id, EndpointAdapter.name == name
+        )
     )
 
 

@@ -71,23 +71,45 @@ def adapter_items(rows: Sequence[EndpointAdapter], roots: LocalRoots) -> tuple[A
             load_path = folder.real if folder is not None else row.source
         except BadRequestError as e:
             load_path, refused = None, e.message
-        items.append(AdapterItem(
-            row.id, row.version, row.name, row.source, row.revision, row.digest, load_path, refused,
-            row.state, row.message, row.ready_replicas, row.target_replicas))
+        items.append(
+            AdapterItem(
+                row.id,
+                row.version,
+                row.name,
+                row.source,
+                row.revision,
+                row.digest,
+                load_path,
+                refused,
+                row.state,
+                row.message,
+                row.ready_replicas,
+                row.target_replicas,
+            )
+        )
     return tuple(items)
 
 
 def lora_adapters_value(items: Sequence[AdapterItem]) -> str:
     """The set as the runtime's `LORA_ADAPTERS` (`name=path` or `name=repo@revision`)."""
-    return ",".join(f"{i.name}={i.load_path}" + (f"@{i.revision}" if i.revision else "")
-                    for i in items if i.load_path is not None)
+    return ",".join(
+        f"{i.name}={i.load_path}" + (f"@{i.revision}" if i.revision else "")
+        for i in items
+        if i.load_path is not None
+    )
 
 
 def render_adapter(row: EndpointAdapter) -> dict[str, Any]:
     return {
-        "name": row.name, "source": row.source, "revision": row.revision, "digest": row.digest,
-        "readyReplicas": row.ready_replicas, "targetReplicas": row.target_replicas,
-        "state": row.state, "message": row.message, "updatedAt": to_wire(row.updated_at),
+        "name": row.name,
+        "source": row.source,
+        "revision": row.revision,
+        "digest": row.digest,
+        "readyReplicas": row.ready_replicas,
+        "targetReplicas": row.target_replicas,
+        "state": row.state,
+        "message": row.message,
+        "updatedAt": to_wire(row.updated_at),
     }
 
 
@@ -106,7 +128,9 @@ def seed_items(spec: Mapping[str, Any]) -> list[SeedItem]:
         name, sep, target = entry.partition("=")
         target = (target if sep else name).strip()
         base, at, revision = target.rpartition("@")
-        source, rev = (base, revision) if at and base and revision and is_hub_repo_id(base) else (target, None)
+        source, rev = (
+            (base, revision) if at and base and revision and is_hub_repo_id(base) else (target, None)
+        )
         name = name.strip() if sep else source
         items.setdefault(name, SeedItem(name, source, rev))
     return list(items.values())
@@ -116,7 +140,9 @@ def check_name(name: str) -> None:
     if not ADAPTER_NAME.match(name) or ".." in name:
         raise BadRequestError(
             f"adapter name {name[:200]!r}: 1-128 letters, digits, '.', '_', '/', '-', starting with a "
-            "letter or digit, without '..'", field="adapter")
+            "letter or digit, without '..'",
+            field="adapter",
+        )
 
 
 class AdapterSet:
@@ -134,8 +160,9 @@ class AdapterSet:
     def list(self, session: Session, endpoint: Endpoint) -> list[EndpointAdapter]:
         return list(adapter_rows.adapters_of(session, endpoint.id))
 
-    def put(self, session: Session, endpoint: Endpoint, name: str, body: AdapterPut,
-            *, strict: bool = True) -> tuple[EndpointAdapter, bool]:
+    def put(
+        self, session: Session, endpoint: Endpoint, name: str, body: AdapterPut, *, strict: bool = True
+    ) -> tuple[EndpointAdapter, bool]:
         """Adds or replaces `name`; returns the row and whether what it serves changed.
 
         Args:
@@ -145,15 +172,20 @@ class AdapterSet:
         check_name(name)
         source, digest = self._source(body.source, body.revision, strict=strict)
         row = adapter_rows.get_adapter(session, endpoint.id, name)
-        if row is not None and (row.source, row.revision) == (source, body.revision) and (
-            digest is None or row.digest == digest
+        if (
+            row is not None
+            and (row.source, row.revision) == (source, body.revision)
+            and (digest is None or row.digest == digest)
         ):
             return row, False
         if row is None:
             if len(adapter_rows.adapters_of(session, endpoint.id)) >= self.limit:
                 raise QuotaExceededError(
                     f"endpoint {endpoint.name!r} already has {self.limit} adapters, the most one endpoint "
-                    "may have (QUOTA_ADAPTERS): remove one first", limit="adapters", value=self.limit)
+                    "may have (QUOTA_ADAPTERS): remove one first",
+                    limit="adapters",
+                    value=self.limit,
+                )
             row = EndpointAdapter(endpoint_id=endpoint.id, name=name)
             session.add(row)
         row.source, row.revision, row.digest = source, body.revision, digest
@@ -176,26 +208,34 @@ class AdapterSet:
             if row.name not in wanted:
                 session.delete(row)
         for item in items:
-            self.put(session, endpoint, item.name, AdapterPut(source=item.source, revision=item.revision),
-                     strict=False)
+            self.put(
+                session,
+                endpoint,
+                item.name,
+                AdapterPut(source=item.source, revision=item.revision),
+                strict=False,
+            )
 
     def _source(self, source: str, revision: str | None, *, strict: bool) -> tuple[str, str | None]:
         """The source as stored and, for a local folder, its digest; a 400 for anything else."""
         if _NOT_IN_LIST.search(source):
             raise BadRequestError("source: no commas, spaces or control characters", field="source")
         if revision is not None and (not REVISION.match(revision) or ".." in revision):
-            raise BadRequestError("revision: a branch, tag or commit (letters, digits, '.', '_', '/', '-')",
-                                  field="revision")
+            raise BadRequestError(
+                "revision: a branch, tag or commit (letters, digits, '.', '_', '/', '-')", field="revision"
+            )
         folder = self.roots.check(source, "source")
         if folder is None:
             return source, None
         if revision is not None:
-            raise BadRequestError("revision: only a Hub source has revisions, not a local folder",
-                                  field="revision")
+            raise BadRequestError(
+                "revision: only a Hub source has revisions, not a local folder", field="revision"
+            )
         real = Path(folder.real)
         if strict and not (real / "adapter_config.json").is_file():
-            raise BadRequestError(f"source: {source!r} holds no adapter_config.json (not a PEFT adapter)",
-                                  field="source")
+            raise BadRequestError(
+                f"source: {source!r} holds no adapter_config.json (not a PEFT adapter)", field="source"
+            )
         return folder.path, adapter_digest(real) if real.is_dir() else None
 
     @staticmethod

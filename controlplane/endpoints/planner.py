@@ -143,8 +143,9 @@ class EndpointPlanner:
         assert isinstance(placement, Placement), "decide() launches only placed endpoints"
         key, api_key = f"rep-{uuid.uuid4().hex[:12]}", token_source.token_urlsafe(32)
         spec = ReplicaSpec(
-            key, view.namespace, view.name, placement.instance, placement.env, without_adapters(view.spec.args),
-            view.spec.health_route, api_key=api_key, folders=placement.folders, digest=view.digest,
+            key, view.namespace, view.name, placement.instance, placement.env,
+            without_adapters(view.spec.args), view.spec.health_route, api_key=api_key,
+            folders=placement.folders, digest=view.digest,
         )
         replica = Replica(replica_key=key, endpoint_id=view.id, launcher=self.launcher.name,
                           spec_digest=view.digest, state="starting",

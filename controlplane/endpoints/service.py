@@ -193,7 +193,9 @@ class EndpointService:
 
     # --- the live adapter set (endpoints/adapters.py) ----------------------------------------
 
-    def list_adapters(self, session: Session, principal: Principal, name: str) -> builtins.list[EndpointAdapter]:
+    def list_adapters(
+        self, session: Session, principal: Principal, name: str
+    ) -> builtins.list[EndpointAdapter]:
         return self.adapters.list(session, self.get(session, principal, name))
 
     def put_adapter(

@@ -24,8 +24,9 @@ def upgrade() -> None:
     op.create_table(
         "endpoint_adapters",
         sa.Column("id", sa.Integer(), primary_key=True),
-        sa.Column("endpoint_id", sa.Integer(), sa.ForeignKey("endpoints.id", ondelete="CASCADE"),
-                  nullable=False),
+        sa.Column(
+            "endpoint_id", sa.Integer(), sa.ForeignKey("endpoints.id", ondelete="CASCADE"), nullable=False
+        ),
         sa.Column("name", sa.String(128), nullable=False),
         sa.Column("source", sa.String(1024), nullable=False),
         sa.Column("revision", sa.String(256), nullable=True),
@@ -50,9 +51,24 @@ def _seed_existing_endpoints() -> None:
 
     endpoints = sa.table("endpoints", sa.column("id", sa.Integer()), sa.column("spec", sa.JSON()))
     adapters = sa.table(
-        "endpoint_adapters", *(sa.column(c) for c in ("endpoint_id", "name", "source", "revision", "digest",
-                                                      "version", "state", "message", "ready_replicas",
-                                                      "target_replicas", "updated_at")))
+        "endpoint_adapters",
+        *(
+            sa.column(c)
+            for c in (
+                "endpoint_id",
+                "name",
+                "source",
+                "revision",
+                "digest",
+                "version",
+                "state",
+                "message",
+                "ready_replicas",
+                "target_replicas",
+                "updated_at",
+            )
+        ),
+    )
     bind = op.get_bind()
     now = datetime.now(UTC).replace(tzinfo=None)
     rows = []
@@ -61,9 +77,22 @@ def _seed_existing_endpoints() -> None:
             items = seed_items(spec)
         except Exception:  # a spec the current rules refuse: it keeps an empty set
             continue
-        rows += [{"endpoint_id": endpoint_id, "name": i.name[:128], "source": i.source[:1024], "revision": i.revision,
-                  "digest": None, "version": 1, "state": "pending", "message": "", "ready_replicas": 0,
-                  "target_replicas": 0, "updated_at": now} for i in items]
+        rows += [
+            {
+                "endpoint_id": endpoint_id,
+                "name": i.name[:128],
+                "source": i.source[:1024],
+                "revision": i.revision,
+                "digest": None,
+                "version": 1,
+                "state": "pending",
+                "message": "",
+                "ready_replicas": 0,
+                "target_replicas": 0,
+                "updated_at": now,
+            }
+            for i in items
+        ]
     if rows:
         op.bulk_insert(adapters, rows)
 

@@ -35,8 +35,13 @@ def roots(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def api(tmp_path: Path, database_url: str, roots: Path) -> Iterator[Server]:
-    settings = make_settings(tmp_path, database_url, reconciler_enabled=False, quota_adapters=3,
-                             local_roots=os.pathsep.join([str(fixtures_dir()), str(roots)]))
+    settings = make_settings(
+        tmp_path,
+        database_url,
+        reconciler_enabled=False,
+        quota_adapters=3,
+        local_roots=os.pathsep.join([str(fixtures_dir()), str(roots)]),
+    )
     for url, app in serve_app(settings):
         server = Server(url, app, settings, "", "alice")
         server.token = server.new_token("alice")
@@ -61,8 +66,16 @@ def test_the_seed_payloads_lora_adapters_become_the_first_items(api: Server, roo
     assert (found["org/coder"]["source"], found["org/coder"]["revision"]) == ("org/coder", "v2")
     assert found["org/coder"]["digest"] is None  # a Hub source: the replicas report it
     assert found["plain-id"]["state"] == "pending" and found["plain-id"]["readyReplicas"] == 0
-    assert set(found["support"]) >= {"name", "source", "revision", "digest", "readyReplicas",
-                                     "targetReplicas", "state", "message"}
+    assert set(found["support"]) >= {
+        "name",
+        "source",
+        "revision",
+        "digest",
+        "readyReplicas",
+        "targetReplicas",
+        "state",
+        "message",
+    }
 
 
 def test_lora_adapters_in_args_win_and_an_update_of_the_value_replaces_the_set(api: Server) -> None:
@@ -156,8 +169,11 @@ def test_hostile_sources_and_revisions_are_refused(api: Server, roots: Path, tmp
             assert response.status_code == status, (body, response.text)
             assert "/etc" not in response.json().get("error", "").replace(str(body.get("source")), "")
         assert items(client) == {}
-        too_big = client.put(f"{BASE}/adapters/a", content=b'{"source": "' + b"x" * 3_000_000 + b'"}',
-                             headers={"content-type": "application/json"})
+        too_big = client.put(
+            f"{BASE}/adapters/a",
+            content=b'{"source": "' + b"x" * 3_000_000 + b'"}',
+            headers={"content-type": "application/json"},
+        )
         assert too_big.status_code in (413, 422)
 
 

@@ -54,12 +54,20 @@ def two_replicas(name: str, adapter: Path) -> dict[str, Any]:
 
 
 def generate(url: str, token: str, adapter: str | None, prompt: str = PROMPT) -> httpx.Response:
-    parameters: dict[str, Any] = {"max_new_tokens": TOKENS, "details": True, "decoder_input_details": True,
-                                  "ignore_eos": True}
+    parameters: dict[str, Any] = {
+        "max_new_tokens": TOKENS,
+        "details": True,
+        "decoder_input_details": True,
+        "ignore_eos": True,
+    }
     if adapter:
         parameters["adapter_id"] = adapter
-    return httpx.post(f"{url}/generate", json={"inputs": prompt, "parameters": parameters},
-                      headers={"Authorization": f"Bearer {token}"}, timeout=120)
+    return httpx.post(
+        f"{url}/generate",
+        json={"inputs": prompt, "parameters": parameters},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=120,
+    )
 
 
 def answer(response: httpx.Response) -> tuple[list[int], list[int]]:
@@ -80,8 +88,9 @@ def adapters(ep: EndpointView) -> dict[str, dict[str, Any]]:
 
 
 def put(ep: EndpointView, name: str, source: Path | str) -> dict[str, Any]:
-    response = httpx.put(f"{ep.path}/adapters/{name}", json={"source": str(source)}, headers=ep.cp.headers,
-                         timeout=60)
+    response = httpx.put(
+        f"{ep.path}/adapters/{name}", json={"source": str(source)}, headers=ep.cp.headers, timeout=60
+    )
     assert response.status_code == 200, response.text
     return response.json()
 
@@ -96,7 +105,11 @@ def wait_set(ep: EndpointView, wanted: dict[str, str | None], replicas: int = 2)
             return None
         for name, digest in wanted.items():
             item = found[name]
-            if item["state"] != "ready" or item["readyReplicas"] != replicas or (digest and item["digest"] != digest):
+            if (
+                item["state"] != "ready"
+                or item["readyReplicas"] != replicas
+                or (digest and item["digest"] != digest)
+            ):
                 return None
         return found
 
@@ -146,7 +159,9 @@ def test_add_replace_remove_on_a_live_two_replica_endpoint_without_restarts(
         for replica_url in ep.replica_urls().values():
             refused = generate(replica_url, api_key_of(cp, replica_url), "coder")
             assert 400 <= refused.status_code < 500, refused.text
-        wait_for(lambda: 400 <= generate(url, cp.token, "coder").status_code < 500, 60, "gateway refuses coder")
+        wait_for(
+            lambda: 400 <= generate(url, cp.token, "coder").status_code < 500, 60, "gateway refuses coder"
+        )
         # No replica was restarted and the spec did not change.
         assert ep.pids() == pids and ep.get()["revision"] == revision
         assert not [e for e in ep.events() if e["kind"] == "replica-failed"]
@@ -155,7 +170,9 @@ def test_add_replace_remove_on_a_live_two_replica_endpoint_without_restarts(
         wait_for(lambda: ep.pids() == {}, 120, "replicas stopped")
         ep.post("resume")
         ep.wait_running()
-        wait_for(lambda: len(ep.pids()) == 2 and ep.get()["status"]["readyReplica"] == 2, 180, "2 ready again")
+        wait_for(
+            lambda: len(ep.pids()) == 2 and ep.get()["status"]["readyReplica"] == 2, 180, "2 ready again"
+        )
         wait_set(ep, {ADAPTER_ID: replaced["digest"]})
         for pid in ep.pids().values():
             assert environ(pid)["LORA_ADAPTERS"] == f"{ADAPTER_ID}={files[support_oracle]}"
@@ -208,4 +225,4 @@ def test_replacing_an_adapter_under_load_answers_old_or_new_never_a_mix(
             assert old != fresh
             assert tokens in (old, fresh), "an answer mixed two versions of the adapter"
             versions.append("old" if tokens == old else "new")
-        assert versions[0] == "old" and versions[after + 3:] == ["new"] * len(versions[after + 3:])
+        assert versions[0] == "old" and versions[after + 3 :] == ["new"] * len(versions[after + 3 :])

@@ -33,7 +33,12 @@ def test_sync_methods_list_add_replace_and_remove(static_cp, static_client, endp
     (seed,) = endpoint.adapters
     assert isinstance(seed, EndpointAdapter)
     assert (seed.name, seed.source, seed.revision, seed.state, seed.ready_replicas) == (
-        "seed", "org/seed", "v1", "pending", 0)
+        "seed",
+        "org/seed",
+        "v1",
+        "pending",
+        0,
+    )
     folder = _adapter_folder(static_cp.local_models, "sdk-one", b"one")
     added = endpoint.add_adapter("team/one", str(folder))
     assert added.name == "team/one" and added.digest == adapter_digest(folder) and added.revision is None
@@ -75,9 +80,16 @@ def test_another_namespace_cannot_see_or_change_the_adapters(static_cp, static_c
         with pytest.raises(lorafleet.EndpointNotFound):
             lorafleet.get_inference_endpoint(name, namespace="alice", token=token, client=other)
         foreign = lorafleet.InferenceEndpoint.from_raw(
-            lorafleet.get_inference_endpoint(name, client=static_client).raw, "alice", token=token, client=other)
-        for call in (lambda: foreign.adapters, lambda: foreign.add_adapter("b", "org/b"),
-                     lambda: foreign.remove_adapter("a")):
+            lorafleet.get_inference_endpoint(name, client=static_client).raw,
+            "alice",
+            token=token,
+            client=other,
+        )
+        for call in (
+            lambda: foreign.adapters,
+            lambda: foreign.add_adapter("b", "org/b"),
+            lambda: foreign.remove_adapter("a"),
+        ):
             with pytest.raises(lorafleet.EndpointNotFound):
                 call()
     assert [a.name for a in lorafleet.get_inference_endpoint(name, client=static_client).adapters] == ["a"]

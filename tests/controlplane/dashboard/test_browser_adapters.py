@@ -53,22 +53,32 @@ def test_adapters_section_lists_adds_refuses_and_removes(page, api_only_cp: Live
     page.get_by_role("button", name="Remove adapter seed").click()
     expect(page.locator(".notice")).to_contain_text("Adapter removed")
     expect(_rows(page)).to_have_count(1)
-    items = httpx.get(f"{api_only_cp.url}/v2/endpoint/alice/ep-adapters/adapters", headers=api_only_cp.headers)
+    items = httpx.get(
+        f"{api_only_cp.url}/v2/endpoint/alice/ep-adapters/adapters", headers=api_only_cp.headers
+    )
     assert [i["name"] for i in items.json()["items"]] == ["org/coder"]
 
 
-def test_adapter_forms_need_the_session_csrf_token_and_the_own_namespace(api_only_cp: LiveControlPlane) -> None:
+def test_adapter_forms_need_the_session_csrf_token_and_the_own_namespace(
+    api_only_cp: LiveControlPlane,
+) -> None:
     create_via_api(api_only_cp, "ep-csrf", adapters="keep=org/keep")
     client, csrf = signed_in_client(api_only_cp)
     try:
         base = "/dashboard/endpoints/ep-csrf/adapters"
         assert client.post(base, data={"adapter": "x", "source": "org/x"}).status_code == 403
-        assert client.post(f"{base}/remove", data={"adapter": "keep", "csrf_token": "forged"}).status_code == 403
-        missing = client.post("/dashboard/endpoints/nope/adapters/remove", data={"adapter": "keep", "csrf_token": csrf})
+        assert (
+            client.post(f"{base}/remove", data={"adapter": "keep", "csrf_token": "forged"}).status_code == 403
+        )
+        missing = client.post(
+            "/dashboard/endpoints/nope/adapters/remove", data={"adapter": "keep", "csrf_token": csrf}
+        )
         assert missing.status_code == 404
     finally:
         client.close()
-    items = httpx.get(f"{api_only_cp.url}/v2/endpoint/alice/ep-csrf/adapters", headers=api_only_cp.headers).json()
+    items = httpx.get(
+        f"{api_only_cp.url}/v2/endpoint/alice/ep-csrf/adapters", headers=api_only_cp.headers
+    ).json()
     assert [i["name"] for i in items["items"]] == ["keep"]
 
 
