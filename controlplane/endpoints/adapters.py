@@ -136,12 +136,13 @@ def seed_items(spec: Mapping[str, Any]) -> list[SeedItem]:
     return list(items.values())
 
 
-def check_name(name: str) -> None:
+def check_name(name: str, field: str = "adapter") -> None:
     if not ADAPTER_NAME.match(name) or ".." in name:
+        hint = " (give a folder a name: `name=/path/to/folder`)" if name.startswith("/") else ""
         raise BadRequestError(
-            f"adapter name {name[:200]!r}: 1-128 letters, digits, '.', '_', '/', '-', starting with a "
-            "letter or digit, without '..'",
-            field="adapter",
+            f"{field}: adapter name {name[:200]!r}: 1-128 letters, digits, '.', '_', '/', '-', starting "
+            f"with a letter or digit, without '..'{hint}",
+            field=field,
         )
 
 
@@ -203,6 +204,8 @@ class AdapterSet:
     def seed(self, session: Session, endpoint: Endpoint, spec: Mapping[str, Any]) -> None:
         """Makes the set the spec's `LORA_ADAPTERS` (at create, and when an update changes it)."""
         items = seed_items(spec)
+        for item in items:  # the names requests will use: refused here rather than half-served
+            check_name(item.name, "model.env.LORA_ADAPTERS")
         wanted = {item.name for item in items}
         for row in adapter_rows.adapters_of(session, endpoint.id):
             if row.name not in wanted:
