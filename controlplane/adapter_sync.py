@@ -18,7 +18,7 @@ answer is left as it is for the next pass.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 from lorafleet.controlplane.endpoints import adapter_rows
 from lorafleet.controlplane.endpoints.plan import AdapterItem
+from lorafleet.controlplane.launchers.base import ReplicaHandle
 from lorafleet.controlplane.models import Replica
 from sqlalchemy.orm import Session
 
@@ -33,6 +34,7 @@ log = logging.getLogger("lorafleet.controlplane.reconciler")
 MAX_MESSAGE_CHARS = 2000
 
 Failures = dict[str, dict[str, tuple[str, str]]]  # replica key → adapter name → (tag, message)
+Place = Callable[[ReplicaHandle, str], str]  # (replica, local folder) → the path it loads from
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,8 @@ class SyncJob:
     wanted: tuple[AdapterItem, ...]
     serving: Mapping[str, str]
     failed: Mapping[str, tuple[str, str]]
+    handle: ReplicaHandle | None = field(default=None, repr=False)
+    place: Place | None = field(default=None, repr=False)  # `Launcher.adapter_path`
 
     @property
     def headers(self) -> dict[str, str]:
@@ -73,8 +77,10 @@ def jobs(
     sets: Mapping[int, Sequence[AdapterItem]],
     keys: Mapping[str, str | None],
     failures: Failures,
+    place: Place | None = None,
 ) -> list[SyncJob]:
-    """A job per ready replica with a URL (`keys`: replica key → its API key)."""
+    """A job per ready replica with a URL (`keys`: replica key → its API key; `place`: where a
+    replica reads a local folder it was not started with)."""
     return [
         SyncJob(
             r.replica_key,
@@ -83,6 +89,8 @@ def jobs(
             tuple(sets.get(r.endpoint_id, ())),
             dict(r.adapter_versions or {}),
             failures.get(r.replica_key, {}),
+            r.handle,
+            place,
         )
         for r in replicas
         if r.state == "ready" and r.url and r.endpoint_id is not None
@@ -135,7 +143,12 @@ def _converge(
     if item.load_path is None or (remembered is not None and remembered[0] == item.tag):
         result.errors[item.name] = (item.tag, item.refused if item.load_path is None else remembered[1])  # type: ignore[index]
         return
-    body: dict[str, Any] = {"lora_name": item.name, "lora_path": item.load_path}
+    try:
+        path = _path_for(job, item.load_path)
+    except OSError as e:  # the copy for a sandboxed replica failed (disk full...): retried next pass
+        log.warning("staging adapter %s for replica %s failed: %s", item.name, job.replica_key, e)
+        return
+    body: dict[str, Any] = {"lora_name": item.name, "lora_path": path}
     if item.revision:
         body["revision"] = item.revision
     response = _call(client, job, "/v1/load_lora_adapter", body, ok=(200,))
@@ -146,6 +159,13 @@ def _converge(
         message = _error_text(response)
         log.warning("replica %s refused adapter %s: %s", job.replica_key, item.name, message)
         result.errors[item.name] = (item.tag, message)
+
+
+def _path_for(job: SyncJob, load_path: str) -> str:
+    """A Hub id as it is; a local folder where this replica can read it (`Launcher.adapter_path`)."""
+    if not load_path.startswith("/") or job.place is None or job.handle is None:
+        return load_path
+    return job.place(job.handle, load_path)
 
 
 def _call(

@@ -127,7 +127,7 @@ class EndpointAdapter(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     endpoint_id: Mapped[int] = mapped_column(ForeignKey("endpoints.id", ondelete="CASCADE"), index=True)
-    name: Mapped[str] = mapped_column(String(128))
+    name: Mapped[str] = mapped_column(String(1024))  # a seed's bare folder path is its own name
     source: Mapped[str] = mapped_column(String(1024))
     revision: Mapped[str | None] = mapped_column(String(256), nullable=True)
     digest: Mapped[str | None] = mapped_column(String(64), nullable=True)

@@ -269,7 +269,7 @@ class Reconciler:
                     for endpoint_id, items in adapter_rows.adapters_by_endpoint(session).items()}
             keys = {r.replica_key: self._api_key(r) for r in rows}
             session.commit()
-            todo = adapter_sync.jobs(rows, sets, keys, self._adapter_failures)
+            todo = adapter_sync.jobs(rows, sets, keys, self._adapter_failures, self.launcher.adapter_path)
             results = adapter_sync.sync_all(todo, self.settings.adapter_load_timeout_s)
             adapter_sync.remember_failures(self._adapter_failures, results, {r.replica_key for r in rows})
             adapter_sync.record(session, sets, rows, results)

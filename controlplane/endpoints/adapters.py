@@ -17,6 +17,7 @@ bounded; at most `QUOTA_ADAPTERS` adapters per endpoint. A source folder is hash
 
 from __future__ import annotations
 
+import builtins  # the class defines list(); annotations below mean the builtin
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from lorafleet.controlplane.endpoints.plan import AdapterItem
 from lorafleet.controlplane.endpoints.quota import QuotaExceededError
 from lorafleet.controlplane.errors import BadRequestError, ConflictError, NotFoundError
 from lorafleet.controlplane.models import Endpoint, EndpointAdapter
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
@@ -170,7 +171,8 @@ class AdapterSet:
             strict: a local source must hold `adapter_config.json` (a seed keeps the HF payload's
                 behaviour instead: accepted as written, the replica reports what is wrong).
         """
-        check_name(name)
+        if strict:  # (`seed_plan` checked a seed's names)
+            check_name(name)
         source, digest = self._source(body.source, body.revision, strict=strict)
         row = adapter_rows.get_adapter(session, endpoint.id, name)
         if (
@@ -201,23 +203,35 @@ class AdapterSet:
         session.delete(row)
         self._flush(session, name)
 
-    def seed(self, session: Session, endpoint: Endpoint, spec: Mapping[str, Any]) -> None:
-        """Makes the set the spec's `LORA_ADAPTERS` (at create, and when an update changes it)."""
-        items = seed_items(spec)
-        for item in items:  # the names requests will use: refused here rather than half-served
-            check_name(item.name, "model.env.LORA_ADAPTERS")
-        wanted = {item.name for item in items}
+    def seed_plan(self, spec: Mapping[str, Any]) -> builtins.list[tuple[str, AdapterPut]]:
+        """The set a spec's `LORA_ADAPTERS` makes, checked whole (names, bounds, the quota) before
+        anything is written: a create or update it refuses leaves no trace."""
+        plan = []
+        for item in seed_items(spec):
+            field = "model.env.LORA_ADAPTERS"
+            if item.name != item.source:  # a bare folder is its own name, as in the runtime
+                check_name(item.name, field)
+            try:
+                plan.append((item.name, AdapterPut(source=item.source, revision=item.revision)))
+            except ValidationError as e:  # a source or revision past the API's bounds
+                raise BadRequestError(
+                    f"{field}: adapter {item.name[:200]!r}: {e.errors()[0]['msg']}", field=field
+                ) from e
+        if len(plan) > self.limit:
+            raise QuotaExceededError(
+                f"{len(plan)} adapters, more than one endpoint may have (QUOTA_ADAPTERS {self.limit})",
+                limit="adapters", value=self.limit,
+            )
+        return plan
+
+    def seed(self, session: Session, endpoint: Endpoint, plan: Sequence[tuple[str, AdapterPut]]) -> None:
+        """Makes the set `plan` (`seed_plan`), at create and when an update changes `LORA_ADAPTERS`."""
+        wanted = {name for name, _ in plan}
         for row in adapter_rows.adapters_of(session, endpoint.id):
             if row.name not in wanted:
                 session.delete(row)
-        for item in items:
-            self.put(
-                session,
-                endpoint,
-                item.name,
-                AdapterPut(source=item.source, revision=item.revision),
-                strict=False,
-            )
+        for name, body in plan:
+            self.put(session, endpoint, name, body, strict=False)
 
     def _source(self, source: str, revision: str | None, *, strict: bool) -> tuple[str, str | None]:
         """The source as stored and, for a local folder, its digest; a 400 for anything else."""

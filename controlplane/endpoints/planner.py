@@ -104,14 +104,14 @@ class EndpointPlanner:
             env, folders = runtime_env(dict(spec.raw), dict(secrets), self.roots)
         except ControlPlaneError as e:
             return f"cannot place the endpoint: {e.message}"
-        # The live set, not the spec's seed, is what a new replica starts with; and it may see every
-        # `LOCAL_ROOTS` folder (read-only), so adapters added later from there load without a restart
-        # (any tenant may name any folder under them anyway: they hold nothing tenant-private).
+        # The live set, not the spec's seed, is what a new replica starts with, and its folders are
+        # what it may read (adapters added later reach it through `Launcher.adapter_path`).
         env.pop("LORA_ADAPTERS", None)
         if value := lora_adapters_value(adapters):
             env["LORA_ADAPTERS"] = value
-        roots = tuple(LocalFolder(str(root), str(root)) for root in self.roots.roots)
-        return Placement(instance, env, (*folders, *roots))
+        local = tuple(LocalFolder(a.load_path, a.load_path) for a in adapters
+                      if a.load_path is not None and a.load_path.startswith("/"))
+        return Placement(instance, env, (*folders, *local))
 
     def reconcile(
         self,

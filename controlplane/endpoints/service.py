@@ -87,6 +87,7 @@ class EndpointService:
         if repository.get_endpoint(session, namespace_id=principal.namespace_id, name=body.name):
             raise ConflictError(f"Endpoint {body.name!r} already exists in namespace {principal.namespace!r}")
         self._check_quota(session, principal, spec, None)
+        adapters = self.adapters.seed_plan(spec)
         now = utcnow()
         endpoint = Endpoint(
             namespace_id=principal.namespace_id,
@@ -115,7 +116,7 @@ class EndpointService:
             kind="created",
             message=f"created on {EndpointSpec.from_stored(spec).instance_label}",
         )
-        self.adapters.seed(session, endpoint, spec)
+        self.adapters.seed(session, endpoint, adapters)
         _wake(session)
         return endpoint
 
@@ -140,8 +141,9 @@ class EndpointService:
         if endpoint.desired_state == "running":
             self._check_quota(session, principal, new_spec, endpoint)
         relaunch = launch_digest_fields(new_spec) != launch_digest_fields(endpoint.spec)
-        if seed_items(new_spec) != seed_items(endpoint.spec):  # the HF way to change adapters
-            self.adapters.seed(session, endpoint, new_spec)
+        # A new `LORA_ADAPTERS` (the HF way to change adapters) replaces the live set.
+        changed_seed = seed_items(new_spec) != seed_items(endpoint.spec)
+        reseed = self.adapters.seed_plan(new_spec) if changed_seed else None
         if body.model is not None and body.model.secrets is not None:
             endpoint.secrets_encrypted = (
                 self.secret_box.seal(body.model.secrets) if body.model.secrets else None
@@ -156,6 +158,8 @@ class EndpointService:
             endpoint.state, endpoint.message = "pending", "Endpoint waiting to be scheduled"
         self._touch(endpoint, principal)
         self._flush(session, endpoint)
+        if reseed is not None:
+            self.adapters.seed(session, endpoint, reseed)
         repository.add_event(
             session,
             endpoint_id=endpoint.id,

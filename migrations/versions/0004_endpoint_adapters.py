@@ -27,7 +27,7 @@ def upgrade() -> None:
         sa.Column(
             "endpoint_id", sa.Integer(), sa.ForeignKey("endpoints.id", ondelete="CASCADE"), nullable=False
         ),
-        sa.Column("name", sa.String(128), nullable=False),
+        sa.Column("name", sa.String(1024), nullable=False),
         sa.Column("source", sa.String(1024), nullable=False),
         sa.Column("revision", sa.String(256), nullable=True),
         sa.Column("digest", sa.String(64), nullable=True),
@@ -80,7 +80,7 @@ def _seed_existing_endpoints() -> None:
         rows += [
             {
                 "endpoint_id": endpoint_id,
-                "name": i.name[:128],
+                "name": i.name[:1024],
                 "source": i.source[:1024],
                 "revision": i.revision,
                 "digest": None,

@@ -88,16 +88,20 @@ def test_lora_adapters_in_args_win_and_an_update_of_the_value_replaces_the_set(a
         assert set(items(client)) == {"a", "b"}
 
 
-def test_a_seed_adapter_needs_a_name_the_adapters_api_accepts(api: Server, roots: Path) -> None:
+def test_seed_names_follow_the_runtimes_rules(api: Server, roots: Path) -> None:
     folder = write_adapter(roots / "bare")
     with api.client() as client:
-        refused = client.post("/v2/endpoint/alice", json=endpoint_body("ep", env={"LORA_ADAPTERS": str(folder)}))
-        assert refused.status_code == 400, refused.text
-        assert "LORA_ADAPTERS" in refused.json()["error"] and "name=/path" in refused.json()["error"]
-        assert client.get(BASE).status_code == 404  # nothing half-created
-        named = endpoint_body("ep", env={"LORA_ADAPTERS": f"bare={folder}"})
-        client.post("/v2/endpoint/alice", json=named).raise_for_status()
-        assert items(client)["bare"]["digest"] == adapter_digest(folder)
+        for bad in ("-dash=org/x", "a..b=org/x", "a=org/x@" + "r" * 300):
+            refused = client.post("/v2/endpoint/alice", json=endpoint_body("ep", env={"LORA_ADAPTERS": bad}))
+            assert refused.status_code == 400, (bad, refused.text)
+            assert refused.json()["field"] == "model.env.LORA_ADAPTERS"
+            assert client.get(BASE).status_code == 404  # nothing half-created
+        # A bare folder is its own name, as the runtime reads LORA_ADAPTERS.
+        env = {"LORA_ADAPTERS": f"{folder},named={folder}"}
+        client.post("/v2/endpoint/alice", json=endpoint_body("ep", env=env)).raise_for_status()
+        found = items(client)
+        assert set(found) == {str(folder), "named"}
+        assert found[str(folder)]["digest"] == found["named"]["digest"] == adapter_digest(folder)
 
 
 def test_add_replace_remove_without_touching_the_spec(api: Server, roots: Path) -> None:
