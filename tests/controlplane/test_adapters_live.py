@@ -22,6 +22,7 @@ from tests.controlplane.replicas import (
     api_key_of,
     endpoint,
     environ,
+    handles,
     real_body,
     real_controlplane,
     wait_for,
@@ -149,6 +150,9 @@ def test_add_replace_remove_on_a_live_two_replica_endpoint_without_restarts(
         httpx.delete(f"{ep.path}/adapters/broken", headers=cp.headers, timeout=30).raise_for_status()
         wait_set(ep, {ADAPTER_ID: replaced["digest"], "coder": None})
         support_oracle = "r64-rslora"
+        for handle in handles(cp):  # a sandbox shows only launch-time folders: added ones are copies
+            if handle["replica_key"] in pids and handle["isolation"].startswith("sandbox"):
+                assert len(list((Path(handle["folder"]) / "adapters").iterdir())) == 3  # coder, support, broken
         replica_answers_match(ep, {ADAPTER_ID: support_oracle, "coder": "r16-all"})
         url = ep.get()["status"]["url"]
         prompt_ids, tokens = answer(generate(url, cp.token, "coder"))  # through the gateway too
