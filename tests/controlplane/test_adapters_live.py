@@ -152,7 +152,7 @@ def test_add_replace_remove_on_a_live_two_replica_endpoint_without_restarts(
         support_oracle = "r64-rslora"
         for handle in handles(cp):  # a sandbox shows only launch-time folders: added ones are copies
             if handle["replica_key"] in pids and handle["isolation"].startswith("sandbox"):
-                assert len(list((Path(handle["folder"]) / "adapters").iterdir())) == 3  # coder, support, broken
+                assert len(list((Path(handle["folder"]) / "adapters").iterdir())) == 3  # 3 added
         replica_answers_match(ep, {ADAPTER_ID: support_oracle, "coder": "r16-all"})
         url = ep.get()["status"]["url"]
         prompt_ids, tokens = answer(generate(url, cp.token, "coder"))  # through the gateway too
