@@ -105,8 +105,40 @@ class Replica(Base):
     drain_started_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     # The replica's per-adapter token counters at the last probe (usage is metered by difference).
     usage_seen: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # Adapter name → the `EndpointAdapter.version` this replica serves (set at launch for the set
+    # rendered into its LORA_ADAPTERS, then by the adapter sync after each load or unload).
+    adapter_versions: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
     endpoint: Mapped[Endpoint | None] = relationship(lazy="raise")
+
+
+class EndpointAdapter(Base):
+    """One adapter of an endpoint's live set (`/v2/endpoint/{ns}/{name}/adapters`).
+
+    The endpoint service writes the spec columns (`source`, `revision`, `digest` of a local folder,
+    `version`, bumped whenever what the name serves changes); the reconciler's adapter sync writes
+    the status columns (`state`, `message`, `ready_replicas`, `target_replicas`, and `digest` of a
+    Hub source, as the replicas report it) with a conditional UPDATE on `version`, so a status
+    computed for an older version never lands on a newer one.
+    """
+
+    __tablename__ = "endpoint_adapters"
+    __table_args__ = (UniqueConstraint("endpoint_id", "name", name="uq_endpoint_adapters_name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    endpoint_id: Mapped[int] = mapped_column(ForeignKey("endpoints.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(1024))  # a seed's bare folder path is its own name
+    source: Mapped[str] = mapped_column(String(1024))
+    revision: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    message: Mapped[str] = mapped_column(Text, default="")
+    ready_replicas: Mapped[int] = mapped_column(Integer, default=0)
+    target_replicas: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    __mapper_args__ = {"version_id_col": version}
 
 
 class EndpointEvent(Base):

@@ -17,18 +17,20 @@ import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from lorafleet.controlplane import adapter_sync
 from lorafleet.controlplane.catalog.service import Hardware
 from lorafleet.controlplane.clock import utcnow
 from lorafleet.controlplane.db import Database
-from lorafleet.controlplane.endpoints import repository
+from lorafleet.controlplane.endpoints import adapter_rows, repository
+from lorafleet.controlplane.endpoints.adapters import adapter_items
 from lorafleet.controlplane.endpoints.plan import LaunchOutcome
 from lorafleet.controlplane.endpoints.planner import EndpointPlanner
-from lorafleet.controlplane.endpoints.quota import Quota, QuotaTally
+from lorafleet.controlplane.endpoints.quota import Quota, QuotaRoom, QuotaTally
 from lorafleet.controlplane.endpoints.spec_view import EndpointSpec
 from lorafleet.controlplane.errors import ControlPlaneError
 from lorafleet.controlplane.launchers.base import Launcher, NoCapacityError, ReplicaHandle
 from lorafleet.controlplane.lease import ReconcilerLease
-from lorafleet.controlplane.models import Endpoint, Replica
+from lorafleet.controlplane.models import Endpoint, EndpointAdapter, Replica
 from lorafleet.controlplane.probes import Probe, ProbeJob, probe_all
 from lorafleet.controlplane.secretbox import SecretBox
 from lorafleet.controlplane.settings import Settings
@@ -75,6 +77,7 @@ class Reconciler:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._adopted_generation = 0  # the lease generation adopt() last ran for
         self._unrecorded: dict[str, ReplicaHandle] = {}  # started replicas whose handle is not saved
+        self._adapter_failures: adapter_sync.Failures = {}  # loads replicas refused (not retried)
         self.passes = 0  # loop iterations finished (led or not): tests wait on it instead of sleeping
         self.leading = False  # whether the last iteration held the lease
 
@@ -170,9 +173,13 @@ class Reconciler:
             )
             tally = QuotaTally(self.quota, self.hardware.catalog, endpoints, by_endpoint)
             loads = self._gateway_loads(session)
+            sets = adapter_rows.adapters_by_endpoint(session)
             for endpoint, namespace in endpoints:
                 rows = by_endpoint.get(endpoint.id, [])
-                self._reconcile(session, endpoint, namespace, rows, probes, report, tally, loads)
+                room = tally.room(endpoint, namespace)
+                self._reconcile(session, endpoint, namespace, rows, probes, report, tally,
+                                (room, loads.get(endpoint.id, 0), sets.get(endpoint.id, [])))
+            self._sync_adapters(session, report)
         report.seconds = time.monotonic() - started_at
         return report
 
@@ -203,14 +210,14 @@ class Reconciler:
         probes: dict[str, Probe],
         report: PassReport,
         tally: QuotaTally,
-        loads: dict[int, int],
+        inputs: tuple[QuotaRoom, int, list[EndpointAdapter]],
     ) -> None:
-        """Decide (one transaction), stop and start (none), record the outcome (one or two)."""
+        """Decide (one transaction), stop and start (none), record the outcome (one or two).
+        `inputs`: the namespace's quota room, the gateways' load and the endpoint's adapter set."""
         name = f"{namespace}/{endpoint.name}"
         try:
             # Resolved before the transaction: the catalog may ask the launcher (Ray's nodes).
-            view = self.planner.view(endpoint, namespace, tally.room(endpoint, namespace),
-                                     loads.get(endpoint.id, 0))
+            view = self.planner.view(endpoint, namespace, *inputs)
             # One transaction per endpoint, so one bad endpoint rolls back only its own changes and
             # an endpoint with nothing to do costs no write at all.
             decision = self.planner.reconcile(session, endpoint, view, replicas, probes)
@@ -251,6 +258,26 @@ class Reconciler:
             session.rollback()
             log.exception("writing the status of %s after its launches failed", name)
             report.errors.append(f"{name}: {e}")
+
+    def _sync_adapters(self, session: Session, report: PassReport) -> None:
+        """Converges ready replicas to their endpoint's adapter set (`adapter_sync.py`): rows read
+        in one short transaction, admin API calls with none open, the outcome written in another.
+        A failure here costs this pass's sync only."""
+        try:
+            rows = [r for r in repository.all_replicas(session) if r.state == "ready"]
+            sets = {endpoint_id: adapter_items(items, self.planner.roots)
+                    for endpoint_id, items in adapter_rows.adapters_by_endpoint(session).items()}
+            keys = {r.replica_key: self._api_key(r) for r in rows}
+            session.commit()
+            todo = adapter_sync.jobs(rows, sets, keys, self._adapter_failures, self.launcher.adapter_path)
+            results = adapter_sync.sync_all(todo, self.settings.adapter_load_timeout_s)
+            adapter_sync.remember_failures(self._adapter_failures, results, {r.replica_key for r in rows})
+            adapter_sync.record(session, sets, rows, results)
+            session.commit()
+        except Exception as e:
+            session.rollback()
+            log.exception("syncing adapters failed")
+            report.errors.append(f"adapter sync: {e}")
 
     def _gateway_loads(self, session: Session) -> dict[int, int]:
         """endpoint id → the gateways' pending + in-flight requests; every 100 passes, old usage

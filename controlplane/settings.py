@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     )
     reconcile_interval_s: float = Field(2.0, gt=0)
     health_timeout_s: float = Field(2.0, gt=0)
+    adapter_load_timeout_s: float = Field(
+        120.0, gt=0, description="how long a replica may take to load one adapter (admin API)"
+    )
     startup_timeout_s: float = Field(900.0, gt=0, description="a replica not healthy by then failed")
     max_restarts: int = Field(4, ge=0, description="consecutive crashes before `failed`")
     backoff_base_s: float = Field(1.0, ge=0)
@@ -71,6 +74,7 @@ class Settings(BaseSettings):
     quota_endpoints: int = Field(20, ge=0, description="endpoints per namespace")
     quota_replicas: int = Field(8, ge=0, description="replicas per namespace")
     quota_accelerators: int = Field(8, ge=0, description="accelerators (GPUs) per namespace")
+    quota_adapters: int = Field(64, ge=0, description="adapters in one endpoint's live set")
     # --- the endpoint gateway (docs/controlplane.md#gateway) ----------------------------------
     public_url: str = Field(
         "http://127.0.0.1:8000",

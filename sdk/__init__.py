@@ -19,6 +19,7 @@ The async variant lives in `lorafleet.aio`. The SDK imports only httpx, pydantic
 """
 
 from ._http import RetryPolicy, __version__
+from .adapters import EndpointAdapter
 from .async_endpoint import AsyncInferenceEndpoint
 from .client import AsyncClient, Client
 from .endpoints import (
@@ -55,6 +56,7 @@ __all__ = [
     "AuthenticationError",
     "Client",
     "Conflict",
+    "EndpointAdapter",
     "EndpointFailed",
     "EndpointNotFound",
     "EndpointUsage",

@@ -9,6 +9,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+from .adapters import EndpointAdapter
 from .inference_endpoint import _EndpointState
 from .usage import EndpointUsage
 
@@ -143,3 +144,17 @@ def usage_table(usage: EndpointUsage) -> str:
              str(a.output_tokens), _ms(a.ttft_p50_ms, a.ttft_p99_ms), _ms(a.latency_p50_ms, a.latency_p99_ms))
             for a in usage.adapters]
     return render_table(rows, USAGE_COLUMNS) + f"\nsince {usage.since:%Y-%m-%d %H:%M:%S UTC}"
+
+
+ADAPTER_COLUMNS = ("ADAPTER", "SOURCE", "REVISION", "DIGEST", "READY", "STATE", "MESSAGE")
+
+
+def adapters_table(adapters: Sequence[EndpointAdapter]) -> str:
+    """One row per adapter of an endpoint's live set: readiness as `ready/target` replicas."""
+    if not adapters:
+        return "No adapters."
+    rows = [(a.name, a.source, a.revision or "-", (a.digest or "-")[:12],
+             f"{a.ready_replicas}/{a.target_replicas}", a.state,
+             a.message.splitlines()[0][:80] if a.message else "")
+            for a in adapters]
+    return render_table(rows, ADAPTER_COLUMNS)

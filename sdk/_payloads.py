@@ -181,6 +181,26 @@ def usage_call(namespace: str, name: str) -> ApiCall:
     return ApiCall("GET", f"{endpoint_path(namespace, name)}/usage")
 
 
+def adapters_call(namespace: str, name: str) -> ApiCall:
+    return ApiCall("GET", f"{endpoint_path(namespace, name)}/adapters")
+
+
+def _adapter_path(namespace: str, name: str, adapter: str) -> str:
+    # Adapter names may be Hub-like (`org/name`): the '/' stays, the server's route takes it.
+    if not adapter or adapter.startswith("/") or ".." in adapter:
+        raise ValueError(f"adapter must be a non-empty name without '..', got {adapter!r}")
+    return f"{endpoint_path(namespace, name)}/adapters/{quote(adapter, safe='/')}"
+
+
+def put_adapter_call(namespace: str, name: str, adapter: str, source: str, revision: str | None) -> ApiCall:
+    """`PUT .../adapters/{adapter}` `{"source", "revision"}`: adds or replaces one adapter."""
+    return ApiCall("PUT", _adapter_path(namespace, name, adapter), {"source": source, "revision": revision})
+
+
+def delete_adapter_call(namespace: str, name: str, adapter: str) -> ApiCall:
+    return ApiCall("DELETE", _adapter_path(namespace, name, adapter))
+
+
 def logs_text(body: Any) -> str:
     """The log text of a logs response: plain text, `{"logs": ...}`, `{"lines": [...]}` or a list.
 

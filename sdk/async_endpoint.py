@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -11,6 +11,7 @@ import httpx
 
 from . import _payloads as calls
 from ._http import auth_headers
+from .adapters import EndpointAdapter
 from .errors import LorafleetError
 from .inference_endpoint import HEALTH_PROBE_TIMEOUT, _check_wait_args, _EndpointState
 from .usage import EndpointUsage
@@ -125,6 +126,26 @@ class AsyncInferenceEndpoint(_EndpointState):
         """Requests, errors, tokens and latency percentiles per adapter (see [`InferenceEndpoint.usage`])."""
         raw = await self._api.request(calls.usage_call(self.namespace, self.name), token=self._token_arg())
         return EndpointUsage.from_raw(raw)
+
+    @property
+    def adapters(self) -> Coroutine[Any, Any, list[EndpointAdapter]]:
+        """The live adapter set (see [`InferenceEndpoint.adapters`]): `await endpoint.adapters`."""
+        return self.list_adapters()
+
+    async def list_adapters(self) -> list[EndpointAdapter]:
+        """The endpoint's live adapter set (see [`InferenceEndpoint.list_adapters`])."""
+        raw = await self._api.request(calls.adapters_call(self.namespace, self.name), token=self._token_arg())
+        return EndpointAdapter.list_from_raw(raw)
+
+    async def add_adapter(self, name: str, source: str, revision: str | None = None) -> EndpointAdapter:
+        """Adds or replaces an adapter without restarting replicas (see [`InferenceEndpoint.add_adapter`])."""
+        call = calls.put_adapter_call(self.namespace, self.name, name, source, revision)
+        return EndpointAdapter.from_raw(await self._api.request(call, token=self._token_arg()))
+
+    async def remove_adapter(self, name: str) -> None:
+        """Removes an adapter (see [`InferenceEndpoint.remove_adapter`])."""
+        call = calls.delete_adapter_call(self.namespace, self.name, name)
+        await self._api.request(call, token=self._token_arg())
 
     async def _action(self, action: str) -> AsyncInferenceEndpoint:
         call = calls.action_call(self.namespace, self.name, action)

@@ -2,6 +2,7 @@
 
 ```
 lorafleet endpoints create|list|describe|update|pause|resume|scale-to-zero|delete|logs|usage|wait ...
+lorafleet endpoints adapters list|add|remove ENDPOINT ...  (the live adapter set, no restart)
 lorafleet controlplane serve|migrate|create-token ...   (delegates to lorafleet.controlplane.cli)
 lorafleet gateway serve ...                             (delegates to lorafleet.controlplane.gateway.cli)
 lorafleet runtime serve ...                             (delegates to lorafleet.runtime.server.cli)
@@ -18,10 +19,12 @@ import importlib
 import json
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import _console, _payloads, endpoints
+from .adapters import EndpointAdapter
 from .client import Client
 from .errors import LorafleetError
 from .inference_endpoint import InferenceEndpoint
@@ -168,6 +171,47 @@ def _cmd_wait(args: argparse.Namespace, client: Client) -> InferenceEndpoint:
     return _wait(endpoints.get_inference_endpoint(args.name, **_target(args), client=client), args)
 
 
+@dataclass(frozen=True)
+class _AdapterList:
+    items: list[EndpointAdapter]
+
+
+def _endpoint_of(args: argparse.Namespace, client: Client) -> InferenceEndpoint:
+    return endpoints.get_inference_endpoint(args.name, **_target(args), client=client)
+
+
+def _cmd_adapters_list(args: argparse.Namespace, client: Client) -> _AdapterList:
+    return _AdapterList(_endpoint_of(args, client).list_adapters())
+
+
+def _cmd_adapters_add(args: argparse.Namespace, client: Client) -> _AdapterList:
+    return _AdapterList([_endpoint_of(args, client).add_adapter(args.adapter, args.source, args.revision)])
+
+
+def _cmd_adapters_remove(args: argparse.Namespace, client: Client) -> dict[str, Any]:
+    endpoint = _endpoint_of(args, client)
+    endpoint.remove_adapter(args.adapter)
+    return {"removed": args.adapter, "endpoint": endpoint.name, "namespace": endpoint.namespace}
+
+
+def _adapter_commands(subparsers: Any, common: argparse.ArgumentParser) -> None:
+    group = subparsers.add_parser("adapters", help="the endpoint's live adapter set (no restart)")
+    commands = group.add_subparsers(dest="adapter_command", metavar="{list,add,remove}", required=True)
+    helps = {"list": "adapters and their readiness per replica",
+             "add": "add an adapter, or replace the one of that name", "remove": "remove an adapter"}
+    handlers = {"list": _cmd_adapters_list, "add": _cmd_adapters_add, "remove": _cmd_adapters_remove}
+    parsers = {}
+    for command, handler in handlers.items():
+        parsers[command] = commands.add_parser(command, parents=[common], help=helps[command])
+        parsers[command].add_argument("name", help="endpoint name")
+        parsers[command].set_defaults(handler=handler)
+    add, remove = parsers["add"], parsers["remove"]
+    for parser in (add, remove):
+        parser.add_argument("adapter", help="adapter name (the adapter_id requests use)")
+    add.add_argument("source", help="Hub repo id (org/name) or a folder under the server's LOCAL_ROOTS")
+    add.add_argument("--revision", help="Hub branch, tag or commit (default: the default branch)")
+
+
 def _endpoint_commands(subparsers: Any, common: argparse.ArgumentParser) -> None:
     def add(name: str, handler: Handler, help: str, takes_name: bool = True) -> argparse.ArgumentParser:
         parser = subparsers.add_parser(name, parents=[common], help=help, description=help)
@@ -198,6 +242,7 @@ def _endpoint_commands(subparsers: Any, common: argparse.ArgumentParser) -> None
     add("usage", _cmd_usage, "requests, errors, tokens and latencies per adapter")
     wait = add("wait", _cmd_wait, "block until the endpoint is running and healthy")
     _wait_options(wait, flag=False)
+    _adapter_commands(subparsers, common)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -230,8 +275,14 @@ def _print_result(result: Any, output: str) -> None:
         text = _console.to_json(result.raw) if output == "json" else _console.endpoint_table(result)
     elif isinstance(result, EndpointUsage):
         text = _console.to_json(result.raw) if output == "json" else _console.usage_table(result)
+    elif isinstance(result, _AdapterList):
+        rows = result.items
+        text = _console.to_json([a.raw for a in rows]) if output == "json" else _console.adapters_table(rows)
     elif output == "json":
         text = _console.to_json(result)
+    elif "removed" in result:
+        where = f"{result['namespace']}/{result['endpoint']}"
+        text = f"Removed adapter {result['removed']} from endpoint {where}."
     else:
         text = f"Deleted endpoint {result['namespace']}/{result['deleted']}."
     print(text)

@@ -20,6 +20,7 @@ import httpx
 
 from . import _payloads as calls
 from ._http import auth_headers
+from .adapters import EndpointAdapter
 from .errors import EndpointFailed, LorafleetError, Timeout
 from .usage import EndpointUsage
 
@@ -315,6 +316,58 @@ class InferenceEndpoint(_EndpointState):
         """
         raw = self._api.request(calls.usage_call(self.namespace, self.name), token=self._token_arg())
         return EndpointUsage.from_raw(raw)
+
+    @property
+    def adapters(self) -> list[EndpointAdapter]:
+        """The endpoint's live adapter set, with each adapter's readiness (asks the server each time).
+
+        Example:
+            ```python
+            >>> {a.name: (a.state, a.ready_replicas) for a in endpoint.adapters}
+            {'customer_support': ('ready', 2)}
+            ```
+        """
+        return self.list_adapters()
+
+    def list_adapters(self) -> list[EndpointAdapter]:
+        """The endpoint's live adapter set (the same as [`adapters`])."""
+        raw = self._api.request(calls.adapters_call(self.namespace, self.name), token=self._token_arg())
+        return EndpointAdapter.list_from_raw(raw)
+
+    def add_adapter(self, name: str, source: str, revision: str | None = None) -> EndpointAdapter:
+        """Adds an adapter, or replaces the one called `name`, without restarting any replica.
+
+        Running requests finish on the version they started with; new ones use the new version once
+        a replica has loaded it (`state` `ready` when every replica has).
+
+        Args:
+            name (`str`):
+                The `adapter_id` requests will use (letters, digits, `.`, `_`, `/`, `-`).
+            source (`str`):
+                A Hub repo id (`org/name`) or a folder under the control plane's `LOCAL_ROOTS`.
+            revision (`str`, *optional*):
+                A Hub branch, tag or commit; None for the default branch.
+
+        Returns:
+            [`EndpointAdapter`]: the adapter as the server recorded it (`state` `pending` at first).
+
+        Example:
+            ```python
+            >>> endpoint.add_adapter("customer_support", "predibase/customer_support")
+            >>> endpoint.add_adapter("sql", "/models/adapters/sql-v2")  # replaces "sql" if it exists
+            ```
+        """
+        call = calls.put_adapter_call(self.namespace, self.name, name, source, revision)
+        return EndpointAdapter.from_raw(self._api.request(call, token=self._token_arg()))
+
+    def remove_adapter(self, name: str) -> None:
+        """Removes an adapter: replicas unload it, and requests naming it are refused (4xx).
+
+        Raises:
+            [`LorafleetError`]: 404 if the endpoint has no adapter called `name`.
+        """
+        call = calls.delete_adapter_call(self.namespace, self.name, name)
+        self._api.request(call, token=self._token_arg())
 
     def _action(self, action: str) -> InferenceEndpoint:
         call = calls.action_call(self.namespace, self.name, action)

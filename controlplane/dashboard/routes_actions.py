@@ -1,4 +1,5 @@
-"""Endpoint actions: Pause, Resume, Scale to zero, Delete (confirmed) and Try it."""
+"""Endpoint actions: Pause, Resume, Scale to zero, Delete (confirmed), Try it, and adding or
+removing an adapter of the live set."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from lorafleet.controlplane.dashboard.routing import CallerDep, CsrfChecked, rou
 from lorafleet.controlplane.dashboard.tryit import Trial, generate
 from lorafleet.controlplane.dashboard.web import redirect, render
 from lorafleet.controlplane.deps import EndpointServiceDep, SessionDep
+from lorafleet.controlplane.endpoints.adapters import AdapterPut
 from lorafleet.controlplane.errors import ControlPlaneError
+from pydantic import ValidationError
 
 ACTIONS = ("pause", "resume", "scale-to-zero")
 
@@ -49,7 +52,37 @@ async def try_endpoint(request: Request, name: str, db: SessionDep, caller: Call
                                    status_code=trial.status_code)
 
 
-# Registered last: the literal /delete and /try routes above must win over `{action}`.
+@router.post("/endpoints/{name}/adapters", dependencies=[CsrfChecked])
+def put_adapter(request: Request, name: str, db: SessionDep, caller: CallerDep, service: EndpointServiceDep,
+                adapter: Annotated[str, Form()] = "", source: Annotated[str, Form()] = "",
+                revision: Annotated[str, Form()] = "") -> Response:
+    """The Adapters section's form: adds an adapter or replaces the one of that name."""
+    try:
+        body = AdapterPut(source=source.strip(), revision=revision.strip() or None)
+        service.put_adapter(db, caller.principal, name, adapter.strip(), body)
+    except ValidationError as e:
+        message = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors())
+        return endpoint_page(request, db, caller, service, name, page_error=message, status_code=422)
+    except ControlPlaneError as e:
+        db.rollback()
+        return endpoint_page(request, db, caller, service, name, page_error=e.message,
+                             status_code=e.status_code)
+    return redirect(f"/endpoints/{quote(name)}?did=adapter-set")
+
+
+@router.post("/endpoints/{name}/adapters/remove", dependencies=[CsrfChecked])
+def remove_adapter(request: Request, name: str, db: SessionDep, caller: CallerDep,
+                   service: EndpointServiceDep, adapter: Annotated[str, Form()] = "") -> Response:
+    try:
+        service.delete_adapter(db, caller.principal, name, adapter)
+    except ControlPlaneError as e:
+        db.rollback()
+        return endpoint_page(request, db, caller, service, name, page_error=e.message,
+                             status_code=e.status_code)
+    return redirect(f"/endpoints/{quote(name)}?did=adapter-removed")
+
+
+# Registered last: the literal /delete, /try and /adapters routes above must win over `{action}`.
 @router.post("/endpoints/{name}/{action}", dependencies=[CsrfChecked])
 def endpoint_action(request: Request, name: str, action: str, db: SessionDep, caller: CallerDep,
                     service: EndpointServiceDep) -> Response:

@@ -14,9 +14,11 @@ from lorafleet.controlplane.dashboard.forms import EndpointForm, FormError, buil
 from lorafleet.controlplane.dashboard.routing import CallerDep, CsrfChecked, router
 from lorafleet.controlplane.dashboard.usage_view import CHART_MINUTES, usage_views
 from lorafleet.controlplane.dashboard.views import (
+    AdapterView,
     EndpointView,
     HardwareChoices,
     event_views,
+    live_adapters,
     logs_text,
     replica_views,
 )
@@ -35,11 +37,18 @@ NOTICES = {
     "resume": "Endpoint resumed: a replica is starting.",
     "scale-to-zero": "Endpoint scaled to zero.",
     "deleted": "Endpoint deleted.",
+    "adapter-set": "Adapter saved: the replicas load it without restarting.",
+    "adapter-removed": "Adapter removed: the replicas unload it.",
 }
 
 
 def _endpoint_views(db: Session, caller: Caller, service: EndpointService) -> list[EndpointView]:
-    return [EndpointView.from_raw(service.render(e)) for e in service.list(db, caller.principal)]
+    return [EndpointView.from_raw(service.render(e), _live(service.adapters.list(db, e), service))
+            for e in service.list(db, caller.principal)]
+
+
+def _live(rows: Any, service: EndpointService, usage: Any = None) -> list[AdapterView]:
+    return live_adapters([service.render_adapter(r) for r in rows], usage)
 
 
 @router.get("")
@@ -97,7 +106,10 @@ def create_endpoint(request: Request, caller: CallerDep, hardware: HardwareDep, 
 
 
 def _status_context(db: Session, caller: Caller, service: EndpointService, name: str) -> dict[str, Any]:
-    return {"ep": EndpointView.from_raw(service.render(service.get(db, caller.principal, name)))}
+    endpoint = service.get(db, caller.principal, name)
+    usage = service.usage(db, caller.principal, name)
+    return {"ep": EndpointView.from_raw(service.render(endpoint), _live(service.adapters.list(db, endpoint),
+                                                                        service, usage))}
 
 
 def _call_context(request: Request, caller: Caller, ep: EndpointView) -> dict[str, Any]:
@@ -148,6 +160,16 @@ def endpoint_status(request: Request, name: str, db: SessionDep, caller: CallerD
     except NotFoundError as e:
         return Response(e.message, status_code=404, media_type="text/plain")
     return render(request, "_endpoint_status.html", context, caller=caller)
+
+
+@router.get("/partials/endpoints/{name}/adapters")
+def endpoint_adapters(request: Request, name: str, db: SessionDep, caller: CallerDep,
+                      service: EndpointServiceDep) -> Response:
+    try:
+        context = _status_context(db, caller, service, name)
+    except NotFoundError as e:
+        return Response(e.message, status_code=404, media_type="text/plain")
+    return render(request, "_endpoint_adapters.html", context, caller=caller)
 
 
 @router.get("/partials/endpoints/{name}/activity")

@@ -38,8 +38,40 @@ def state_class(state: str) -> str:
 
 @dataclass(frozen=True)
 class AdapterView:
+    """An adapter: from the live set (`GET .../adapters`, with readiness and usage) or, for the
+    seed's `LORA_ADAPTERS`, just its id and source."""
+
     id: str
     source: str
+    revision: str | None = None
+    digest: str | None = None
+    ready_replicas: int = 0
+    target_replicas: int = 0
+    state: str = ""
+    message: str = ""
+    requests: int | None = None  # through the gateway, since the endpoint's creation
+    output_tokens: int | None = None
+
+    @property
+    def state_class(self) -> str:
+        return state_class(self.state)
+
+
+def live_adapters(
+    items: Iterable[Mapping[str, Any]], usage: Mapping[str, Any] | None = None
+) -> list[AdapterView]:
+    """The live set's items (the API's JSON) with each adapter's usage figures when it has any."""
+    used = {u.get("adapter"): u for u in (usage or {}).get("adapters", [])}
+    views = []
+    for item in items:
+        figures = used.get(item["name"]) or {}
+        views.append(AdapterView(
+            id=item["name"], source=item["source"], revision=item.get("revision"), digest=item.get("digest"),
+            ready_replicas=int(item.get("readyReplicas") or 0),
+            target_replicas=int(item.get("targetReplicas") or 0),
+            state=item.get("state") or "", message=item.get("message") or "",
+            requests=figures.get("requests"), output_tokens=figures.get("outputTokens")))
+    return views
 
 
 def parse_lora_adapters(value: str | None) -> list[AdapterView]:
@@ -93,14 +125,15 @@ class EndpointView:
         return _short_time(self.created_at)
 
     @classmethod
-    def from_raw(cls, raw: Mapping[str, Any]) -> EndpointView:
+    def from_raw(cls, raw: Mapping[str, Any], adapters: list[AdapterView] | None = None) -> EndpointView:
+        """`adapters`: the live set (else the spec's `LORA_ADAPTERS`, what the endpoint was created with)."""
         model, compute, provider, status = raw["model"], raw["compute"], raw["provider"], raw["status"]
         env = dict(model.get("env") or {})
         scaling = compute.get("scaling") or {}
         return cls(
             name=raw["name"],
             repository=model["repository"],
-            adapters=parse_lora_adapters(env.get("LORA_ADAPTERS")),
+            adapters=adapters if adapters is not None else parse_lora_adapters(env.get("LORA_ADAPTERS")),
             instance=(f"{provider['vendor']} · {provider['region']} · "
                       f"{compute['instanceType']} {compute['instanceSize']}"),
             accelerator=compute.get("accelerator", ""),

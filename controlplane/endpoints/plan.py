@@ -48,6 +48,36 @@ class Placement:
 
 
 @dataclass(frozen=True)
+class AdapterItem:
+    """One adapter of an endpoint's live set (`endpoint_adapters`) as a pass read it.
+
+    Args:
+        load_path: what a replica loads: the real folder of a local source (re-checked against
+            `LOCAL_ROOTS` at each pass) or the Hub repo id; None when the source is refused now
+            (`refused` says why).
+    """
+
+    id: int
+    version: int
+    name: str
+    source: str
+    revision: str | None
+    digest: str | None
+    load_path: str | None
+    refused: str = ""
+    state: str = "pending"
+    message: str = ""
+    ready_replicas: int = 0
+    target_replicas: int = 0
+
+    @property
+    def tag(self) -> str:
+        """The version a replica records (`Replica.adapter_versions`): row id and version, so a
+        name removed and added again (a new row) never matches what a replica loaded before."""
+        return f"{self.id}.{self.version}"
+
+
+@dataclass(frozen=True)
 class EndpointView:
     """An endpoint as a pass saw it: its status columns, typed spec and current digest.
 
@@ -57,6 +87,7 @@ class EndpointView:
             when the endpoint is not meant to run.
         room: how many replicas of the current spec the namespace's quota allows (None: no cap).
         load: pending + in-flight requests the gateways report for the endpoint (autoscaling).
+        adapters: the live adapter set; new replicas start with it in their `LORA_ADAPTERS`.
     """
 
     id: int
@@ -77,6 +108,7 @@ class EndpointView:
     placement: Placement | str | None = None
     room: QuotaRoom | None = None
     load: int = 0
+    adapters: tuple[AdapterItem, ...] = ()
 
 
 @dataclass(frozen=True)

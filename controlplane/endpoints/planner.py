@@ -19,10 +19,12 @@ from dataclasses import dataclass, replace
 
 from lorafleet.controlplane.catalog.service import Hardware
 from lorafleet.controlplane.clock import utcnow
+from lorafleet.controlplane.endpoints.adapters import adapter_items, lora_adapters_value
 from lorafleet.controlplane.endpoints.apply import apply
 from lorafleet.controlplane.endpoints.decide import decide, settle
 from lorafleet.controlplane.endpoints.local_paths import LocalRoots
 from lorafleet.controlplane.endpoints.plan import (
+    AdapterItem,
     Clocks,
     EndpointView,
     Launch,
@@ -38,8 +40,8 @@ from lorafleet.controlplane.endpoints.quota import QuotaRoom
 from lorafleet.controlplane.endpoints.spec import runtime_env
 from lorafleet.controlplane.endpoints.spec_view import EndpointSpec
 from lorafleet.controlplane.errors import ControlPlaneError
-from lorafleet.controlplane.launchers.base import Launcher, NoCapacityError, ReplicaSpec
-from lorafleet.controlplane.models import Endpoint, Replica
+from lorafleet.controlplane.launchers.base import Launcher, LocalFolder, NoCapacityError, ReplicaSpec
+from lorafleet.controlplane.models import Endpoint, EndpointAdapter, Replica
 from lorafleet.controlplane.probes import Probe
 from lorafleet.controlplane.secretbox import SecretBox
 from lorafleet.controlplane.settings import Settings
@@ -72,32 +74,44 @@ class EndpointPlanner:
         self._clocks: dict[int, Clocks] = {}
 
     def view(
-        self, endpoint: Endpoint, namespace: str, room: QuotaRoom | None = None, load: int = 0
+        self, endpoint: Endpoint, namespace: str, room: QuotaRoom | None = None, load: int = 0,
+        adapters: Sequence[EndpointAdapter] = (),
     ) -> EndpointView:
-        """The endpoint as `decide` sees it. Call with no transaction open: resolving the instance
-        may ask the launcher. Raises `ControlPlaneError` if the secrets cannot be opened."""
+        """The endpoint as `decide` sees it (`adapters`: its live set's rows). Call with no
+        transaction open: resolving the instance may ask the launcher. Raises `ControlPlaneError`
+        if the secrets cannot be opened."""
         spec = EndpointSpec.from_stored(endpoint.spec)
         sealed = endpoint.secrets_encrypted
         secrets = self.secret_box.open(sealed) if sealed else {}
+        items = adapter_items(adapters, self.roots)
         placement: Placement | str | None = None
         if endpoint.desired_state == "running" and endpoint.state != "failed":
-            placement = self._place(spec, secrets)
+            placement = self._place(spec, secrets, items)
         return EndpointView(
             id=endpoint.id, namespace=namespace, name=endpoint.name, revision=endpoint.revision,
             desired_state=endpoint.desired_state, state=endpoint.state, message=endpoint.message,
             url=endpoint.url, failure_count=endpoint.failure_count, ready_replicas=endpoint.ready_replicas,
             target_replicas=endpoint.target_replicas, last_active_at=endpoint.last_active_at, spec=spec,
             digest=spec.replica_digest(secrets), placement=placement, room=room, load=load,
-            gateway_url=self.settings.endpoint_url(namespace, endpoint.name),
+            gateway_url=self.settings.endpoint_url(namespace, endpoint.name), adapters=items,
         )
 
-    def _place(self, spec: EndpointSpec, secrets: Mapping[str, str]) -> Placement | str:
+    def _place(
+        self, spec: EndpointSpec, secrets: Mapping[str, str], adapters: Sequence[AdapterItem]
+    ) -> Placement | str:
         try:
             instance = self.hardware.resolve_spec(spec)
             env, folders = runtime_env(dict(spec.raw), dict(secrets), self.roots)
         except ControlPlaneError as e:
             return f"cannot place the endpoint: {e.message}"
-        return Placement(instance, env, tuple(folders))
+        # The live set, not the spec's seed, is what a new replica starts with, and its folders are
+        # what it may read (adapters added later reach it through `Launcher.adapter_path`).
+        env.pop("LORA_ADAPTERS", None)
+        if value := lora_adapters_value(adapters):
+            env["LORA_ADAPTERS"] = value
+        local = tuple(LocalFolder(a.load_path, a.load_path) for a in adapters
+                      if a.load_path is not None and a.load_path.startswith("/"))
+        return Placement(instance, env, (*folders, *local))
 
     def reconcile(
         self,
@@ -129,12 +143,14 @@ class EndpointPlanner:
         assert isinstance(placement, Placement), "decide() launches only placed endpoints"
         key, api_key = f"rep-{uuid.uuid4().hex[:12]}", token_source.token_urlsafe(32)
         spec = ReplicaSpec(
-            key, view.namespace, view.name, placement.instance, placement.env, view.spec.args,
-            view.spec.health_route, api_key=api_key, folders=placement.folders, digest=view.digest,
+            key, view.namespace, view.name, placement.instance, placement.env,
+            without_adapters(view.spec.args), view.spec.health_route, api_key=api_key,
+            folders=placement.folders, digest=view.digest,
         )
         replica = Replica(replica_key=key, endpoint_id=view.id, launcher=self.launcher.name,
                           spec_digest=view.digest, state="starting",
-                          api_key_encrypted=self.secret_box.seal({"api_key": api_key}))
+                          api_key_encrypted=self.secret_box.seal({"api_key": api_key}),
+                          adapter_versions={a.name: a.tag for a in view.adapters if a.load_path is not None})
         session.add(replica)
         return Launch(replica, spec)
 
@@ -159,6 +175,20 @@ class EndpointPlanner:
         after = settle(view, decision.plan, reports)
         self._clocks[view.id] = after.clocks
         apply(session, after, endpoint, {}, _no_launch)
+
+
+def without_adapters(args: Sequence[str]) -> tuple[str, ...]:
+    """`model.args` less `--lora-adapters` (the flag would win over the live set's `LORA_ADAPTERS`)."""
+    kept: list[str] = []
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == "--lora-adapters":
+            skip = True
+        elif not arg.startswith("--lora-adapters="):
+            kept.append(arg)
+    return tuple(kept)
 
 
 def _report(outcome: LaunchOutcome) -> LaunchReport:

@@ -1,4 +1,5 @@
-"""Per-namespace quotas: endpoints, replicas and accelerators (operator settings `QUOTA_*`).
+"""Per-namespace quotas: endpoints, replicas and accelerators (operator settings `QUOTA_*`), and
+adapters per endpoint (checked by `endpoints/adapters.py` when one is added).
 
 Checked where a tenant asks for capacity, so that one tenant cannot fill the host:
 
@@ -35,10 +36,12 @@ class Quota:
     endpoints: int = 20
     replicas: int = 8
     accelerators: int = 8
+    adapters: int = 64  # per endpoint (its live adapter set, `endpoints/adapters.py`)
 
     @classmethod
     def from_settings(cls, settings: Any) -> Quota:
-        return cls(settings.quota_endpoints, settings.quota_replicas, settings.quota_accelerators)
+        return cls(settings.quota_endpoints, settings.quota_replicas, settings.quota_accelerators,
+                   settings.quota_adapters)
 
 
 @dataclass(frozen=True)

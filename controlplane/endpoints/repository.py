@@ -8,6 +8,7 @@ from typing import Any, cast
 
 from lorafleet.controlplane.models import (
     Endpoint,
+    EndpointAdapter,
     EndpointEvent,
     EndpointUsage,
     EndpointUsageMinute,
@@ -41,7 +42,7 @@ def delete_endpoint(session: Session, endpoint: Endpoint) -> None:
     """Deletes the row; its replicas become orphans (endpoint_id NULL) for the reconciler to stop."""
     session.execute(update(Replica).where(Replica.endpoint_id == endpoint.id).values(endpoint_id=None))
     session.execute(delete(EndpointEvent).where(EndpointEvent.endpoint_id == endpoint.id))
-    for model in (EndpointUsage, EndpointUsageMinute, GatewayLoad):
+    for model in (EndpointUsage, EndpointUsageMinute, GatewayLoad, EndpointAdapter):
         session.execute(delete(model).where(model.endpoint_id == endpoint.id))  # type: ignore[attr-defined]
     session.delete(endpoint)
     session.flush()

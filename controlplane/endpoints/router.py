@@ -11,6 +11,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Response
 from lorafleet.controlplane.auth.service import Principal
 from lorafleet.controlplane.deps import EndpointServiceDep, PrincipalDep, SessionDep
+from lorafleet.controlplane.endpoints.adapters import AdapterPut
 from lorafleet.controlplane.endpoints.schemas import EndpointCreate, EndpointUpdate
 from lorafleet.controlplane.errors import BadRequestError, NotFoundError
 
@@ -143,3 +144,36 @@ def endpoint_usage(
 ) -> Json:
     _own(principal, namespace)
     return service.usage(session, principal, name)
+
+
+@router.get("/{namespace}/{name}/adapters", summary="The endpoint's adapters and their readiness")
+def list_adapters(
+    namespace: str, name: str, principal: PrincipalDep, session: SessionDep, service: EndpointServiceDep
+) -> Json:
+    _own(principal, namespace)
+    return {"items": [service.render_adapter(a) for a in service.list_adapters(session, principal, name)]}
+
+
+# `{adapter:path}`: Hub-style names hold a '/' (`org/name`), as the runtime's adapter ids do.
+@router.put("/{namespace}/{name}/adapters/{adapter:path}", summary="Add or replace an adapter (no restart)")
+def put_adapter(
+    namespace: str,
+    name: str,
+    adapter: str,
+    body: AdapterPut,
+    principal: PrincipalDep,
+    session: SessionDep,
+    service: EndpointServiceDep,
+) -> Json:
+    _own(principal, namespace)
+    return service.render_adapter(service.put_adapter(session, principal, name, adapter, body))
+
+
+@router.delete("/{namespace}/{name}/adapters/{adapter:path}", summary="Remove an adapter (no restart)")
+def delete_adapter(
+    namespace: str, name: str, adapter: str, principal: PrincipalDep, session: SessionDep,
+    service: EndpointServiceDep,
+) -> Response:
+    _own(principal, namespace)
+    service.delete_adapter(session, principal, name, adapter)
+    return Response(status_code=200, content=b"{}", media_type="application/json")

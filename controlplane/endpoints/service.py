@@ -17,6 +17,7 @@ from lorafleet.controlplane.auth.service import Principal
 from lorafleet.controlplane.catalog.service import Hardware
 from lorafleet.controlplane.clock import to_wire, utcnow
 from lorafleet.controlplane.endpoints import repository
+from lorafleet.controlplane.endpoints.adapters import AdapterPut, AdapterSet, render_adapter, seed_items
 from lorafleet.controlplane.endpoints.env_policy import check_env
 from lorafleet.controlplane.endpoints.local_paths import LocalRoots
 from lorafleet.controlplane.endpoints.quota import Claim, Quota, check_claims
@@ -25,7 +26,7 @@ from lorafleet.controlplane.endpoints.schemas import EndpointCreate, EndpointUpd
 from lorafleet.controlplane.endpoints.spec import build_spec, check_spec, merge_update
 from lorafleet.controlplane.endpoints.spec_view import EndpointSpec, launch_digest_fields
 from lorafleet.controlplane.errors import BadRequestError, ConflictError, NotFoundError
-from lorafleet.controlplane.models import Endpoint
+from lorafleet.controlplane.models import Endpoint, EndpointAdapter
 from lorafleet.controlplane.secretbox import SecretBox
 from lorafleet.controlplane.usage import repository as usage_repository
 from lorafleet.controlplane.usage.report import usage_json
@@ -62,6 +63,7 @@ class EndpointService:
         self.secret_box = secret_box
         self.roots = roots
         self.quota = quota
+        self.adapters = AdapterSet(roots, quota.adapters)
 
     # --- reads --------------------------------------------------------------------------
 
@@ -85,6 +87,7 @@ class EndpointService:
         if repository.get_endpoint(session, namespace_id=principal.namespace_id, name=body.name):
             raise ConflictError(f"Endpoint {body.name!r} already exists in namespace {principal.namespace!r}")
         self._check_quota(session, principal, spec, None)
+        adapters = self.adapters.seed_plan(spec)
         now = utcnow()
         endpoint = Endpoint(
             namespace_id=principal.namespace_id,
@@ -113,6 +116,7 @@ class EndpointService:
             kind="created",
             message=f"created on {EndpointSpec.from_stored(spec).instance_label}",
         )
+        self.adapters.seed(session, endpoint, adapters)
         _wake(session)
         return endpoint
 
@@ -137,6 +141,9 @@ class EndpointService:
         if endpoint.desired_state == "running":
             self._check_quota(session, principal, new_spec, endpoint)
         relaunch = launch_digest_fields(new_spec) != launch_digest_fields(endpoint.spec)
+        # A new `LORA_ADAPTERS` (the HF way to change adapters) replaces the live set.
+        changed_seed = seed_items(new_spec) != seed_items(endpoint.spec)
+        reseed = self.adapters.seed_plan(new_spec) if changed_seed else None
         if body.model is not None and body.model.secrets is not None:
             endpoint.secrets_encrypted = (
                 self.secret_box.seal(body.model.secrets) if body.model.secrets else None
@@ -151,6 +158,8 @@ class EndpointService:
             endpoint.state, endpoint.message = "pending", "Endpoint waiting to be scheduled"
         self._touch(endpoint, principal)
         self._flush(session, endpoint)
+        if reseed is not None:
+            self.adapters.seed(session, endpoint, reseed)
         repository.add_event(
             session,
             endpoint_id=endpoint.id,
@@ -185,6 +194,38 @@ class EndpointService:
         endpoint = self.get(session, principal, name)
         repository.delete_endpoint(session, endpoint)
         _wake(session)
+
+    # --- the live adapter set (endpoints/adapters.py) ----------------------------------------
+
+    def list_adapters(
+        self, session: Session, principal: Principal, name: str
+    ) -> builtins.list[EndpointAdapter]:
+        return self.adapters.list(session, self.get(session, principal, name))
+
+    def put_adapter(
+        self, session: Session, principal: Principal, name: str, adapter: str, body: AdapterPut
+    ) -> EndpointAdapter:
+        """Adds or replaces one adapter; replicas converge without restarting."""
+        endpoint = self.get(session, principal, name)
+        row, changed = self.adapters.put(session, endpoint, adapter, body)
+        if changed:
+            what = row.source + (f"@{row.revision}" if row.revision else "")
+            digest = f" (digest {row.digest[:12]})" if row.digest else ""
+            repository.add_event(session, endpoint_id=endpoint.id, kind="adapter-set",
+                                 message=f"adapter {adapter} = {what}{digest}")
+            _wake(session)
+        return row
+
+    def delete_adapter(self, session: Session, principal: Principal, name: str, adapter: str) -> None:
+        endpoint = self.get(session, principal, name)
+        self.adapters.delete(session, endpoint, adapter)
+        repository.add_event(session, endpoint_id=endpoint.id, kind="adapter-removed",
+                             message=f"adapter {adapter} removed")
+        _wake(session)
+
+    @staticmethod
+    def render_adapter(row: EndpointAdapter) -> dict[str, Any]:
+        return render_adapter(row)
 
     # --- observability --------------------------------------------------------------------
 

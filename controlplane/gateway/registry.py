@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from lorafleet.controlplane.db import Database
+from lorafleet.controlplane.endpoints import adapter_rows
 from lorafleet.controlplane.endpoints.spec_view import EndpointSpec
 from lorafleet.controlplane.errors import ControlPlaneError
 from lorafleet.controlplane.gateway.limits import RateLimits
@@ -88,12 +89,14 @@ class Registry:
                 if api_key is not None and replica.endpoint_id is not None and replica.url:
                     by_endpoint.setdefault(replica.endpoint_id, []).append(
                         ReplicaRoute(replica.replica_key, replica.url.rstrip("/"), api_key))
+            sets = adapter_rows.adapters_by_endpoint(session)
             routes = {}
             for endpoint, namespace in endpoints:
+                names = frozenset(a.name for a in sets.get(endpoint.id, ()))
                 spec = EndpointSpec.from_stored(endpoint.spec)
                 routes[(namespace, endpoint.name)] = EndpointRoute(
                     endpoint.id, namespace, endpoint.name, spec.is_public, spec.health_route,
-                    endpoint.desired_state, endpoint.state, endpoint.message, frozenset(spec.adapter_ids),
+                    endpoint.desired_state, endpoint.state, endpoint.message, names,
                     RateLimits.from_stored(spec.rate_limits), tuple(by_endpoint.get(endpoint.id, ())))
         live = {r.replica_key for r in replicas}
         self._keys = {k: v for k, v in self._keys.items() if k in live}

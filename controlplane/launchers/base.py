@@ -153,6 +153,12 @@ class Launcher(Protocol):
         """The replica's last `tail` log lines (empty when none are available)."""
         ...
 
+    def adapter_path(self, handle: ReplicaHandle, folder: str) -> str:
+        """Where a running replica reads a local adapter folder (under `LOCAL_ROOTS`, already
+        approved) that was not among the folders it was started with: the folder itself where the
+        replica sees the host's files, or a copy it can read (see `ProcessLauncher`)."""
+        ...
+
     def adopt(self) -> list[ReplicaHandle]:
         """Handles of every live replica this launcher can find (after a control-plane restart).
 

@@ -50,6 +50,7 @@ from lorafleet.controlplane.launchers.sandbox import (
     owned_folder,
     python_paths,
     sandbox_command,
+    stage_adapter_files,
 )
 from lorafleet.controlplane.settings import Settings
 
@@ -290,6 +291,14 @@ class ProcessLauncher:
         if files is not None:
             return files.tail(tail)
         return tail_lines(Path(handle["log"]), tail) if handle.get("log") else []
+
+    def adapter_path(self, handle: ReplicaHandle, folder: str) -> str:
+        """A sandbox shows only the folders named at launch, so an adapter added later is copied
+        into the replica's own folder (a fresh subfolder per load: a running load never sees its
+        files change), owned by the replica's uid; unconfined replicas read the folder itself."""
+        if not str(handle.get("isolation", "")).startswith("sandbox"):  # how it was started
+            return folder
+        return stage_adapter_files(Path(folder), Path(handle["folder"]) / "adapters", handle.get("uid"))
 
     def adopt(self) -> list[ReplicaHandle]:
         alive = []

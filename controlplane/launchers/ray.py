@@ -349,6 +349,10 @@ class RayLauncher:
         except (RayActorError, GetTimeoutError):
             return []
 
+    def adapter_path(self, handle: ReplicaHandle, folder: str) -> str:
+        """Ray workers read the host's files as they are (no sandbox): the folder itself."""
+        return folder
+
     def adopt(self) -> list[ReplicaHandle]:
         """Handles of every replica actor in this launcher's Ray namespace."""
         self._connect()

@@ -26,6 +26,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -211,6 +212,27 @@ def owned_folder(path: Path, uid: int | None) -> Path:
                 os.lchown(name, uid, uid)
     path.chmod(0o700)
     return path
+
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")  # what the runtime reads
+
+
+def stage_adapter_files(source: Path, into: Path, uid: int | None) -> str:
+    """Copies an adapter's files (only those the runtime reads, never through a symlink leading
+    out of the folder) into a new subfolder of `into`, readable by `uid`; returns its path."""
+    real = source.resolve()
+    into.mkdir(mode=0o755, exist_ok=True)
+    target = Path(tempfile.mkdtemp(prefix="adapter-", dir=into))
+    for name in ADAPTER_FILES:
+        path = (real / name).resolve()
+        if path.parent != real or not path.is_file():
+            continue  # missing or pointing elsewhere: the runtime's load reports what is missing
+        shutil.copyfile(path, target / name)
+    for path in (into, target, *target.iterdir()):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+        if uid is not None:
+            os.lchown(path, uid, uid)
+    return str(target)
 
 
 def gpu_devices() -> tuple[str, ...]:

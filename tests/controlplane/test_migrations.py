@@ -44,3 +44,33 @@ def test_downgrade_to_base_and_upgrade_again(tmp_path: Path) -> None:
     with engine.connect() as connection:
         assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
     engine.dispose()
+
+
+def test_upgrade_to_live_adapters_seeds_existing_endpoints_sets(tmp_path: Path) -> None:
+    """0004: endpoints created before live adapters get their spec's LORA_ADAPTERS as their set,
+    so their next replicas start with the same adapters."""
+    from alembic import command
+    from lorafleet.controlplane.db import alembic_config
+    from lorafleet.controlplane.models import Endpoint, EndpointAdapter, Namespace
+    from sqlalchemy import select
+    from sqlalchemy.orm import Session
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    command.upgrade(alembic_config(url), "0003")
+    engine = create_engine(url)
+    spec = {"model": {"repository": "org/base", "env": {"LORA_ADAPTERS": "a=org/a@v1,org/b"}}}
+    with Session(engine) as session:
+        namespace = Namespace(name="alice")
+        session.add(namespace)
+        session.flush()
+        session.add(Endpoint(namespace_id=namespace.id, name="old", spec=spec))
+        session.add(Endpoint(namespace_id=namespace.id, name="bare", spec={"model": {"repository": "x"}}))
+        session.commit()
+    command.upgrade(alembic_config(url), "head")
+    with Session(engine) as session:
+        rows = session.scalars(select(EndpointAdapter).order_by(EndpointAdapter.name)).all()
+        assert [(r.name, r.source, r.revision, r.state) for r in rows] == [
+            ("a", "org/a", "v1", "pending"),
+            ("org/b", "org/b", None, "pending"),
+        ]
+    engine.dispose()

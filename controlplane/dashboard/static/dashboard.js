@@ -70,11 +70,13 @@ function narrowHardware(form) {
 }
 
 // Delete asks first. Without JavaScript the server shows a confirmation page instead.
-function confirmBeforeSubmit(form) {
-  form.addEventListener("submit", (event) => {
-    if (!window.confirm(form.dataset.confirm)) { event.preventDefault(); return; }
-    form.querySelector('input[name="confirm"]').value = "yes";
-  });
+// Delegated from the document, so forms inside a live partial (the adapters' Remove buttons) keep it
+// after a refresh re-renders them.
+function confirmBeforeSubmit(event) {
+  const form = event.target;
+  if (!(form instanceof HTMLFormElement) || !form.matches("form[data-confirm]")) return;
+  if (!window.confirm(form.dataset.confirm)) { event.preventDefault(); return; }
+  form.querySelector('input[name="confirm"]').value = "yes";
 }
 
 // "Try it": post the form with fetch and show the generated text in place.
@@ -136,7 +138,7 @@ document.addEventListener("DOMContentLoaded", () => {
   document.querySelectorAll("[data-refresh]").forEach(startRefresh);
   scrollLogsToEnd(document);
   document.querySelectorAll("form.create-form").forEach(narrowHardware);
-  document.querySelectorAll("form[data-confirm]").forEach(confirmBeforeSubmit);
+  document.addEventListener("submit", confirmBeforeSubmit);
   document.querySelectorAll("form[data-async]").forEach(asyncForm);
   document.querySelectorAll("button[data-copy]").forEach(copyButton);
   const invalid = document.querySelector('[aria-invalid="true"]');
