@@ -28,7 +28,11 @@ from lorafleet.adapter_digest import adapter_digest
 from lorafleet.controlplane.clock import to_wire, utcnow
 from lorafleet.controlplane.endpoints import adapter_rows
 from lorafleet.controlplane.endpoints.env_policy import check_args
-from lorafleet.controlplane.endpoints.local_paths import LocalRoots, is_hub_repo_id
+from lorafleet.controlplane.endpoints.local_paths import (
+    LocalRoots,
+    lora_adapter_entries,
+    split_hub_revision,
+)
 from lorafleet.controlplane.endpoints.plan import AdapterItem
 from lorafleet.controlplane.endpoints.quota import QuotaExceededError
 from lorafleet.controlplane.errors import BadRequestError, ConflictError, NotFoundError
@@ -122,18 +126,10 @@ def seed_items(spec: Mapping[str, Any]) -> list[SeedItem]:
     if value is None:
         value = (model.get("env") or {}).get("LORA_ADAPTERS") or ""
     items: dict[str, SeedItem] = {}
-    for raw in value.split(","):
-        entry = raw.strip()
-        if not entry:
-            continue
-        name, sep, target = entry.partition("=")
-        target = (target if sep else name).strip()
-        base, at, revision = target.rpartition("@")
-        source, rev = (
-            (base, revision) if at and base and revision and is_hub_repo_id(base) else (target, None)
-        )
-        name = name.strip() if sep else source
-        items.setdefault(name, SeedItem(name, source, rev))
+    for name, target in lora_adapter_entries(value):
+        source, revision = split_hub_revision(target)
+        key = name if name is not None else source
+        items.setdefault(key, SeedItem(key, source, revision))
     return list(items.values())
 
 

@@ -87,21 +87,37 @@ class LocalRoots:
         return found
 
 
+def lora_adapter_entries(value: str) -> list[tuple[str | None, str]]:
+    """The items of a `LORA_ADAPTERS` value as the runtime reads it: (name, target) per comma item;
+    name is None for a bare `id`, `id@rev` or path (`name=target` names its target)."""
+    entries: list[tuple[str | None, str]] = []
+    for raw in value.split(","):
+        item = raw.strip()
+        if item:
+            name, sep, target = item.partition("=")
+            entries.append((name.strip(), target.strip()) if sep else (None, item))
+    return entries
+
+
+def split_hub_revision(target: str) -> tuple[str, str | None]:
+    """`org/name@rev` -> (`org/name`, `rev`) for a Hub id; anything else unchanged, with no revision."""
+    base, at, revision = target.rpartition("@")
+    if at and base and revision and is_hub_repo_id(base):
+        return base, revision
+    return target, None
+
+
 def _adapter_targets(value: str) -> list[str]:
     """The sources of a `LORA_ADAPTERS` list, `@revision` dropped from Hub ids. A path with `@`
     yields both readings: the runtime splits `path@rev` when the whole path does not exist."""
     targets = []
-    for raw in value.split(","):
-        item = raw.strip()
-        if not item:
-            continue
-        name, sep, target = item.partition("=")
-        target = (target if sep else name).strip()
-        base, at, revision = target.rpartition("@")
-        if at and base and revision and is_hub_repo_id(base):
-            targets.append(base)
+    for _, target in lora_adapter_entries(value):
+        source, revision = split_hub_revision(target)
+        base = target.rpartition("@")[0]
+        if revision is not None or not base:
+            targets.append(source)
         else:
-            targets.extend([target, base] if at and base else [target])
+            targets.extend([target, base])
     return targets
 
 

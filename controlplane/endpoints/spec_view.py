@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from lorafleet.controlplane.endpoints.local_paths import lora_adapter_entries
+
 DEFAULT_HEALTH_ROUTE = "/health"
 DEFAULT_SCALE_TO_ZERO_MINUTES = 15
 DEFAULT_PENDING_REQUESTS = 4.0
@@ -131,9 +133,5 @@ def launch_digest_fields(spec: Mapping[str, Any]) -> dict[str, Any]:
 def adapter_ids(lora_adapters: str | None) -> tuple[str, ...]:
     """The adapter ids of a `LORA_ADAPTERS` value, as the runtime reads it (comma list; `id=path`
     maps an id to a path, a bare Hub id is its own id)."""
-    ids = []
-    for item in (lora_adapters or "").split(","):
-        name = item.strip().partition("=")[0].strip()
-        if name:
-            ids.append(name)
-    return tuple(ids)
+    entries = lora_adapter_entries(lora_adapters or "")
+    return tuple(name if name is not None else target for name, target in entries if name != "")
