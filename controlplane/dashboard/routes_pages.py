@@ -155,21 +155,23 @@ def endpoint_detail(request: Request, name: str, db: SessionDep, caller: CallerD
 @router.get("/partials/endpoints/{name}")
 def endpoint_status(request: Request, name: str, db: SessionDep, caller: CallerDep,
                     service: EndpointServiceDep) -> Response:
-    try:
-        context = _status_context(db, caller, service, name)
-    except NotFoundError as e:
-        return Response(e.message, status_code=404, media_type="text/plain")
-    return render(request, "_endpoint_status.html", context, caller=caller)
+    return _status_partial(request, db, caller, service, name, "_endpoint_status.html")
 
 
 @router.get("/partials/endpoints/{name}/adapters")
 def endpoint_adapters(request: Request, name: str, db: SessionDep, caller: CallerDep,
                       service: EndpointServiceDep) -> Response:
+    return _status_partial(request, db, caller, service, name, "_endpoint_adapters.html")
+
+
+def _status_partial(request: Request, db: Session, caller: Caller, service: EndpointService, name: str,
+                    template: str) -> Response:
+    """A live part of the endpoint page, from the same status context; 404 text when it is gone."""
     try:
         context = _status_context(db, caller, service, name)
     except NotFoundError as e:
         return Response(e.message, status_code=404, media_type="text/plain")
-    return render(request, "_endpoint_adapters.html", context, caller=caller)
+    return render(request, template, context, caller=caller)
 
 
 @router.get("/partials/endpoints/{name}/activity")
