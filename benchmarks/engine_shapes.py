@@ -3,9 +3,11 @@
 Random weights of a real model's shape (`shapes.py`: smollm2-135m, qwen2.5-0.5b), the three
 adapter kinds of issue 18 (r8 q/v; r16 all-linear rsLoRA; r64 o/gate/up/down). 32 requests x 64
 new tokens (ignore_eos), ~32-token prompts, two scenarios: `base` (every request on the base)
-and `mixed` (8 requests each on the base and the three adapters). Measured, each system in its
-own process so no two share an OpenMP pool, in interleaved rounds (a noisy moment on this shared
-machine hits every system alike), median over rounds:
+and `mixed` (8 requests each on the base and the three adapters). Each system first runs the 32
+prompts for `WARM_UP_TOKENS` tokens, untimed: a process's first large prefill pays seconds of
+first-touch allocation on the CPU, once, which would otherwise land on whichever scenario runs
+first. Measured, each system in its own process so no two share an OpenMP pool, in interleaved
+rounds (a noisy moment on this shared machine hits every system alike), median over rounds:
 
 - engine: `Engine.generate` of the 32 requests at once (one continuous batch);
 - server: `python -m lorafleet.runtime`, 32 concurrent `/generate` requests over HTTP;
@@ -29,6 +31,7 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 NUM_REQUESTS, NEW_TOKENS, PROMPT_TOKENS = 32, 64, 32
+WARM_UP_TOKENS = 4
 SYSTEMS = ("engine", "server", "peft", "bound")
 
 
@@ -71,7 +74,8 @@ def _engine(model_dir: Path, adapters: dict[str, str]) -> dict[str, Any]:
     params = SamplingParams(max_new_tokens=NEW_TOKENS, ignore_eos=True)
     out = {}
     with engine:
-        engine.generate([GenerationRequest(work["prompts"][0], params)])  # warm-up
+        warm_up = SamplingParams(max_new_tokens=WARM_UP_TOKENS, ignore_eos=True)
+        engine.generate([GenerationRequest(p, warm_up) for p in work["prompts"]])
         for scenario in ("base", "mixed"):
             requests = [GenerationRequest(p, params, adapter_id=a)
                         for p, a in zip(work["prompts"], work[scenario], strict=True)]
@@ -93,18 +97,20 @@ def _server(model_dir: Path, adapters: dict[str, str]) -> dict[str, Any]:
     process, url = start_server(model_dir, {k: Path(v) for k, v in adapters.items()}, NUM_REQUESTS)
 
     async def scenario(adapter_ids: list[str | None]) -> float:
-        async def one(client: httpx.AsyncClient, prompt: str, adapter: str | None) -> int:
-            parameters: dict[str, Any] = {"max_new_tokens": NEW_TOKENS, "ignore_eos": True}
+        async def one(
+            client: httpx.AsyncClient, prompt: str, adapter: str | None, tokens: int = NEW_TOKENS
+        ) -> int:
+            parameters: dict[str, Any] = {"max_new_tokens": tokens, "ignore_eos": True}
             if adapter:
                 parameters["adapter_id"] = adapter
             response = await client.post("/generate", json={"inputs": prompt, "parameters": parameters})
             if response.status_code != 200:
                 raise RuntimeError(f"/generate answered {response.status_code}: {response.text}")
-            return NEW_TOKENS
+            return tokens
 
         limits = httpx.Limits(max_connections=NUM_REQUESTS + 4)
         async with httpx.AsyncClient(base_url=url, timeout=900, limits=limits) as client:
-            await one(client, work["prompts"][0], None)  # warm-up
+            await asyncio.gather(*(one(client, p, None, WARM_UP_TOKENS) for p in work["prompts"]))
             start = time.perf_counter()
             counts = await asyncio.gather(*(one(client, p, a) for p, a in zip(work["prompts"], adapter_ids,
                                                                                 strict=True)))
@@ -125,9 +131,12 @@ def _peft(model_dir: Path, adapters: dict[str, str]) -> dict[str, Any]:
     work = prompts_and_adapters(lambda t: tokenizer(t, add_special_tokens=False)["input_ids"],
                                 lambda ids: tokenizer.decode(ids))
     out = {}
+    inputs = tokenizer(work["prompts"], return_tensors="pt", padding=True, return_token_type_ids=False)
+    with torch.no_grad():
+        model.generate(**inputs, adapter_names=["__base__"] * NUM_REQUESTS, max_new_tokens=WARM_UP_TOKENS,
+                       min_new_tokens=WARM_UP_TOKENS, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     for scenario in ("base", "mixed"):
         names = [a or "__base__" for a in work[scenario]]
-        inputs = tokenizer(work["prompts"], return_tensors="pt", padding=True, return_token_type_ids=False)
         start = time.perf_counter()
         with torch.no_grad():
             generated = model.generate(**inputs, adapter_names=names, max_new_tokens=NEW_TOKENS,

@@ -307,7 +307,7 @@ def _gathered(
         # [n] int64, the same for every layer of the step
         key = ("slots", pages, begin, end)
         slots = meta.derived(key, _chunk_slots, meta.token_lora, begin, end, chunk_rows)
-        chunk_x = x[begin:end] if chunk_rows is None else x[chunk_rows]
+        chunk_x = x[begin:end] if chunk_rows is None else x.index_select(0, chunk_rows)
         if bagged:
             bags_key = ("bags", pages, begin, end, hidden_in, num_slices)
             bags = meta.derived(bags_key, PagedBags.of, slots, pages, hidden_in, num_slices)
@@ -323,7 +323,7 @@ def _gathered(
 
 
 def _chunk_slots(token_lora: torch.Tensor, begin: int, end: int, rows: torch.Tensor | None) -> torch.Tensor:
-    return (token_lora[begin:end] if rows is None else token_lora[rows]).long()
+    return (token_lora[begin:end] if rows is None else token_lora.index_select(0, rows)).long()
 
 
 def reads_in_place(x: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor) -> bool:

@@ -95,6 +95,19 @@ class ReplicaSpec:
     digest: str = ""
 
 
+def cpu_threads_env(instance: InstanceType) -> dict[str, str]:
+    """`OMP_NUM_THREADS` for a replica of a CPU instance: the instance's cores, not the host's.
+
+    The engine's OpenMP workers busy-wait between a step's operations (docs/runtime.md, "CPU
+    threads"), so a replica using every core of a shared host would fight its neighbours. A
+    launcher puts this under the operator's environment, which may set its own value. Empty for
+    GPU instances and CPU instances of unknown size.
+    """
+    if instance.accelerator != "cpu" or not instance.num_cpus:
+        return {}
+    return {"OMP_NUM_THREADS": str(instance.num_cpus)}
+
+
 @dataclass(frozen=True)
 class ReplicaStatus:
     """What a launcher knows about a replica right now.

@@ -39,6 +39,7 @@ from lorafleet.controlplane.launchers.base import (
     ReplicaHandle,
     ReplicaSpec,
     ReplicaStatus,
+    cpu_threads_env,
 )
 from lorafleet.controlplane.launchers.replica_files import ReplicaFiles, tail_lines
 from lorafleet.controlplane.launchers.sandbox import (
@@ -246,7 +247,7 @@ class ProcessLauncher:
     def _environment(self, spec: ReplicaSpec, files: ReplicaFiles, home: Path, port: int,
                      gpus: list[int]) -> dict[str, str]:
         """Minimal: the operator's defaults, the tenant's checked settings, then the launcher's own."""
-        env = {**BASE_ENV, **(self._config.operator_env or {}), **spec.env}
+        env = {**BASE_ENV, **cpu_threads_env(spec.instance), **(self._config.operator_env or {}), **spec.env}
         env.update({
             "HOME": str(home), "HF_HOME": str(home / "huggingface"), "TMPDIR": str(files.tmp),
             "PORT": str(port), "HOSTNAME": "127.0.0.1", "CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus)),

@@ -34,6 +34,7 @@ from lorafleet.controlplane.launchers.base import (
     ReplicaHandle,
     ReplicaSpec,
     ReplicaStatus,
+    cpu_threads_env,
 )
 from lorafleet.controlplane.launchers.ray_catalog import cluster_catalog, read_catalog_file
 from lorafleet.controlplane.launchers.ray_nodes import (
@@ -242,7 +243,7 @@ class RayLauncher:
         return None
 
     def _create_actor(self, name: str, spec: ReplicaSpec, request: ResourceRequest) -> Any:
-        env = {**self._operator_env, **spec.env}
+        env = {**cpu_threads_env(spec.instance), **self._operator_env, **spec.env}
         if spec.api_key:  # ray_replica binds the node's address: the key is what guards the replica
             env["API_KEY"] = spec.api_key
         options: dict[str, Any] = {

@@ -26,6 +26,7 @@ from lorafleet.runtime.distributed.launch import ShardGroup, start_shards
 from lorafleet.runtime.distributed.runner import ShardedRunner
 from lorafleet.runtime.engine import building, memory, setup, warmup
 from lorafleet.runtime.engine.adapter_service import AdapterListing, AdapterReader, EngineAdapters
+from lorafleet.runtime.engine.build_thread import on_build_thread
 from lorafleet.runtime.engine.config import EngineConfig
 from lorafleet.runtime.engine.delivery import DeliveryRegistry
 from lorafleet.runtime.engine.loop import EngineLoop
@@ -133,15 +134,16 @@ class Engine:
     def from_args(cls, args: EngineArgs, progress: Callable[[str], None] | None = None) -> Engine:
         """Loads the checkpoint `args.model_id` (local folder or Hub id), preloads and pins `args.adapters`.
 
-        May be called from any thread; the model runs on the engine's own loop thread. On the CPU
-        the loop's speed still depends on the process's threads: torch's OpenMP (libgomp) keeps a
-        worker pool per thread that ran torch work, and its workers only busy-wait while those
-        pools do not outnumber the CPUs. Building on a helper thread that then exits (its pool
-        freed) gives spinning workers: fastest on an idle host, several times slower on a host
-        shared with other jobs. Any other live thread that ran torch work turns spinning off.
-        Set `OMP_NUM_THREADS` / `OMP_WAIT_POLICY` in the environment to choose (docs/runtime.md,
-        "CPU threads").
+        May be called from any thread; the caller waits while the engine is built on a thread of
+        its own that then exits (`build_thread.py`), so that on the CPU the only OpenMP worker pool
+        left in the process is the engine loop's. Any other live thread that runs torch work
+        creates a second pool, which turns the workers' busy-waiting off (docs/runtime.md, "CPU
+        threads"); `OMP_NUM_THREADS` / `OMP_WAIT_POLICY` in the environment choose for a host.
         """
+        return on_build_thread(lambda: cls._from_args(args, progress))
+
+    @classmethod
+    def _from_args(cls, args: EngineArgs, progress: Callable[[str], None] | None) -> Engine:
         say = progress or (lambda message: logger.info("%s", message))
         setup.check_args(args)
         model_dir, sha = setup.resolve_model_dir(args.model_id, args.revision)

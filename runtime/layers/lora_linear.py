@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import torch
 from lorafleet import kernels
+from lorafleet.runtime.layers.dense import linear
 from torch import nn
 
 
@@ -191,7 +192,7 @@ class LoRALinear(LoRABuffers):
         )
 
     def forward(self, x: torch.Tensor, lora: LoraStep | None) -> torch.Tensor:  # x [T, K] -> [T, N]
-        out = torch.nn.functional.linear(x, self.weight, self.bias)
+        out = linear(x, self.weight, self.bias)
         meta = lora.groups.get(self.group) if lora is not None and self.has_lora else None
         if lora is None or meta is None:
             return out

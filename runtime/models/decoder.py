@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 from lorafleet.runtime.layers.attention import AttentionMetadata, paged_attention
+from lorafleet.runtime.layers.dense import linear
 from lorafleet.runtime.layers.lora_linear import LoRABuffers, LoRALinear, LoraStep
 from lorafleet.runtime.layers.moe import ExpertsLinear, SparseMoE
 from lorafleet.runtime.layers.norms import RMSNorm
@@ -298,7 +299,7 @@ class DecoderModel(nn.Module):
         return self.norm(x)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:  # [n, hidden] -> [n, V] float32
-        logits = torch.nn.functional.linear(hidden, self.lm_head_weight)
+        logits = linear(hidden, self.lm_head_weight)
         cap = self.args.final_logit_softcap
         if cap is not None:  # Gemma 2, in the model's dtype as transformers does
             logits = torch.tanh(logits / cap) * cap

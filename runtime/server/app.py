@@ -29,7 +29,7 @@ def create_app(
     Args:
         config: the parsed flags.
         load_on_startup: load the engine on a background thread when the app starts. The CLI
-            passes False and loads it on the main thread itself (`app.state.context.holder`).
+            passes False and loads it from the main thread itself (`app.state.context.holder`).
         on_fatal: called if that background load fails.
     """
     ctx = ServerContext.create(config)

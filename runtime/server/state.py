@@ -18,10 +18,10 @@ logger = logging.getLogger("lorafleet.runtime.server")
 class EngineHolder:
     """Owns the engine while it loads and serves; `/health` reports 503 until `engine` is set.
 
-    The HTTP listener answers from the start. The CLI loads the engine on the process's main
-    thread: on the CPU, libgomp then keeps the main thread's OpenMP pool alive next to the
-    engine loop's, which stops the loop's workers from busy-waiting (steady on a shared
-    machine; see docs/runtime.md, "CPU threads"). Only embedders use `start_loading`.
+    The HTTP listener answers from the start. The CLI loads the engine from the process's main
+    thread, which waits while the engine builds itself on a thread of its own (so that on the
+    CPU the engine loop's OpenMP pool is the process's only one: docs/runtime.md, "CPU
+    threads"). Only embedders use `start_loading`.
     """
 
     def __init__(self) -> None:
@@ -33,7 +33,7 @@ class EngineHolder:
         self._closed = False
 
     def load(self, load: Callable[[Callable[[str], None]], Engine]) -> None:
-        """Loads the engine on the calling thread (the CLI calls it on the main thread).
+        """Loads the engine, the calling thread waiting (the CLI calls it from the main thread).
 
         Raises what `load` raises, after recording it for `/health` and the log.
         """

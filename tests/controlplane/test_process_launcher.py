@@ -127,9 +127,31 @@ def test_replica_starts_from_the_launchers_minimal_environment(
     assert env["PORT"] == str(handle["port"]) and env["HOSTNAME"] == "127.0.0.1"  # the launcher's, always
     assert env["LOG_FILE"] == f"{handle['folder']}/replica.log" and int(env["LOG_MAX_BYTES"]) > 0
     assert env["TMPDIR"].startswith(handle["folder"]) and env["HOME"].endswith("/namespaces/alice")
+    assert "OMP_NUM_THREADS" not in env  # an instance of unknown size: torch's own default
     assert "the-replica-key" not in json.dumps(handle)
     launcher.stop(handle)
     assert not Path(handle["folder"]).exists() and not list((home / "replicas").iterdir())
+
+
+def test_a_cpu_replica_gets_a_torch_thread_per_core_of_its_instance(tmp_path: Path, home: Path) -> None:
+    command, folder = _script(tmp_path, "dump_env.py", """
+        import json, os, time
+        print(json.dumps(dict(os.environ)), flush=True)
+        time.sleep(300)
+    """)
+    x2 = InstanceType("local", "local", "cpu", "x2", "cpu", num_cpus=2)
+
+    def threads(name: str, operator_env: dict[str, str]) -> str | None:
+        launcher = ProcessLauncher.from_settings(
+            settings(home, command, sandbox_paths=folder, replica_env=operator_env)
+        )
+        handle = launcher.start(ReplicaSpec(f"rep-{name}", "alice", "ep", x2, env={"MODEL_ID": "org/model"}))
+        lines = wait_for(lambda: [x for x in launcher.logs(handle) if x.startswith("{")], 60, "the dump")
+        launcher.stop(handle)
+        return json.loads(lines[0]).get("OMP_NUM_THREADS")
+
+    assert threads("default", {}) == "2"
+    assert threads("operator", {"OMP_NUM_THREADS": "1"}) == "1"  # the operator's choice wins
 
 
 def test_an_x2_gpu_replica_gets_its_two_gpus_and_num_shard_2_whatever_the_tenant_set(
