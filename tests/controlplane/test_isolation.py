@@ -130,6 +130,7 @@ def test_replica_environment_holds_nothing_of_the_control_plane(cp: LiveControlP
     assert set(inside) <= {
         "PATH", "LANG", "PYTHONUNBUFFERED", "HF_HUB_OFFLINE", "HOME", "HF_HOME", "TMPDIR", "PORT", "HOSTNAME",
         "CUDA_VISIBLE_DEVICES", "NUM_SHARD", "LOG_FILE", "LOG_MAX_BYTES", "API_KEY", "MODEL_ID", "PWD",
+        "OMP_NUM_THREADS",  # the CPU instance's cores, set by the launcher
     }, sorted(inside)
 
 
