@@ -13,6 +13,8 @@ that is not fp32 on the CPU.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -33,7 +35,8 @@ def uses_column_blocks(x: torch.Tensor, weight: torch.Tensor) -> bool:
     )
 
 
-def column_blocks(total: int) -> list[tuple[int, int]]:
+@functools.lru_cache(maxsize=64)  # a handful of widths per model, asked on every matmul
+def column_blocks(total: int) -> tuple[tuple[int, int], ...]:
     """`total` columns cut into the fewest blocks of at most `COLUMN_BLOCK` (+ `BLOCK_ALIGN`) of
     nearly equal widths, each starting at a multiple of `BLOCK_ALIGN`. MKL computes a block's
     columns in panels from its start, and a narrow or misaligned tail in another summation
@@ -42,12 +45,12 @@ def column_blocks(total: int) -> list[tuple[int, int]]:
 
     Example:
         >>> column_blocks(2049)
-        [(0, 640), (640, 1344), (1344, 2049)]
+        ((0, 640), (640, 1344), (1344, 2049))
     """
     count = -(-total // COLUMN_BLOCK)
     starts = [total * i // count // BLOCK_ALIGN * BLOCK_ALIGN for i in range(count)]
     bounds = [*starts, total]
-    return list(zip(bounds[:-1], bounds[1:], strict=True))
+    return tuple(zip(bounds[:-1], bounds[1:], strict=True))
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
