@@ -196,37 +196,55 @@ def test_add_replace_remove_on_a_live_two_replica_endpoint_without_restarts(
 def test_replacing_an_adapter_under_load_answers_old_or_new_never_a_mix(
     cp: LiveControlPlane, files: dict[str, Path]
 ) -> None:
+    """Every answer is the old or the new version; every request sent once the control plane
+    reports the new version ready on both replicas answers as the new one.
+
+    Requests are classified by when they were *sent*, not by where their answer lands in the
+    list: a request sent before the swap may finish after requests sent later (it may wait for
+    its old version to be placed again), and it may answer as either version."""
     prompts = [f"{PROMPT} {i}" for i in range(6)]
     with endpoint(cp, two_replicas("ep-swap", files["r8-qv"])) as ep:
         url = ep.wait_running()["status"]["url"]
         wait_for(lambda: ep.get()["status"]["readyReplica"] == 2, 180, "2 ready")
         wait_set(ep, {ADAPTER_ID: None})
-        answers: list[tuple[list[int], list[int]]] = []
-        stop = threading.Event()
+        answers: list[tuple[bool, tuple[list[int], list[int]]]] = []  # (sent after the swap, answer)
+        swapped, stop = threading.Event(), threading.Event()
+        failures: list[BaseException] = []
 
         def load() -> None:
             index = 0
-            while not stop.is_set():
-                answers.append(answer(generate(url, cp.token, ADAPTER_ID, prompts[index % len(prompts)])))
-                index += 1
+            try:
+                while not stop.is_set():
+                    sent_after = swapped.is_set()  # read before the request leaves
+                    response = generate(url, cp.token, ADAPTER_ID, prompts[index % len(prompts)])
+                    answers.append((sent_after, answer(response)))
+                    index += 1
+            except BaseException as e:  # a refused request fails the test, not just this thread
+                failures.append(e)
+
+        def sent_after_swap() -> int:
+            return sum(1 for after, _ in answers if after)
 
         threads = [threading.Thread(target=load) for _ in range(3)]
         for thread in threads:
             thread.start()
         try:
-            wait_for(lambda: len(answers) >= 6, 120, "answers before the replacement")
+            wait_for(lambda: len(answers) >= 6 or failures, 120, "answers before the replacement")
             new = put(ep, ADAPTER_ID, files["r16-all"])
             wait_set(ep, {ADAPTER_ID: new["digest"]})
-            after = len(answers)
-            wait_for(lambda: len(answers) >= after + 6, 120, "answers after the replacement")
+            swapped.set()
+            wait_for(lambda: sent_after_swap() >= 6 or failures, 120, "answers after the replacement")
         finally:
             stop.set()
             for thread in threads:
                 thread.join(timeout=120)
+        assert not failures, failures[0]
         versions = []
-        for prompt_ids, tokens in answers:
+        for sent_after, (prompt_ids, tokens) in answers:
             old, fresh = expected(prompt_ids, "r8-qv"), expected(prompt_ids, "r16-all")
             assert old != fresh
             assert tokens in (old, fresh), "an answer mixed two versions of the adapter"
-            versions.append("old" if tokens == old else "new")
-        assert versions[0] == "old" and versions[after + 3 :] == ["new"] * len(versions[after + 3 :])
+            versions.append((sent_after, "old" if tokens == old else "new"))
+        assert versions[0] == (False, "old")
+        late = [version for sent_after, version in versions if sent_after]
+        assert len(late) >= 6 and set(late) == {"new"}, f"sent after the swap was ready: {late}"
