@@ -200,8 +200,8 @@ def test_replacing_an_adapter_under_load_answers_old_or_new_never_a_mix(
     reports the new version ready on both replicas answers as the new one.
 
     Requests are classified by when they were *sent*, not by where their answer lands in the
-    list: a request sent before the swap may finish after requests sent later (it may wait for
-    its old version to be placed again), and it may answer as either version."""
+    list: a request sent before the swap may finish after requests sent later (queued on a busier
+    replica, or waiting for its old version to be placed again), and may answer as either version."""
     prompts = [f"{PROMPT} {i}" for i in range(6)]
     with endpoint(cp, two_replicas("ep-swap", files["r8-qv"])) as ep:
         url = ep.wait_running()["status"]["url"]
