@@ -209,7 +209,7 @@ def test_replacing_an_adapter_under_load_answers_old_or_new_never_a_mix(
         wait_set(ep, {ADAPTER_ID: None})
         answers: list[tuple[bool, tuple[list[int], list[int]]]] = []  # (sent after the swap, answer)
         swapped, stop = threading.Event(), threading.Event()
-        failures: list[BaseException] = []
+        failures: list[Exception] = []
 
         def load() -> None:
             index = 0
@@ -219,7 +219,7 @@ def test_replacing_an_adapter_under_load_answers_old_or_new_never_a_mix(
                     response = generate(url, cp.token, ADAPTER_ID, prompts[index % len(prompts)])
                     answers.append((sent_after, answer(response)))
                     index += 1
-            except BaseException as e:  # a refused request fails the test, not just this thread
+            except Exception as e:  # a refused request fails the test, not just this thread
                 failures.append(e)
 
         def sent_after_swap() -> int:
@@ -230,6 +230,7 @@ def test_replacing_an_adapter_under_load_answers_old_or_new_never_a_mix(
             thread.start()
         try:
             wait_for(lambda: len(answers) >= 6 or failures, 120, "answers before the replacement")
+            assert not failures, failures[0]
             new = put(ep, ADAPTER_ID, files["r16-all"])
             wait_set(ep, {ADAPTER_ID: new["digest"]})
             swapped.set()
