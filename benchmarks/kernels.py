@@ -21,10 +21,12 @@ time (on CUDA the Triton kernels, also from CUDA graphs; on a CPU the torch path
     python benchmarks/kernels.py [--quick] [--only stacked|paged] [--out benchmarks/results]
                                  [--json-out PATH]     # the JSON at PATH, the PNG next to it
 
-`--cpu-paths` instead times the two forms of the CPU torch path (`grouped`, one matmul pair per
-adapter; `gathered`, per-token weights) at decode shapes, T tokens over D adapters, for uniform
+`--cpu-paths` instead times the forms of the CPU torch path (`grouped`, one matmul pair per
+adapter read from the pages; `planned`, the same on `SlotWeights`' whole matrices, as the engine's
+CPU layers run it; `gathered`, per-token weights) at decode shapes, T tokens over D adapters, for uniform
 ranks (stacked) and ranks 8/16/64 in pages, in the engine's row layout (in place) and in the
-kernels' layout (copied), and which one `torch_lora.choose_path` picks (`kernels-cpu-paths.json`):
+kernels' layout (copied), and which one `torch_lora.choose_path` picks, without and with slot
+weights (`kernels-cpu-paths.json`):
 
     OMP_NUM_THREADS=1 python benchmarks/kernels.py --cpu-paths
 """
@@ -41,6 +43,7 @@ import torch
 from lorafleet import kernels
 from lorafleet.kernels import build_adapter_pages, pages_for_rank, reference, torch_lora
 from lorafleet.kernels.torch_live import live_tokens
+from lorafleet.kernels.torch_slot_weights import SlotWeights
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks.*` when run as a script
 from benchmarks import kernels_paged  # noqa: E402
@@ -152,10 +155,11 @@ def run_case(case: Case, device: torch.device, dtype: torch.dtype, quick: bool) 
 
 
 # Decode shapes for the CPU forms: the demo model's fused q|k|v (hidden 256, 8 / 4 kv heads) and
-# o_proj, and a 7B-size q|k|v, at one rank ("uniform", the stacked layout) or ranks 8/16/64 in
-# turn ("mixed", pages of 8 rows); (T tokens, D adapters) from one adapter to one token per adapter.
+# o_proj, SmolLM2's fused gate|up, and a 7B-size q|k|v, at one rank ("uniform", the stacked
+# layout) or ranks 8/16/64 in turn ("mixed", pages of 8 rows); (T tokens, D adapters) from one
+# adapter to one token per adapter.
 CPU_PATH_LAYERS = {"demo_qkv": (256, (256, 128, 128), 8), "demo_o": (256, (256,), 16),
-                   "7b_qkv": (4096, (4096, 1024, 1024), 16)}
+                   "smollm2_gate_up": (576, (1536, 1536), 16), "7b_qkv": (4096, (4096, 1024, 1024), 16)}
 CPU_PATH_BATCHES = [(32, 1), (32, 4), (32, 8), (32, 16), (32, 32), (64, 32), (96, 32), (128, 32),
                     (8, 8), (16, 4), (4, 2)]
 CPU_PATH_RUNS = [("uniform", True), ("uniform", False), ("mixed", True)]  # (ranks, row layout)
@@ -196,14 +200,21 @@ def cpu_path_times(layer: str, num_tokens: int, num_adapters: int, reps: int, *,
     args = (out, x, lora_a, lora_b, scales, tuple(widths), meta, pages)
     times = {path: time_us(lambda p=path: torch_lora.apply_paged(*args, path=p), x.device, reps)
              for path in torch_lora.PATHS}
+    weights = SlotWeights()  # the engine's CPU layers pass theirs: the grouped form runs planned
+    times["planned"] = time_us(lambda: torch_lora.apply_paged(*args, path="grouped", slot_weights=weights),
+                               x.device, reps)
     live = live_tokens(meta, pages)
     chosen = torch_lora.chosen_path(x, lora_a, lora_b, meta, pages)
+    planned = torch_lora.chosen_path(x, lora_a, lora_b, meta, pages, planned=True)
+    with_weights = {"grouped": times["planned"], "gathered": times["gathered"]}
     return {"layer": layer, "ranks": ranks, "row_layout": row_layout, "num_tokens": num_tokens,
             "num_adapters": meta.num_active_slots,
             "elements_per_token": live.elements_per_token(x.shape[1], len(widths), sum(widths)),
             "times_us": times, "chosen": chosen,
             "grouped_over_gathered": times["grouped"] / times["gathered"],
-            "chosen_over_best": times[chosen] / min(times.values())}
+            "chosen_over_best": times[chosen] / min(times["grouped"], times["gathered"]),
+            "chosen_with_slot_weights": planned,
+            "chosen_with_slot_weights_over_best": with_weights[planned] / min(with_weights.values())}
 
 
 def run_cpu_paths(out_dir: Path) -> int:
@@ -219,10 +230,14 @@ def run_cpu_paths(out_dir: Path) -> int:
                       flush=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     worst = max(rows, key=lambda r: r["chosen_over_best"])
+    worst_planned = max(rows, key=lambda r: r["chosen_with_slot_weights_over_best"])
     report = {"device": "cpu", "torch_threads": torch.get_num_threads(),
               "rule": torch_lora.choose_path.__doc__.split("Args:")[0].strip(),
               "worst_chosen_over_best": {k: worst[k] for k in ("layer", "ranks", "row_layout", "num_tokens",
                                                                "num_adapters", "chosen_over_best")},
+              "worst_chosen_with_slot_weights_over_best": {
+                  k: worst_planned[k] for k in ("layer", "ranks", "row_layout", "num_tokens", "num_adapters",
+                                                "chosen_with_slot_weights_over_best")},
               "results": rows}
     (out_dir / "kernels-cpu-paths.json").write_text(json.dumps(report, indent=2))
     print(f"wrote {out_dir / 'kernels-cpu-paths.json'}")

@@ -7,11 +7,15 @@ recording every layer call of one 32-row decode step, then replays that step's c
 
 - `base_linears`: the step's base matmuls (`F.linear` of every LoRA-capable layer, LM head not
   included);
-- `lora`: the step's LoRA calls exactly as the engine makes them (`LoRABuffers.add_lora`);
+- `lora`: the step's LoRA calls exactly as the engine makes them (`LoRABuffers.add_lora`: the
+  planned grouped form on each layer's `SlotWeights`, or the gathered form, by the rule);
+- `lora_pages`: the same calls reading the pages as they are (no `SlotWeights`: the engine before
+  the planned form);
 - `lora_minimal`: the same FLOPs in the fewest ops — per layer and adapter one shrink matmul on
   contiguous weights and one `addmm_` per slice into the output — what the LoRA path would cost
   with no per-call overhead (a floor for the CPU path, not a correct computation: random weights);
-- per projection group: the engine's LoRA time, and with each form forced (grouped / gathered).
+- per projection group: the engine's LoRA time, and with each form forced (planned / grouped on
+  the pages / gathered).
 
 Also prints the bytes the step's adapters read against the base weights' bytes, the reason a
 decode step at batch 32 cannot get its adapters for their FLOPs alone.
@@ -39,7 +43,8 @@ sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(BENCH.parent))
 
 from engine_shapes import prompts_and_adapters  # noqa: E402
-from lorafleet.kernels import torch_lora  # noqa: E402
+from lorafleet.kernels import backend_for, torch_lora  # noqa: E402
+from lorafleet.kernels.torch_slot_weights import SlotWeights  # noqa: E402
 from lorafleet.runtime.engine import Engine, GenerationRequest, SamplingParams  # noqa: E402
 from lorafleet.runtime.layers import lora_linear  # noqa: E402
 from shapes import real_shape_adapters, real_shape_model  # noqa: E402
@@ -112,18 +117,41 @@ def minimal_form(lora_calls: list[tuple]) -> Callable[[], None]:
     return run
 
 
+FORMS = {  # name -> (path, whether the layer's SlotWeights are passed)
+    "planned": ("grouped", True), "grouped": ("grouped", False), "gathered": ("gathered", False)}
+
+
+def engine_calls(lora_calls: list[tuple]) -> Callable[[], None]:
+    """The calls as the engine makes them: `add_lora` on the CPU backend."""
+    backend = backend_for(torch.device("cpu"))
+
+    def run() -> None:
+        for layer, out, x, meta, pages in lora_calls:
+            layer.add_lora(out, x, meta, pages, backend)
+
+    return run
+
+
+def forced(lora_calls: list[tuple], path: str | None, planned: bool) -> Callable[[], None]:
+    """The calls with one form forced (path None: the rule), on the layers' SlotWeights or not."""
+    def run() -> None:
+        for layer, out, x, meta, pages in lora_calls:
+            weights: SlotWeights | None = layer.slot_weights if planned else None
+            torch_lora.apply_paged(out, x, layer.lora_a, layer.lora_b, layer.lora_scales,
+                                   layer.slice_widths, meta, pages, path=path, slot_weights=weights)
+
+    return run
+
+
 def per_group(lora_calls: list[tuple], repeats: int) -> dict[str, dict[str, float]]:
     """Per projection group: the engine's LoRA ms per step, and each form forced."""
     out: dict[str, dict[str, float]] = defaultdict(dict)
     groups = sorted({layer.group for layer, *_ in lora_calls})
     for group in groups:
         calls = [c for c in lora_calls if c[0].group == group]
-        for form in (None, *torch_lora.PATHS):
-            def run(calls: list[tuple] = calls, form: str | None = form) -> None:
-                for layer, out_, x, meta, pages in calls:
-                    torch_lora.apply_paged(out_, x, layer.lora_a, layer.lora_b, layer.lora_scales,
-                                           layer.slice_widths, meta, pages, path=form)
-            out[group][form or "engine"] = round(best_ms(run, repeats), 2)
+        out[group]["engine"] = round(best_ms(engine_calls(calls), repeats), 2)
+        for name, (path, planned) in FORMS.items():
+            out[group][name] = round(best_ms(forced(calls, path, planned), repeats), 2)
     return dict(out)
 
 
@@ -141,11 +169,7 @@ def weight_bytes(lora_calls: list[tuple], linears: list[tuple]) -> dict[str, int
 def measure(shape: str, repeats: int) -> dict[str, Any]:
     lora_calls, linears = capture_step(shape)
     minimal = minimal_form(lora_calls)
-
-    def engine_lora() -> None:
-        for layer, out, x, meta, pages in lora_calls:
-            torch_lora.apply_paged(out, x, layer.lora_a, layer.lora_b, layer.lora_scales,
-                                   layer.slice_widths, meta, pages)
+    engine_lora, pages_lora = engine_calls(lora_calls), forced(lora_calls, None, planned=False)
 
     def base() -> None:
         for layer, x in linears:
@@ -156,7 +180,7 @@ def measure(shape: str, repeats: int) -> dict[str, Any]:
         torch.set_num_threads(count)
         threads[str(count)] = {name: round(best_ms(fn, repeats), 2)
                                for name, fn in (("base_linears", base), ("lora", engine_lora),
-                                                ("lora_minimal", minimal))}
+                                                ("lora_pages", pages_lora), ("lora_minimal", minimal))}
     torch.set_num_threads(1)
     return {"benchmark": "lora-step", "shape": shape, "rows": ROWS, "lora_calls": len(lora_calls),
             "ms_per_step": threads, "per_group_ms_1_thread": per_group(lora_calls, repeats),
@@ -169,8 +193,8 @@ def plot(report: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = ("base_linears", "lora", "lora_minimal")
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    names = ("base_linears", "lora", "lora_pages", "lora_minimal")
+    fig, ax = plt.subplots(figsize=(7, 3.5))
     for i, count in enumerate(("1", "2")):
         values = [report["ms_per_step"][count][n] for n in names]
         ax.bar([j + i * 0.4 for j in range(len(names))], values, width=0.4, label=f"{count} thread(s)")

@@ -26,10 +26,16 @@ token's own rank now: S·K·PR·pages + N·rank, from the placement's host copy,
 
     in place:  gathered iff  T <= max(16·D, 256)  when E <= 2^16,   T <= 2·D  otherwise
     copied:    gathered iff  D >= 2  and  T <= 4·D  and  E <= 2^16
+    planned:   gathered iff  T <= 2·D  when E <= 2^16,   T <= D  otherwise
     grouped otherwise (several tokens per adapter, e.g. prefill; large weights)
 
-Measured on one thread (docs/kernels.md, "CPU path"). Memory stays bounded for any T: the
-gathered form works in chunks of at most GATHER_CHUNK_ELEMENTS weight elements.
+*Planned* is the grouped form given the layer's `SlotWeights` (`torch_slot_weights`: each
+adapter's A and B copied once into whole fp32 matrices, kept while the placement is current): one
+shrink GEMM and one `addmm_` per slice per adapter, the fewest ops the grouped form can make. The
+engine's CPU layers pass theirs; that form beats the in-place gathered one from about 2 tokens per
+adapter up (measured on two threads; the other rules on one thread, without it: docs/kernels.md,
+"CPU path"). Memory stays bounded for any T: the gathered form works in chunks of at most
+GATHER_CHUNK_ELEMENTS weight elements.
 
 Both forms compute the delta in float32 and add it into `out` with one rounding, on live rows
 only: rows with slot -1 or an empty slot (rank 0) are never read into the sum nor written, so
@@ -50,6 +56,7 @@ from lorafleet.kernels.torch_bags import (
     slice_columns,
 )
 from lorafleet.kernels.torch_live import LiveTokens, live_tokens
+from lorafleet.kernels.torch_slot_weights import SlotWeights
 
 GROUPED = "grouped"
 GATHERED = "gathered"
@@ -60,6 +67,8 @@ GATHER_MAX_TOKENS_PER_SLOT = 4  # copied form, small E
 IN_PLACE_MAX_TOKENS_PER_SLOT = 16  # in-place form, small E
 IN_PLACE_MIN_TOKENS = 256  # in-place form, small E: wins up to here even on one adapter
 IN_PLACE_LARGE_MAX_TOKENS_PER_SLOT = 2  # in-place form, large E
+PLANNED_MAX_TOKENS_PER_SLOT = 2  # planned grouped form (SlotWeights), small E: gathered up to here
+PLANNED_LARGE_MAX_TOKENS_PER_SLOT = 1  # planned grouped form, large E
 # Bound on the weight elements one chunk of tokens reads (copies, for the copied form: fp32,
 # 16 MiB): larger batches are cut into chunks of tokens so memory stays flat whatever T, R, K.
 GATHER_CHUNK_ELEMENTS = 1 << 22
@@ -69,7 +78,12 @@ _gathered_delta = copied_delta
 
 
 def choose_path(
-    num_active_tokens: int, num_active_slots: int, elements_per_token: int, *, in_place: bool = False
+    num_active_tokens: int,
+    num_active_slots: int,
+    elements_per_token: int,
+    *,
+    in_place: bool = False,
+    planned: bool = False,
 ) -> str:
     """'gathered' for many adapters with few tokens each (decode), else 'grouped'.
 
@@ -80,6 +94,7 @@ def choose_path(
             average (S·R·K + N·R for stacked rank R).
         in_place: the gathered form would read the weights in place (`is_row_layout`, fp32)
             rather than copy them per token.
+        planned: the grouped form would run on the layer's `SlotWeights` (whole matrices).
 
     Returns:
         `GATHERED` or `GROUPED` by the rule in this module's docstring.
@@ -89,8 +104,13 @@ def choose_path(
         ('gathered', 'grouped', 'grouped')
         >>> choose_path(32, 1, 10240, in_place=True), choose_path(64, 32, 294912, in_place=True)
         ('gathered', 'gathered')
+        >>> choose_path(24, 3, 10240, in_place=True, planned=True), choose_path(32, 16, 10240, planned=True)
+        ('grouped', 'gathered')
     """
     tokens, slots, small = num_active_tokens, num_active_slots, elements_per_token <= GATHER_MAX_ELEMENTS
+    if planned:
+        per_slot = PLANNED_MAX_TOKENS_PER_SLOT if small else PLANNED_LARGE_MAX_TOKENS_PER_SLOT
+        return GATHERED if tokens <= per_slot * slots else GROUPED
     if in_place:
         if small:
             limit = max(IN_PLACE_MAX_TOKENS_PER_SLOT * slots, IN_PLACE_MIN_TOKENS)
@@ -135,6 +155,7 @@ def apply_paged(
     pages: AdapterPages,
     *,
     path: str | None = None,  # GROUPED / GATHERED; None = `choose_path`
+    slot_weights: SlotWeights | None = None,  # the layer's copies for the planned grouped form
 ) -> torch.Tensor:
     """Adds each live token's `scale_s * (x @ A_s.T) @ B_s.T` into each slice of `out`, in place.
 
@@ -142,6 +163,8 @@ def apply_paged(
     checked once by the public API or consistent by construction (the engine's own buffers);
     `meta` is `prepare_lora_batch` of this batch over `pages.num_slots` slots. `path` forces one
     form (tests, benchmarks); both give the same result up to the fp32 summation order.
+    `slot_weights`, owned by the layer whose pages these are, makes the grouped form the planned
+    one (module docstring); without it every call reads the pages as they are.
     """
     if meta.num_tokens == 0 or not meta.has_lora_tokens:
         return out
@@ -150,9 +173,11 @@ def apply_paged(
         return out
     offsets = offsets_of(slice_widths)
     in_place = reads_in_place(x, lora_a_pages, lora_b_pages)
-    chosen = path or _rule(live, lora_a_pages, lora_b_pages, in_place)
+    chosen = path or _rule(live, lora_a_pages, lora_b_pages, in_place, slot_weights is not None)
     if chosen == GATHERED:
         return _gathered(out, x, lora_a_pages, lora_b_pages, scales, offsets, meta, pages, live, in_place)
+    if chosen == GROUPED and slot_weights is not None:
+        return _planned(out, x, lora_a_pages, lora_b_pages, scales, offsets, meta, pages, slot_weights)
     if chosen == GROUPED:
         return _grouped(out, x, lora_a_pages, lora_b_pages, scales, offsets, meta, pages)
     raise ValueError(f"path must be one of {PATHS} or None, got {path!r}")
@@ -164,16 +189,21 @@ def chosen_path(
     lora_b_pages: torch.Tensor,  # [P, N, PR]
     meta: LoraBatch,
     pages: AdapterPages,
+    *,
+    planned: bool = False,
 ) -> str:
-    """The form `apply_paged` runs for this batch and these weights when no `path` is forced."""
+    """The form `apply_paged` runs for this batch and these weights when no `path` is forced
+    (`planned`: with `slot_weights` given)."""
     live = meta.derived(("live", pages), live_tokens, meta, pages)
-    return _rule(live, lora_a_pages, lora_b_pages, reads_in_place(x, lora_a_pages, lora_b_pages))
+    return _rule(live, lora_a_pages, lora_b_pages, reads_in_place(x, lora_a_pages, lora_b_pages), planned)
 
 
-def _rule(live: LiveTokens, lora_a_pages: torch.Tensor, lora_b_pages: torch.Tensor, in_place: bool) -> str:
+def _rule(
+    live: LiveTokens, lora_a_pages: torch.Tensor, lora_b_pages: torch.Tensor, in_place: bool, planned: bool
+) -> str:
     _, num_slices, _, hidden_in = lora_a_pages.shape
     elements = live.elements_per_token(hidden_in, num_slices, lora_b_pages.shape[1])
-    return choose_path(live.num_tokens, live.num_slots, elements, in_place=in_place)
+    return choose_path(live.num_tokens, live.num_slots, elements, in_place=in_place, planned=planned)
 
 
 @functools.lru_cache(maxsize=64)
@@ -224,6 +254,49 @@ def _grouped(
             cols = slice(slice_offsets[s], slice_offsets[s + 1])
             torch.mm(small, b[: small.shape[1], cols].float(), out=delta[lo:hi, cols]).mul_(scale_of[s][slot])
     _add_rows(out, order, delta)
+    return out
+
+
+def _planned(
+    out: torch.Tensor,  # [T, N]
+    x: torch.Tensor,  # [T, K]
+    lora_a_pages: torch.Tensor,  # [P, S, PR, K]
+    lora_b_pages: torch.Tensor,  # [P, N, PR]
+    scales: torch.Tensor,  # [S, L] float32
+    slice_offsets: tuple[int, ...],
+    meta: LoraBatch,
+    pages: AdapterPages,
+    slot_weights: SlotWeights,
+) -> torch.Tensor:
+    """The grouped form on each slot's whole matrices: one shrink GEMM, one `addmm_` per slice.
+
+    A slice whose scale is 0 (one the adapter does not target: its rows are zero) is skipped.
+    Segments as in `_grouped`: row ranges of `out` when the batch lists rows by slot (the engine's
+    order), else the live rows gathered once and added back with one `index_add_`.
+    """
+    order, segments, in_order = meta.derived(("segments", pages), _segments, meta, pages)
+    scale_of = scales.tolist()  # [S][L]: host floats, one read per layer
+    num_slices = len(slice_offsets) - 1
+    rows_of = x.index_select(0, order).float() if not in_order else None  # [n, K] live rows by slot
+    delta = None
+    if not in_order:  # [n, N]; zeros: a skipped slice's columns are added too
+        delta = torch.zeros(order.numel(), out.shape[1], dtype=torch.float32, device=x.device)
+    for slot, lo, hi in segments:
+        weights = slot_weights.of(lora_a_pages, lora_b_pages, pages, slot, slice_offsets)
+        rank, rows = weights.rank, (x[lo:hi].float() if rows_of is None else rows_of[lo:hi])
+        shrunk = rows @ weights.a  # [c, S*rank]
+        for s in range(num_slices):
+            alpha = scale_of[s][slot]
+            if alpha == 0.0:
+                continue
+            small, cols = shrunk[:, s * rank : (s + 1) * rank], slice(slice_offsets[s], slice_offsets[s + 1])
+            target = out[lo:hi, cols] if delta is None else delta[lo:hi, cols]
+            if target.dtype == torch.float32:
+                target.addmm_(small, weights.b[s], alpha=alpha)
+            else:  # the delta in fp32, added with one rounding
+                target.copy_(torch.addmm(target.float(), small, weights.b[s], alpha=alpha))
+    if delta is not None:
+        _add_rows(out, order, delta)
     return out
 
 

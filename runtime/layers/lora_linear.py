@@ -16,7 +16,9 @@ adapter costs one page whatever else is loaded.
 On the CPU the pages are stored transposed, A as [P, K, S, PR] and B as [P, PR, N], and `lora_a`
 / `lora_b` are [P, S, PR, K] / [P, N, PR] views of them: the kernels' API shapes, with the rows
 the CPU path's per-token form sums contiguous, so a decode step reads each token's adapter in
-place instead of copying it.
+place instead of copying it. A CPU layer also owns a `kernels.torch_slot_weights.SlotWeights`:
+each adapter the grouped form runs, copied once into whole fp32 matrices and kept while the
+placement is current, so its LoRA is one shrink GEMM and one `addmm_` per slice (issue 18).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from dataclasses import dataclass
 
 import torch
 from lorafleet import kernels
+from lorafleet.kernels import torch_lora
+from lorafleet.kernels.torch_slot_weights import SlotWeights
 from lorafleet.runtime.layers.dense import linear
 from torch import nn
 
@@ -89,6 +93,8 @@ class LoRABuffers(nn.Module):
             a_shape, b_shape = (num_pages, s, pr, k), (num_pages, n, pr)
         self.lora_a_storage = _buffer(*a_shape, dtype=dtype, device=device)
         self.lora_b_storage = _buffer(*b_shape, dtype=dtype, device=device)
+        # the CPU path's per-slot copies of these pages (none on GPU: the kernels read pages)
+        self.slot_weights = SlotWeights() if self.row_layout else None
 
     @property
     def num_pages(self) -> int:
@@ -151,6 +157,9 @@ class LoRABuffers(nn.Module):
         backend: kernels.LoraBackend,
     ) -> torch.Tensor:  # out += LoRA(x) for each row's slot in `meta`
         # The buffers are this layer's own, consistent by construction: no checks on this path.
+        if self.slot_weights is not None and backend.name == "torch":
+            return torch_lora.apply_paged(out, x, self.lora_a, self.lora_b, self.lora_scales,
+                                          self.slice_widths, meta, pages, slot_weights=self.slot_weights)
         return backend.apply_paged(
             out, x, self.lora_a, self.lora_b, self.lora_scales, self.slice_widths, meta, pages
         )
