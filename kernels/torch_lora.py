@@ -26,15 +26,18 @@ token's own rank now: S·K·PR·pages + N·rank, from the placement's host copy,
 
     in place:  gathered iff  T <= max(16·D, 256)  when E <= 2^16,   T <= 2·D  otherwise
     copied:    gathered iff  D >= 2  and  T <= 4·D  and  E <= 2^16
-    planned:   gathered iff  T <= 2·D  when E <= 2^16,   T <= D  otherwise
+    planned:   gathered iff  T·E < 10^5 · (D·(1 + S) - 5)   (in place; copied: as above)
     grouped otherwise (several tokens per adapter, e.g. prefill; large weights)
 
 *Planned* is the grouped form given the layer's `SlotWeights` (`torch_slot_weights`: each
 adapter's A and B copied once into whole fp32 matrices, kept while the placement is current): one
 shrink GEMM and one `addmm_` per slice per adapter, the fewest ops the grouped form can make. The
-engine's CPU layers pass theirs; that form beats the in-place gathered one from about 2 tokens per
-adapter up (measured on two threads; the other rules on one thread, without it: docs/kernels.md,
-"CPU path"). Memory stays bounded for any T: the gathered form works in chunks of at most
+engine's CPU layers pass theirs. Its rule is a cost model fitted on two threads
+(`benchmarks/kernels.py --cpu-paths`, docs/kernels.md "CPU path"): the planned form costs about
+one unit (~20 µs) per op, 1 + S ops per adapter; the in-place gathered form about 5 units plus one
+per 10^5 weight elements read (T·E). The other rules were measured on one thread, without it.
+
+Memory stays bounded for any T: the gathered form works in chunks of at most
 GATHER_CHUNK_ELEMENTS weight elements.
 
 Both forms compute the delta in float32 and add it into `out` with one rounding, on live rows
@@ -67,8 +70,11 @@ GATHER_MAX_TOKENS_PER_SLOT = 4  # copied form, small E
 IN_PLACE_MAX_TOKENS_PER_SLOT = 16  # in-place form, small E
 IN_PLACE_MIN_TOKENS = 256  # in-place form, small E: wins up to here even on one adapter
 IN_PLACE_LARGE_MAX_TOKENS_PER_SLOT = 2  # in-place form, large E
-PLANNED_MAX_TOKENS_PER_SLOT = 2  # planned grouped form (SlotWeights), small E: gathered up to here
-PLANNED_LARGE_MAX_TOKENS_PER_SLOT = 1  # planned grouped form, large E
+# Planned grouped form (SlotWeights) against the in-place gathered one, in units of one small GEMM
+# call (~20 µs on two threads): the gathered form reads this many weight elements per unit, and
+# pays this many units whatever it reads.
+PLANNED_ELEMENTS_PER_OP = 100_000
+PLANNED_GATHER_FIXED_OPS = 5
 # Bound on the weight elements one chunk of tokens reads (copies, for the copied form: fp32,
 # 16 MiB): larger batches are cut into chunks of tokens so memory stays flat whatever T, R, K.
 GATHER_CHUNK_ELEMENTS = 1 << 22
@@ -84,6 +90,7 @@ def choose_path(
     *,
     in_place: bool = False,
     planned: bool = False,
+    num_slices: int = 1,
 ) -> str:
     """'gathered' for many adapters with few tokens each (decode), else 'grouped'.
 
@@ -95,6 +102,7 @@ def choose_path(
         in_place: the gathered form would read the weights in place (`is_row_layout`, fp32)
             rather than copy them per token.
         planned: the grouped form would run on the layer's `SlotWeights` (whole matrices).
+        num_slices: S, the fused projections (the planned form makes 1 + S ops per adapter).
 
     Returns:
         `GATHERED` or `GROUPED` by the rule in this module's docstring.
@@ -104,13 +112,16 @@ def choose_path(
         ('gathered', 'grouped', 'grouped')
         >>> choose_path(32, 1, 10240, in_place=True), choose_path(64, 32, 294912, in_place=True)
         ('gathered', 'gathered')
-        >>> choose_path(24, 3, 10240, in_place=True, planned=True), choose_path(32, 16, 10240, planned=True)
-        ('grouped', 'gathered')
+        >>> choose_path(16, 2, 32000, in_place=True, planned=True, num_slices=3)  # 8 rows per adapter
+        'grouped'
+        >>> choose_path(32, 8, 10240, in_place=True, planned=True, num_slices=3)  # demo q|k|v, 4 rows each
+        'gathered'
     """
     tokens, slots, small = num_active_tokens, num_active_slots, elements_per_token <= GATHER_MAX_ELEMENTS
-    if planned:
-        per_slot = PLANNED_MAX_TOKENS_PER_SLOT if small else PLANNED_LARGE_MAX_TOKENS_PER_SLOT
-        return GATHERED if tokens <= per_slot * slots else GROUPED
+    if planned and in_place:
+        grouped_ops = slots * (1 + num_slices)
+        gathered_ops = PLANNED_GATHER_FIXED_OPS + tokens * elements_per_token / PLANNED_ELEMENTS_PER_OP
+        return GATHERED if gathered_ops < grouped_ops else GROUPED
     if in_place:
         if small:
             limit = max(IN_PLACE_MAX_TOKENS_PER_SLOT * slots, IN_PLACE_MIN_TOKENS)
@@ -203,7 +214,8 @@ def _rule(
 ) -> str:
     _, num_slices, _, hidden_in = lora_a_pages.shape
     elements = live.elements_per_token(hidden_in, num_slices, lora_b_pages.shape[1])
-    return choose_path(live.num_tokens, live.num_slots, elements, in_place=in_place, planned=planned)
+    return choose_path(live.num_tokens, live.num_slots, elements, in_place=in_place, planned=planned,
+                       num_slices=num_slices)
 
 
 @functools.lru_cache(maxsize=64)

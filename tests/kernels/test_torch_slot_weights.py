@@ -89,16 +89,21 @@ def test_a_slice_with_scale_zero_is_left_as_it_was() -> None:
     assert_close_to_reference(actual, expected)
 
 
-@pytest.mark.parametrize(("tokens", "slots", "elements", "path"), [
-    (24, 3, 40_000, "grouped"),  # issue 18's mixed decode: 8 rows on each of 3 adapters
-    (48, 16, 40_000, "grouped"),  # 3 rows per adapter
-    (32, 16, 40_000, "gathered"),  # 2 rows per adapter: the constant-op form wins
-    (32, 16, 300_000, "grouped"),  # large weights: reading them per token costs more than the calls
-    (32, 32, 300_000, "gathered"),  # ... except with one row per adapter
-    (512, 2, 40_000, "grouped"),  # prefill
+@pytest.mark.parametrize(("tokens", "slots", "elements", "slices", "path"), [
+    (16, 2, 32_000, 3, "grouped"),  # issue 18's mixed decode, q|k|v: 8 rows on each of 2 adapters
+    (16, 2, 46_000, 1, "grouped"),  # ... o_proj
+    (32, 8, 10_240, 3, "gathered"),  # the demo's q|k|v, 4 rows per adapter: weights in cache
+    (32, 1, 10_240, 3, "grouped"),  # one adapter
+    (32, 32, 294_912, 3, "gathered"),  # 7B q|k|v, one row per adapter
+    (64, 32, 294_912, 3, "grouped"),  # ... two rows each: reading weights per token costs more
+    (512, 2, 40_000, 2, "grouped"),  # prefill
 ])
-def test_rule_with_slot_weights(tokens: int, slots: int, elements: int, path: str) -> None:
-    assert torch_lora.choose_path(tokens, slots, elements, in_place=True, planned=True) == path
+def test_rule_with_slot_weights(tokens: int, slots: int, elements: int, slices: int, path: str) -> None:
+    chosen = torch_lora.choose_path(tokens, slots, elements, in_place=True, planned=True, num_slices=slices)
+    assert chosen == path
+    # the copied gathered form (bf16, or the kernels' layout) keeps its own rule
+    copied = torch_lora.choose_path(tokens, slots, elements, planned=True, num_slices=slices)
+    assert copied == torch_lora.choose_path(tokens, slots, elements)
 
 
 def test_the_rule_picks_the_planned_form_when_slot_weights_are_given(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -111,9 +116,9 @@ def test_the_rule_picks_the_planned_form_when_slot_weights_are_given(monkeypatch
             return _form(*args)
 
         monkeypatch.setattr(torch_lora, name, spy)
-    case = make_paged_case([0] * 8 + [1] * 8 + [2] * 8, hidden_in=32, slice_widths=(16, 16),
-                           ranks=[8, 16, 64], dtype=torch.float32, device=CPU, per_slice_scales=True,
-                           row_layout=True)
+    # 24 rows on one rank-64 adapter: 3 ops planned, against ~6.5 units for reading its weights per row
+    case = make_paged_case([0] * 24, hidden_in=32, slice_widths=(16, 16), ranks=[64], dtype=torch.float32,
+                           device=CPU, per_slice_scales=True, row_layout=True)
     _run(case, SlotWeights(), path=None)
     _run(case, None, path=None)
     assert ran == ["_planned", "_bagged_delta"]
