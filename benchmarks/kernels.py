@@ -161,7 +161,7 @@ def run_case(case: Case, device: torch.device, dtype: torch.dtype, quick: bool) 
 CPU_PATH_LAYERS = {"demo_qkv": (256, (256, 128, 128), 8), "demo_o": (256, (256,), 16),
                    "smollm2_gate_up": (576, (1536, 1536), 16), "7b_qkv": (4096, (4096, 1024, 1024), 16)}
 CPU_PATH_BATCHES = [(32, 1), (32, 4), (32, 8), (32, 16), (32, 32), (64, 32), (96, 32), (128, 32),
-                    (8, 8), (16, 4), (4, 2)]
+                    (8, 8), (16, 4), (4, 2), (512, 8), (1024, 32)]  # the last two: prefill
 CPU_PATH_RUNS = [("uniform", True), ("uniform", False), ("mixed", True)]  # (ranks, row layout)
 
 

@@ -11,7 +11,9 @@ input check on the hot path. Both backends take the same arguments:
     apply(out, x, lora_a [L, S, R, K], lora_b [L, N, R], scales, slice_widths, meta) -> out
           (the stacked layout: apply_paged with one page of R rows per slot)
 
-and trust them: the checks live in the public `add_lora_paged` / `add_lora_sliced`.
+and trust them: the checks live in the public `add_lora_paged` / `add_lora_sliced`. The torch
+path's `apply_paged` also takes `slot_weights=` (a layer's `torch_slot_weights.SlotWeights`, for
+its planned grouped form); the engine's CPU layers, which own one each, call it directly.
 """
 
 from __future__ import annotations
