@@ -55,11 +55,6 @@ class SlotWeights:
         """Bytes the copies hold now."""
         return sum(matrices.nbytes for matrices in self._slots.values())
 
-    def clear(self) -> None:
-        """Drops every copy (the layer's pool was reallocated)."""
-        self._placement = None
-        self._slots.clear()
-
     def of(
         self,
         lora_a_pages: torch.Tensor,  # [P, S, PR, K], any layout
