@@ -2,8 +2,9 @@
 
 A replica runs in its own session (process group), so it outlives the control plane and is
 adopted by the next one through its handle file (`replica_files.py`). A PID is only trusted
-together with the process start time recorded at launch (PIDs are reused). GPUs are reserved per
-replica from the ones `nvidia-smi` reports, by model, and passed as `CUDA_VISIBLE_DEVICES`.
+together with the process start recorded at launch (PIDs are reused; see `process_identity.py`).
+GPUs are reserved per replica from the ones `nvidia-smi` reports, by model, and passed as
+`CUDA_VISIBLE_DEVICES`.
 
 A replica runs a tenant's input: it starts from a minimal environment built here (never the
 control plane's `os.environ`), listens on loopback behind its own `API_KEY`, and runs confined by
@@ -41,6 +42,7 @@ from lorafleet.controlplane.launchers.base import (
     ReplicaStatus,
     cpu_threads_env,
 )
+from lorafleet.controlplane.launchers.process_identity import is_same_process, start_marks
 from lorafleet.controlplane.launchers.replica_files import ReplicaFiles, tail_lines
 from lorafleet.controlplane.launchers.sandbox import (
     Isolation,
@@ -216,7 +218,7 @@ class ProcessLauncher:
             os.close(output)
         handle: ReplicaHandle = {
             "replica_key": spec.replica_key, "launcher": self.name, "pid": child.pid,
-            "started": _create_time(child.pid), "port": port, "host": self._config.host, "gpus": gpus,
+            **start_marks(child.pid), "port": port, "host": self._config.host, "gpus": gpus,
             "folder": str(files.folder), "uid": uid, "isolation": self.isolation.label, "digest": spec.digest,
         }
         with self._lock:
@@ -271,7 +273,7 @@ class ProcessLauncher:
             if code is None:
                 return ReplicaStatus("running", url)
             return ReplicaStatus("exited", url, code, f"process exited with code {code}")
-        if _matches(handle):
+        if is_same_process(handle):
             return ReplicaStatus("running", url)
         return ReplicaStatus("exited", url, None, "process is gone")
 
@@ -279,7 +281,7 @@ class ProcessLauncher:
         key = handle["replica_key"]
         with self._lock:
             child = self._children.pop(key, None)
-        if child is not None or _matches(handle):
+        if child is not None or is_same_process(handle):
             _terminate_group(handle["pid"], child)
         self._release(key)
         files = ReplicaFiles.of(handle)
@@ -305,7 +307,7 @@ class ProcessLauncher:
         alive = []
         for path in sorted(self._state_dir.glob("*.json")):
             handle = _read_handle(path)
-            if handle is None or not _matches(handle):
+            if handle is None or not is_same_process(handle):
                 path.unlink(missing_ok=True)  # its files stay until the reconciler stops the replica
                 continue
             with self._lock:
@@ -335,23 +337,6 @@ def _open_gate(child: subprocess.Popen[bytes]) -> None:
         child.stdin.close()
     except OSError:
         pass
-
-
-def _create_time(pid: int) -> float:
-    try:
-        return psutil.Process(pid).create_time()
-    except psutil.Error:
-        return 0.0
-
-
-def _matches(handle: ReplicaHandle) -> bool:
-    """Whether the handle's PID is still the process we started (same start time, not a zombie)."""
-    try:
-        process = psutil.Process(int(handle["pid"]))
-        same = abs(process.create_time() - float(handle.get("started", 0))) < 1.0
-        return same and process.status() != psutil.STATUS_ZOMBIE
-    except (psutil.Error, KeyError, ValueError):
-        return False
 
 
 def _group_alive(pgid: int) -> bool:
