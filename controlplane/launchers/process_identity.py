@@ -49,8 +49,9 @@ def is_same_process(handle: Mapping[str, Any]) -> bool:
     try:
         pid = int(handle["pid"])
         process = psutil.Process(pid)
-        if "start_ticks" in handle and _boot_id() is not None:
-            same = handle.get("boot_id") == _boot_id() and _start_ticks(pid) == int(handle["start_ticks"])
+        boot_id = _boot_id()
+        if "start_ticks" in handle and boot_id is not None:
+            same = handle.get("boot_id") == boot_id and _start_ticks(pid) == int(handle["start_ticks"])
         else:
             same = abs(process.create_time() - float(handle.get("started", 0))) < WALL_CLOCK_SLACK_S
         return same and process.status() != psutil.STATUS_ZOMBIE
