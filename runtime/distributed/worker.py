@@ -31,6 +31,7 @@ from lorafleet.runtime.distributed.messages import (
 from lorafleet.runtime.distributed.plan import ShardPlan
 from lorafleet.runtime.engine.config import EngineConfig
 from lorafleet.runtime.engine.model_runner import AdapterWrite, ModelRunner
+from lorafleet.runtime.layers import dense
 from lorafleet.runtime.models.loader import load_model
 
 logger = logging.getLogger(__name__)
@@ -63,6 +64,8 @@ def _build(setup: WorkerSetup) -> ModelRunner:
     plan = ShardPlan(setup.rank, setup.world, setup.model)
     model = load_model(setup.model_dir, setup.model, dtype=setup.dtype, device=device, lora=setup.lora,
                        shard=(plan, AllReduce()))
+    if device.type == "cpu":  # this shard's weight shapes, timed on this process's threads
+        dense.tune(model.dense_weights(), logger.info)
     received: list[EngineConfig | None] = [None]
     dist.broadcast_object_list(received, src=0)
     config = received[0]

@@ -13,6 +13,7 @@ from lorafleet.runtime.args import EngineArgs
 from lorafleet.runtime.engine import memory, setup, warmup
 from lorafleet.runtime.engine.config import EngineConfig
 from lorafleet.runtime.errors import EngineError
+from lorafleet.runtime.layers import dense
 from lorafleet.runtime.models.args import LoraCapacity, ModelArgs
 from lorafleet.runtime.models.decoder import DecoderModel
 from lorafleet.runtime.models.generation_config import read_generation_config, token_ids
@@ -39,6 +40,8 @@ def load_parts(
     lora = LoraCapacity(args.max_loaded_adapters, args.max_lora_rank)
     model = load_model(model_dir, model_args, dtype=dtype, device=device, lora=lora, progress=say,
                        shard=(shards.plan, shards.reduce) if shards is not None else None)
+    if device.type == "cpu":  # which matmul form is faster depends on the machine: measured
+        dense.tune(model.dense_weights(), say)
     page_bytes = model.page_bytes()  # a shard's: the adapter budget is per shard
     num_pages = memory.adapter_pages(args, sum(page_bytes.values()), device)
     model.allocate_adapter_pages(num_pages)  # before the KV cache is sized: it gets the rest

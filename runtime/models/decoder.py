@@ -224,6 +224,10 @@ class DecoderModel(nn.Module):
         for holder in self.paged_holders:
             holder.allocate_pages(num_pages, dtype=self.dtype, device=holder.weight.device)
 
+    def dense_weights(self) -> list[torch.Tensor]:
+        """The weights that go through `layers.dense.linear`: every base linear layer's and the LM head."""
+        return [holder.weight for holder in self.paged_holders] + [self.lm_head_weight]
+
     def page_bytes(self) -> dict[str, int]:
         """Per projection group, the bytes of one page index across its layers."""
         costs: dict[str, int] = {}
