@@ -6,7 +6,10 @@ new tokens (ignore_eos), ~32-token prompts, two scenarios: `base` (every request
 and `mixed` (8 requests each on the base and the three adapters). Each system first runs the 32
 prompts for `WARM_UP_TOKENS` tokens, untimed: a process's first large prefill pays seconds of
 first-touch allocation on the CPU, once, which would otherwise land on whichever scenario runs
-first. Measured, each system in its own process so no two share an OpenMP pool, in interleaved
+first. The prefix cache is off in both lorafleet systems: the warm-up (on the base) would otherwise
+leave the base scenario's prompts cached and not the adapters' (the cache is per adapter), so `base`
+would skip its prefill and `mixed` would not (`engine_prefix.py` measures the cache). Measured, each
+system in its own process so no two share an OpenMP pool, in interleaved
 rounds (a noisy moment on this shared machine hits every system alike), median over rounds:
 
 - engine: `Engine.generate` of the 32 requests at once (one continuous batch);
@@ -68,7 +71,7 @@ def _engine(model_dir: Path, adapters: dict[str, str]) -> dict[str, Any]:
     from lorafleet.runtime.engine import Engine, GenerationRequest, SamplingParams
 
     engine = Engine.from_pretrained(
-        model_dir, adapters=adapters, max_loaded_adapters=4, progress=lambda _: None
+        model_dir, adapters=adapters, max_loaded_adapters=4, prefix_caching=False, progress=lambda _: None
     )
     work = prompts_and_adapters(engine.tokenizer.encode, engine.tokenizer.decode)
     params = SamplingParams(max_new_tokens=NEW_TOKENS, ignore_eos=True)
@@ -94,7 +97,8 @@ def _server(model_dir: Path, adapters: dict[str, str]) -> dict[str, Any]:
 
     tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
     work = prompts_and_adapters(lambda t: tokenizer.encode(t).ids, tokenizer.decode)
-    process, url = start_server(model_dir, {k: Path(v) for k, v in adapters.items()}, NUM_REQUESTS)
+    process, url = start_server(model_dir, {k: Path(v) for k, v in adapters.items()}, NUM_REQUESTS,
+                                ("--prefix-caching", "false"))
 
     async def scenario(adapter_ids: list[str | None]) -> float:
         async def one(

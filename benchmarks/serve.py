@@ -124,7 +124,7 @@ def free_port() -> int:
 
 
 def start_server(
-    model_dir: Path, adapters: dict[str, Path], concurrency: int
+    model_dir: Path, adapters: dict[str, Path], concurrency: int, extra_args: tuple[str, ...] = ()
 ) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = {
@@ -149,6 +149,7 @@ def start_server(
         str(concurrency * 4),
         "--log-level",
         "warning",
+        *extra_args,
     ]
     process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=sys.stderr)
     url = f"http://127.0.0.1:{port}"
