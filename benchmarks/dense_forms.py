@@ -69,7 +69,7 @@ def measure(name: str, repeats: int) -> dict[str, Any]:
             results.append({"weight": projection, "out": weight.shape[0], "in": weight.shape[1], "rows": rows,
                             "plain_us": round(min(plain) * 1e6, 1), "blocks_us": round(min(blocks) * 1e6, 1),
                             "plain_over_blocks": round(min(plain) / min(blocks), 3)})
-    plan, _ = dense.measure_plan(weights.values())
+    plan = dense.measure_plan(weights.values()).plan
     names = {tuple(w.shape): projection for projection, w in weights.items()}
     chosen = sorted(f"{names[(out, k)]}@{dense.ROW_CLASSES[c]}" for out, k, c in plan.blocked)
     return {"benchmark": "dense-forms", "shape": name, "threads": torch.get_num_threads(),

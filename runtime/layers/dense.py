@@ -33,6 +33,7 @@ MIN_ROWS = 2  # fewer rows: a matrix-vector product, where blocks only add calls
 ROW_CLASSES = (8, 32, 256)  # rows timed for each class: 2-15 rows, 16-127 (decode), 128+ (prefill)
 TUNE_ROUNDS = 3  # alternations of the two forms per (shape, row class); the fastest of each counts
 TUNE_MARGIN = 0.03  # the blocks must be this much faster, or the plain call is kept
+TUNE_BUDGET_S = 10.0  # no pair is timed once the timed calls cost this (SmolLM2 shape: 1.5-3 s in all)
 
 
 def row_class(rows: int) -> int:
@@ -146,48 +147,70 @@ def seconds_per_call(call: Callable[[], object], repeats: int) -> float:
     return (time.perf_counter() - start) / repeats
 
 
+@dataclass(frozen=True)
+class PlanMeasurement:
+    """What `measure_plan` found: the plan, each pair's timing, and the pairs left unmeasured."""
+
+    plan: BlockPlan
+    timings: list[Timing]
+    unmeasured: list[tuple[int, int, int]]  # (out features, in features, rows): plain, untimed
+
+
 def measure_plan(
     weights: Iterable[torch.Tensor],
     *,
     clock: Callable[[functools.partial[torch.Tensor], int], float] = seconds_per_call,
-) -> tuple[BlockPlan, list[Timing]]:
+    budget_s: float = TUNE_BUDGET_S,
+) -> PlanMeasurement:
     """Times `F.linear` against the column blocks on each distinct candidate weight shape at each
     of `ROW_CLASSES`' row counts (the two forms alternated `TUNE_ROUNDS` times, the fastest of each
     compared), and returns the plan of the pairs where the blocks are `TUNE_MARGIN` faster, with
-    every timing. The weights are the model's own (no copy); the inputs are random."""
+    every timing. The weights are the model's own (no copy); the inputs are random.
+
+    The row classes are timed in order (decode-sized batches first), and once the timed calls
+    have cost `budget_s` seconds the remaining pairs are left to `F.linear` untimed: a large model
+    on a slow CPU starts a bounded time later, and what it gives up is the prefill-sized choices.
+    """
     by_shape: dict[tuple[int, int], torch.Tensor] = {}
     for weight in weights:
         if weight.device.type == "cpu" and weight.dtype == torch.float32 and weight.shape[0] > COLUMN_BLOCK:
             by_shape.setdefault((weight.shape[0], weight.shape[1]), weight)
     generator = torch.Generator().manual_seed(0)
     blocked: set[tuple[int, int, int]] = set()
-    timings = []
-    for (out_features, in_features), weight in sorted(by_shape.items()):
-        for index, rows in enumerate(ROW_CLASSES):
+    timings, unmeasured = [], []
+    spent = 0.0
+    for index, rows in enumerate(ROW_CLASSES):
+        for (out_features, in_features), weight in sorted(by_shape.items()):
+            if spent >= budget_s:
+                unmeasured.append((out_features, in_features, rows))
+                continue
             x = torch.randn(rows, in_features, generator=generator)
             repeats = max(1, min(20, int(2e8 // (2 * rows * in_features * out_features))))  # ~5-50 ms
             plain, blocks = [], []
             for _ in range(TUNE_ROUNDS):
                 plain.append(clock(functools.partial(F.linear, x, weight), repeats))
                 blocks.append(clock(functools.partial(blocked_linear, x, weight), repeats))
+            spent += (sum(plain) + sum(blocks)) * (repeats + 1)  # + the unmeasured call of each
             timing = Timing(out_features, in_features, rows, min(plain) * 1e6, min(blocks) * 1e6)
             timings.append(timing)
             if timing.blocks_win:
                 blocked.add((out_features, in_features, index))
-    return BlockPlan(frozenset(blocked)), timings
+    return PlanMeasurement(BlockPlan(frozenset(blocked)), timings, unmeasured)
 
 
 def tune(weights: Iterable[torch.Tensor], say: Callable[[str], None] | None = None) -> BlockPlan:
     """`measure_plan` on a model's weights, made the process's plan; `say` gets one line about it."""
     start = time.perf_counter()
-    plan, timings = measure_plan(weights)
-    set_plan(plan)
-    if say is not None and timings:
+    found = measure_plan(weights)
+    set_plan(found.plan)
+    if say is not None and found.timings:
         chosen = ", ".join(
             f"{t.out_features}x{t.in_features}@{t.rows} {'blocks' if t.blocks_win else 'plain'}"
             f" {t.plain_us / max(t.blocks_us, 1e-9):.2f}"
-            for t in timings
+            for t in found.timings
         )
+        left = (f"; {len(found.unmeasured)} (shape, batch) pairs left plain, untimed (time budget)"
+                if found.unmeasured else "")
         say(f"CPU matmul forms measured in {time.perf_counter() - start:.1f} s "
-            f"(weight@rows form, plain/blocks speed): {chosen}")
-    return plan
+            f"(weight@rows form, plain/blocks speed): {chosen}{left}")
+    return found.plan

@@ -103,13 +103,29 @@ def test_measure_plan_keeps_the_blocks_only_where_they_win_by_the_margin() -> No
 
     weights = [torch.empty(3000, 64), torch.empty(3000, 64), torch.empty(500, 64),
                torch.empty(3000, 64, dtype=torch.bfloat16), torch.empty(2000, 32)]
-    plan, timings = dense.measure_plan(weights, clock=clock)
-    assert plan == dense.BlockPlan(frozenset({(3000, 64, 0)}))
-    assert [(t.out_features, t.in_features, t.rows) for t in timings] == [
-        (2000, 32, 8), (2000, 32, 32), (2000, 32, 256), (3000, 64, 8), (3000, 64, 32), (3000, 64, 256)
+    found = dense.measure_plan(weights, clock=clock, budget_s=float("inf"))
+    assert found.plan == dense.BlockPlan(frozenset({(3000, 64, 0)}))
+    assert [(t.out_features, t.in_features, t.rows) for t in found.timings] == [  # decode sizes first
+        (2000, 32, 8), (3000, 64, 8), (2000, 32, 32), (3000, 64, 32), (2000, 32, 256), (3000, 64, 256)
     ]
+    assert found.unmeasured == []
     assert len(timed) == 6 * 2 * dense.TUNE_ROUNDS
     assert {shape for _, shape, _ in timed} == {(3000, 64), (2000, 32)}
+
+
+def test_measure_plan_stops_timing_at_its_budget_and_leaves_the_rest_plain() -> None:
+    """A clock that says the blocks take 0.5 s a call and `F.linear` 1 s: the first pair's timed
+    calls (3 rounds x 2 forms x (repeats + 1 unmeasured) calls) exceed a 10 s budget at once."""
+    def clock(call: functools.partial[torch.Tensor], repeats: int) -> float:
+        return 0.5 if call.func is dense.blocked_linear else 1.0
+
+    weights = [torch.empty(3000, 64), torch.empty(2000, 32)]
+    found = dense.measure_plan(weights, clock=clock, budget_s=10.0)
+    assert [(t.out_features, t.rows) for t in found.timings] == [(2000, 8)]
+    assert found.plan == dense.BlockPlan(frozenset({(2000, 32, 0)}))
+    assert found.unmeasured == [
+        (3000, 64, 8), (2000, 32, 32), (3000, 64, 32), (2000, 32, 256), (3000, 64, 256)
+    ]
 
 
 def test_engine_measures_the_plan_at_start_and_answers_the_same_under_any_plan(restore_plan: None) -> None:
