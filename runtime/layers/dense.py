@@ -78,23 +78,22 @@ def current_plan() -> BlockPlan:
     return _plan
 
 
+def is_wide_cpu_weight(weight: torch.Tensor) -> bool:
+    """Whether the blocks can apply to this weight at all: fp32 on the CPU, wider than one block."""
+    return weight.device.type == "cpu" and weight.dtype == torch.float32 and weight.shape[0] > COLUMN_BLOCK
+
+
 def can_use_blocks(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether the blocks are a candidate: fp32 on the CPU, a flat batch, a weight wider than a block."""
-    return (
-        x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and weight.dtype == torch.float32
-        and x.dim() == 2
-        and x.shape[0] >= MIN_ROWS
-        and weight.shape[0] > COLUMN_BLOCK
-    )
+    """Whether the blocks are a candidate: a wide CPU weight and a flat fp32 batch of several rows."""
+    return x.dtype == torch.float32 and x.dim() == 2 and x.shape[0] >= MIN_ROWS and is_wide_cpu_weight(weight)
 
 
 def uses_column_blocks(x: torch.Tensor, weight: torch.Tensor, plan: BlockPlan | None = None) -> bool:
     """Whether `linear(x, weight)` runs in column blocks under `plan` (by default the process's)."""
     plan = _plan if plan is None else plan
     return (
-        can_use_blocks(x, weight)
+        bool(plan.blocked)  # an empty plan (GPU, nothing measured, blocks never won): nothing to check
+        and can_use_blocks(x, weight)
         and (weight.shape[0], weight.shape[1], row_class(x.shape[0])) in plan.blocked
     )
 
@@ -173,7 +172,7 @@ def measure_plan(
     """
     by_shape: dict[tuple[int, int], torch.Tensor] = {}
     for weight in weights:
-        if weight.device.type == "cpu" and weight.dtype == torch.float32 and weight.shape[0] > COLUMN_BLOCK:
+        if is_wide_cpu_weight(weight):
             by_shape.setdefault((weight.shape[0], weight.shape[1]), weight)
     generator = torch.Generator().manual_seed(0)
     blocked: set[tuple[int, int, int]] = set()
