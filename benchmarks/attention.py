@@ -4,8 +4,9 @@ On CUDA, decode at batch 1/8/32 x context 512/4k/32k on a Llama-3-8B-shaped laye
 heads, 8 KV heads, head_dim 128, bf16, blocks of 16 tokens scattered over the pool):
 
     ours      the Triton decode kernel (split-K by rule), reading the blocks in place
-    gathered  what runtime/layers/attention.py does today: gather each sequence's blocks into a
-              padded copy, then scaled_dot_product_attention with a mask (enable_gqa)
+    gathered  the CPU path's way (runtime/layers/attention.py): gather each sequence's blocks into
+              a padded copy, then scaled_dot_product_attention with a mask (here with enable_gqa;
+              the runtime passes each KV head's query heads as its rows, the same math)
 
 Both are timed as CUDA graphs (graph vs graph: no launch gaps on either side). Each graph
 replays the call over several layers of one KV pool, so that consecutive calls read different
@@ -65,7 +66,7 @@ def gathered_sdpa(
     context_lens: torch.Tensor,  # [B]
     scale: float,
 ) -> torch.Tensor:  # [B, H, D]
-    """The runtime's decode path today: a padded gathered copy of every sequence, a masked SDPA."""
+    """The CPU path's decode: a padded gathered copy of every sequence, a masked SDPA."""
     def gather(cache: torch.Tensor) -> torch.Tensor:
         blocks = cache[block_tables.long()]  # [B, nb, bs, KVH, D]
         b, nb, bs, kvh, d = blocks.shape

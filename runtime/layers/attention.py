@@ -5,7 +5,10 @@ tokens live in the blocks its block table lists, in order. Each step first write
 keys/values at their slots, then attends:
 
 - decode rows (one new token per sequence) are batched: the blocks of every sequence are gathered
-  into [B, max_blocks * block_size] and padded positions are masked out;
+  into [B, max_blocks * block_size] and padded positions are masked out. The query heads that
+  share a KV head go in as that head's rows ([B, KVH, H/KVH, D] against [B, KVH, C, D]), so one
+  SDPA call reads each KV head once per sequence: the same math as grouped-query attention with
+  a third to a half less time on the CPU than SDPA's own `enable_gqa` (one query row per head);
 - prefill chunks run one sequence at a time with a causal mask offset by the tokens already cached.
 
 Both use `torch.nn.functional.scaled_dot_product_attention`, which on CUDA dispatches to its fused
@@ -44,11 +47,16 @@ class DecodeGroup:
     token_index: torch.Tensor  # [B] rows of the flat batch
     block_tables: torch.Tensor  # [B, max_blocks] int64, padded with 0
     context_lens: torch.Tensor  # [B] int64, tokens in the cache after this step's write
-    # Visibility masks [B, 1, 1, C] by sliding window, built by the first layer of the step that
-    # needs one and reused by every later layer (they all see the same contexts).
+    # Visibility masks [B, 1, 1, C] by sliding window, and their additive forms by dtype, built
+    # by the first layer of the step that needs one and reused by every later layer (they all see
+    # the same contexts).
     masks: dict[int | None, torch.Tensor] = field(default_factory=dict, compare=False, repr=False)
+    biases: dict[tuple[int | None, torch.dtype], torch.Tensor] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     def mask(self, window: int | None, context: int) -> torch.Tensor:
+        """True where a row's key is visible: inside its context (and its window)."""
         if window not in self.masks:
             key_pos = torch.arange(context, device=self.context_lens.device)[None, :]  # [1, C]
             visible = key_pos < self.context_lens[:, None]  # [B, C]
@@ -56,6 +64,15 @@ class DecodeGroup:
                 visible &= key_pos > (self.context_lens[:, None] - 1 - window)
             self.masks[window] = visible[:, None, None, :]
         return self.masks[window]
+
+    def bias(self, window: int | None, context: int, dtype: torch.dtype) -> torch.Tensor:
+        """The mask as SDPA's additive form: 0 where visible, -inf elsewhere. SDPA turns a bool
+        mask into this on every call; built once, it is not rebuilt by every layer."""
+        if (window, dtype) not in self.biases:
+            visible = self.mask(window, context)
+            zeros = torch.zeros(visible.shape, dtype=dtype, device=visible.device)
+            self.biases[window, dtype] = zeros.masked_fill_(~visible, float("-inf"))
+        return self.biases[window, dtype]
 
 
 @dataclass(frozen=True)
@@ -120,11 +137,20 @@ def _decode(
     sliding_window: int | None,
     soft_cap: float | None,
 ) -> torch.Tensor:  # [B, H, D]
-    query = q.index_select(0, group.token_index).unsqueeze(2)  # [B, H, 1, D]
-    keys = _gather(k_cache, group.block_tables)
+    rows, num_heads, head_dim = group.token_index.shape[0], q.shape[1], q.shape[2]
+    num_kv_heads = k_cache.shape[2]
+    # Query head h reads KV head h // (H / KVH): a KV head's query heads are consecutive, so they
+    # become its rows, [B, KVH, H / KVH, D].
+    query = q.index_select(0, group.token_index).view(rows, num_kv_heads, -1, head_dim)
+    keys = _gather(k_cache, group.block_tables)  # [B, KVH, C, D]
     values = _gather(v_cache, group.block_tables)
-    out = _attend(query, keys, values, group.mask(sliding_window, keys.shape[2]), scale, soft_cap)
-    return out.squeeze(2)
+    context = keys.shape[2]
+    if soft_cap is None:
+        mask = group.bias(sliding_window, context, query.dtype)
+    else:
+        mask = group.mask(sliding_window, context)
+    out = _attend(query, keys, values, mask, scale, soft_cap)
+    return out.reshape(rows, num_heads, head_dim)
 
 
 def _fresh_prefill(
@@ -174,7 +200,8 @@ def _attend(
     query: torch.Tensor,  # [B, H, n, D]
     keys: torch.Tensor,  # [B, KVH, ctx, D]
     values: torch.Tensor,  # [B, KVH, ctx, D]
-    mask: torch.Tensor | None,  # bool, broadcastable to [B, H, n, ctx]; None = causal
+    mask: torch.Tensor | None,  # broadcastable to [B, H, n, ctx]: bool, or additive without
+    # soft_cap; None = causal
     scale: float,
     soft_cap: float | None,
 ) -> torch.Tensor:  # [B, H, n, D]
