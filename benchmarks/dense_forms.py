@@ -1,9 +1,10 @@
-"""`F.linear` against the column-blocked matmul (`runtime/layers/dense.py`) on a real shape's weights.
+"""`F.linear` against the other CPU matmul forms (`runtime/layers/dense.py`) on a real shape's weights.
 
-Which form is faster depends on the machine and the batch (issue 18, fifth pass), which is why the
-engine measures it at start (`dense.tune`). This benchmark shows the whole picture for one machine:
-for each of `--shape`'s fused weights (q|k|v, o, gate|up, down, LM head; random values) wider than a
-block, and each batch of 1, 8, 32, 128 and 256 rows, the two forms timed in `--repeats`
+Which form is faster depends on the machine and the batch (issue 18, fifth and sixth passes), which
+is why the engine measures it at start (`dense.tune`). This benchmark shows the whole picture for
+one machine: for each of `--shape`'s fused weights (q|k|v, o, gate|up, down, LM head; random
+values) and each batch of 1, 8, 32, 128 and 256 rows, `F.linear` and each form the weight can take
+(column blocks: wider than a block; oneDNN: at least `MIN_ONEDNN_ELEMENTS`) timed in `--repeats`
 alternations on `--threads` threads, the fastest of each kept; then the plan `dense.measure_plan`
 (what an engine starting now would choose) on the same weights.
 
@@ -22,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
@@ -51,29 +51,32 @@ def fused_weights(name: str) -> dict[str, tuple[int, int]]:
 def measure(name: str, repeats: int) -> dict[str, Any]:
     generator = torch.Generator().manual_seed(0)
     weights = {
-        projection: torch.randn(size, generator=generator)
-        for projection, size in fused_weights(name).items()
-        if size[0] > dense.COLUMN_BLOCK
+        projection: torch.randn(size, generator=generator) for projection, size in fused_weights(name).items()
     }
     results = []
     for projection, weight in weights.items():
+        forms = (dense.PLAIN, *dense.candidate_forms(weight))
         for rows in ROWS:
             x = torch.randn(rows, weight.shape[1], generator=generator)
             calls = max(1, min(20, int(2e8 // (2 * rows * weight.shape[0] * weight.shape[1]))))
-            plain_call = functools.partial(F.linear, x, weight)
-            blocks_call = functools.partial(dense.blocked_linear, x, weight)
-            plain, blocks = [], []
+            seconds: dict[str, list[float]] = {form: [] for form in forms}
             for _ in range(repeats):
-                plain.append(dense.seconds_per_call(plain_call, calls))
-                blocks.append(dense.seconds_per_call(blocks_call, calls))
-            results.append({"weight": projection, "out": weight.shape[0], "in": weight.shape[1], "rows": rows,
-                            "plain_us": round(min(plain) * 1e6, 1), "blocks_us": round(min(blocks) * 1e6, 1),
-                            "plain_over_blocks": round(min(plain) / min(blocks), 3)})
+                for form, times in seconds.items():
+                    call = functools.partial(dense.FORM_CALLS[form], x, weight)
+                    times.append(dense.seconds_per_call(call, calls))
+            row: dict[str, Any] = {"weight": projection, "out": weight.shape[0], "in": weight.shape[1],
+                                   "rows": rows}
+            for form, times in seconds.items():
+                row[f"{form}_us"] = round(min(times) * 1e6, 1)
+            for form in forms[1:]:
+                row[f"speed_{form}"] = round(min(seconds[dense.PLAIN]) / min(seconds[form]), 3)
+            results.append(row)
     plan = dense.measure_plan(weights.values()).plan
     names = {tuple(w.shape): projection for projection, w in weights.items()}
-    chosen = sorted(f"{names[(out, k)]}@{dense.ROW_CLASSES[c]}" for out, k, c in plan.blocked)
+    chosen = sorted(f"{names[(out, k)]}@{dense.ROW_CLASSES[c]} {form}"
+                    for (out, k, c), form in plan.forms.items())
     return {"benchmark": "dense-forms", "shape": name, "threads": torch.get_num_threads(),
-            "results": results, "plan_blocks": chosen}
+            "results": results, "plan": chosen}
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
@@ -82,16 +85,19 @@ def plot(report: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    for weight in dict.fromkeys(r["weight"] for r in report["results"]):
-        rows = [r for r in report["results"] if r["weight"] == weight]
-        ax.plot([r["rows"] for r in rows], [r["plain_over_blocks"] for r in rows], marker="o", label=weight)
-    ax.axhline(1.0, color="gray", linewidth=0.8)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("rows in the batch")
-    ax.set_ylabel("speed of blocks ÷ F.linear")
-    ax.set_title(f"Column blocks against one F.linear, {report['shape']}, {report['threads']} threads")
-    ax.legend()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4), sharey=True)
+    for ax, form in zip(axes, (dense.BLOCKS, dense.ONEDNN), strict=True):
+        for weight in dict.fromkeys(r["weight"] for r in report["results"]):
+            rows = [r for r in report["results"] if r["weight"] == weight and f"speed_{form}" in r]
+            if rows:
+                speeds = [r[f"speed_{form}"] for r in rows]
+                ax.plot([r["rows"] for r in rows], speeds, marker="o", label=weight)
+        ax.axhline(1.0, color="gray", linewidth=0.8)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("rows in the batch")
+        ax.set_ylabel(f"speed of {form} ÷ F.linear")
+        ax.set_title(f"{form}, {report['shape']}, {report['threads']} threads")
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

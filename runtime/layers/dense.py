@@ -1,17 +1,25 @@
-"""`linear`: `torch.nn.functional.linear`, computed in column blocks where this machine runs that faster.
+"""`linear`: `torch.nn.functional.linear` on the CPU in whichever of three forms this machine runs fastest.
 
-On the CPU, torch's fp32 matmul (MKL's sgemm) packs the weight for every call, and on some machines
-it runs a weight with many output rows well below its speed on narrower ones. Computing the same
-output in blocks of at most `COLUMN_BLOCK` output features, each block one `mm` into its columns of
-the result, was 10-40 % faster on an AMD EPYC (AVX2) on the shapes of a decode or prefill step, but
-5-20 % slower on an Intel Xeon (AVX-512) at 32 rows and faster there at 8 (`docs/runtime.md`, "A
-real-sized model"). So which form runs is measured, not assumed: when an engine starts on the CPU,
-`tune` times both forms on the model's own wide weights at a few batch sizes and keeps a `BlockPlan`
-of the (weight shape, row class) pairs where the blocks win; until then (and on anything the plan
-does not name) `linear` is `F.linear`. Each output element is the same dot product computed by the
-same kernel, so the choice never changes a value: the blocks are bit-identical to `F.linear` on every
-shape of the supported models and on odd ones (`tests/runtime/test_dense.py`). A single row (a
-matrix-vector product), anything not fp32 on the CPU, and weights of one block are always `F.linear`.
+On the CPU, torch's fp32 matmul is MKL's sgemm, which packs the weight for every call, and whose
+speed at a decode step's few rows depends on the machine. Two other forms compute the same product:
+
+- **blocks**: the output in blocks of at most `COLUMN_BLOCK` output features, each block one `mm`
+  into its columns of the result. 10-40 % faster than one call on an AMD EPYC (AVX2) on a decode or
+  prefill step's shapes, 5-20 % slower on an Intel Xeon (AVX-512) at 32 rows and faster at 8. Each
+  output element is the same dot product computed by the same kernel: bit-identical to `F.linear`
+  (`tests/runtime/test_dense.py`). Only for weights wider than one block, at several rows.
+- **onednn**: the same fp32 product through oneDNN (`torch.ops.mkldnn._linear_pointwise`, the op
+  torch's own CPU compiler emits for a linear layer), which has its own kernels for each CPU. 1.1-2×
+  faster than MKL on an AMD EPYC (AVX-512) at 32 rows (`docs/runtime.md`, "Sixth pass"). It sums
+  in another order, so values differ from `F.linear` in the last bits (as any two fp32 GEMMs do;
+  still a full fp32 product, never a reduced precision unless the process asks torch for one).
+  Only for weights of at least `MIN_ONEDNN_ELEMENTS`: below that a call is mostly overhead.
+
+So which form runs is measured, not assumed: when an engine starts on the CPU, `tune` times the
+forms that can apply on the model's own weights at a few batch sizes and keeps a `MatmulPlan` of
+the (weight shape, row class) pairs where another form beats `F.linear` by `TUNE_MARGIN`; until
+then (and on anything the plan does not name) `linear` is `F.linear`. Anything not fp32 on the
+CPU and any input that is not a flat batch are always `F.linear`.
 
 The plan is process-wide, like the BLAS library and the thread count it describes; the engine (or a
 shard's worker) that builds a model sets it.
@@ -21,81 +29,100 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
+PLAIN, BLOCKS, ONEDNN = "plain", "blocks", "onednn"
 COLUMN_BLOCK = 1024  # output features per block (512-2048 measured; 1024 best on every shape)
 BLOCK_ALIGN = 64  # block starts are multiples of this: MKL's column panels line up with F.linear's
-MIN_ROWS = 2  # fewer rows: a matrix-vector product, where blocks only add calls
-ROW_CLASSES = (8, 32, 256)  # rows timed for each class: 2-15 rows, 16-127 (decode), 128+ (prefill)
-TUNE_ROUNDS = 3  # alternations of the two forms per (shape, row class); the fastest of each counts
-TUNE_MARGIN = 0.03  # the blocks must be this much faster, or the plain call is kept
-TUNE_BUDGET_S = 10.0  # no pair is timed once the timed calls cost this (SmolLM2 shape: 1.5-3 s in all)
+MIN_ONEDNN_ELEMENTS = 1 << 19  # 2 MiB of fp32 weight: SmolLM2's q|k|v and up; no test model's weight
+MIN_BLOCK_ROWS = 2  # fewer rows: a matrix-vector product, where blocks only add calls
+ROW_CLASSES = (1, 8, 32, 256)  # rows timed per class: 1 (one stream), 2-15, 16-127 (decode), 128+
+TUNE_ROUNDS = 3  # alternations of the forms per (shape, row class); the fastest of each counts
+TUNE_MARGIN = 0.03  # another form must be this much faster, or the plain call is kept
+TUNE_BUDGET_S = 10.0  # no pair is timed once the timed calls cost this (SmolLM2 shape: 3-6 s in all)
 
 
 def row_class(rows: int) -> int:
     """The index into `ROW_CLASSES` of a batch of `rows` rows."""
-    return 0 if rows < 16 else 1 if rows < 128 else 2
+    return 0 if rows < 2 else 1 if rows < 16 else 2 if rows < 128 else 3
 
 
 @dataclass(frozen=True)
-class BlockPlan:
-    """The (out features, in features, row class) where column blocks beat one `F.linear` here."""
+class MatmulPlan:
+    """The form that beat `F.linear` here, by (out features, in features, row class); absent: plain."""
 
-    blocked: frozenset[tuple[int, int, int]] = frozenset()
+    forms: Mapping[tuple[int, int, int], str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Timing:
-    """One measured pair: microseconds per call of `F.linear` and of the column blocks."""
+    """One measured pair: microseconds per call of each form timed (`PLAIN` always)."""
 
     out_features: int
     in_features: int
     rows: int
-    plain_us: float
-    blocks_us: float
+    us: Mapping[str, float]
 
     @property
-    def blocks_win(self) -> bool:
-        """Whether the blocks were at least `TUNE_MARGIN` faster."""
-        return self.blocks_us < (1 - TUNE_MARGIN) * self.plain_us
+    def chosen(self) -> str:
+        """The fastest form if it is at least `TUNE_MARGIN` faster than `F.linear`, else `PLAIN`."""
+        fastest = min(self.us, key=self.us.__getitem__)
+        return fastest if self.us[fastest] < (1 - TUNE_MARGIN) * self.us[PLAIN] else PLAIN
+
+    @property
+    def speedup(self) -> float:
+        """`F.linear`'s time over the fastest other form's (below 1: every other form was slower)."""
+        others = [us for form, us in self.us.items() if form != PLAIN]
+        return self.us[PLAIN] / max(min(others), 1e-9)
 
 
-_plan = BlockPlan()  # the process's plan: `set_plan` (by `tune`) is its only writer
+_plan = MatmulPlan()  # the process's plan: `set_plan` (by `tune`) is its only writer
 
 
-def set_plan(plan: BlockPlan) -> BlockPlan:
+def set_plan(plan: MatmulPlan) -> MatmulPlan:
     """Makes `plan` the process's plan; returns the one it replaces."""
     global _plan
     previous, _plan = _plan, plan
     return previous
 
 
-def current_plan() -> BlockPlan:
+def current_plan() -> MatmulPlan:
     return _plan
 
 
-def is_wide_cpu_weight(weight: torch.Tensor) -> bool:
-    """Whether the blocks can apply to this weight at all: fp32 on the CPU, wider than one block."""
-    return weight.device.type == "cpu" and weight.dtype == torch.float32 and weight.shape[0] > COLUMN_BLOCK
+@functools.cache
+def onednn_available() -> bool:
+    """Whether this torch has oneDNN's linear op (x86 and Arm CPU builds do)."""
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
-def can_use_blocks(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether the blocks are a candidate: a wide CPU weight and a flat fp32 batch of several rows."""
-    return x.dtype == torch.float32 and x.dim() == 2 and x.shape[0] >= MIN_ROWS and is_wide_cpu_weight(weight)
+def candidate_forms(weight: torch.Tensor, rows: int = MIN_BLOCK_ROWS) -> tuple[str, ...]:
+    """The forms other than `F.linear` that can apply to this weight at this many rows (none unless
+    fp32 on the CPU)."""
+    if weight.device.type != "cpu" or weight.dtype != torch.float32 or weight.dim() != 2:
+        return ()
+    forms: tuple[str, ...] = (BLOCKS,) if weight.shape[0] > COLUMN_BLOCK and rows >= MIN_BLOCK_ROWS else ()
+    if weight.numel() >= MIN_ONEDNN_ELEMENTS and onednn_available():
+        forms += (ONEDNN,)
+    return forms
 
 
-def uses_column_blocks(x: torch.Tensor, weight: torch.Tensor, plan: BlockPlan | None = None) -> bool:
-    """Whether `linear(x, weight)` runs in column blocks under `plan` (by default the process's)."""
+def takes_other_forms(x: torch.Tensor) -> bool:
+    """Whether an input can go another way than `F.linear`: a flat fp32 batch."""
+    return x.dtype == torch.float32 and x.dim() == 2 and x.shape[0] > 0
+
+
+def form_of(x: torch.Tensor, weight: torch.Tensor, plan: MatmulPlan | None = None) -> str:
+    """The form `linear(x, weight)` runs under `plan` (by default the process's)."""
     plan = _plan if plan is None else plan
-    return (
-        bool(plan.blocked)  # an empty plan (GPU, nothing measured, blocks never won): nothing to check
-        and can_use_blocks(x, weight)
-        and (weight.shape[0], weight.shape[1], row_class(x.shape[0])) in plan.blocked
-    )
+    if not plan.forms or not takes_other_forms(x):  # an empty plan: GPU, or nothing measured
+        return PLAIN
+    form = plan.forms.get((weight.shape[0], weight.shape[1], row_class(x.shape[0])))
+    return PLAIN if form is None or form not in candidate_forms(weight, x.shape[0]) else form
 
 
 @functools.lru_cache(maxsize=64)  # a handful of widths per model, asked on every matmul
@@ -129,12 +156,24 @@ def blocked_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     return out
 
 
+def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`F.linear(x, weight, bias)` through oneDNN (x [T, K] fp32 on the CPU): the same product,
+    summed in oneDNN's order."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+FORM_CALLS: dict[str, Callable[..., torch.Tensor]] = {
+    PLAIN: F.linear, BLOCKS: blocked_linear, ONEDNN: onednn_linear,
+}
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """`F.linear(x, weight, bias)` for x [T, K], weight [N, K], bias [N]: the same values, bit for bit,
-    in whichever form the process's plan says is faster for this shape."""
-    if uses_column_blocks(x, weight):
-        return blocked_linear(x, weight, bias)
-    return F.linear(x, weight, bias)
+    """`F.linear(x, weight, bias)` for x [T, K], weight [N, K], bias [N], in whichever form the
+    process's plan says is faster for this shape."""
+    form = form_of(x, weight)
+    if form == PLAIN:
+        return F.linear(x, weight, bias)
+    return FORM_CALLS[form](x, weight, bias)
 
 
 def seconds_per_call(call: Callable[[], object], repeats: int) -> float:
@@ -150,21 +189,23 @@ def seconds_per_call(call: Callable[[], object], repeats: int) -> float:
 class PlanMeasurement:
     """What `measure_plan` found: the plan, each pair's timing, and the pairs left unmeasured."""
 
-    plan: BlockPlan
+    plan: MatmulPlan
     timings: list[Timing]
     unmeasured: list[tuple[int, int, int]]  # (out features, in features, rows): plain, untimed
 
 
+@torch.no_grad()  # any weights: the model's own (frozen) or a module's (e.g. a benchmark's)
 def measure_plan(
     weights: Iterable[torch.Tensor],
     *,
     clock: Callable[[functools.partial[torch.Tensor], int], float] = seconds_per_call,
     budget_s: float = TUNE_BUDGET_S,
 ) -> PlanMeasurement:
-    """Times `F.linear` against the column blocks on each distinct candidate weight shape at each
-    of `ROW_CLASSES`' row counts (the two forms alternated `TUNE_ROUNDS` times, the fastest of each
-    compared), and returns the plan of the pairs where the blocks are `TUNE_MARGIN` faster, with
-    every timing. The weights are the model's own (no copy); the inputs are random.
+    """Times `F.linear` against the other forms that can apply (`candidate_forms`) on each distinct
+    weight shape at each of `ROW_CLASSES`' row counts (the forms alternated `TUNE_ROUNDS` times, the
+    fastest of each compared), and returns the plan of the pairs where another form is
+    `TUNE_MARGIN` faster, with every timing. The weights are the model's own (no copy); the inputs
+    are random.
 
     The row classes are timed in order (decode-sized batches first), and once the timed calls
     have cost `budget_s` seconds the remaining pairs are left to `F.linear` untimed: a large model
@@ -172,44 +213,45 @@ def measure_plan(
     """
     by_shape: dict[tuple[int, int], torch.Tensor] = {}
     for weight in weights:
-        if is_wide_cpu_weight(weight):
+        if candidate_forms(weight):
             by_shape.setdefault((weight.shape[0], weight.shape[1]), weight)
     generator = torch.Generator().manual_seed(0)
-    blocked: set[tuple[int, int, int]] = set()
+    forms: dict[tuple[int, int, int], str] = {}
     timings, unmeasured = [], []
     spent = 0.0
     for index, rows in enumerate(ROW_CLASSES):
         for (out_features, in_features), weight in sorted(by_shape.items()):
+            candidates = candidate_forms(weight, rows)
+            if not candidates:  # blocks at one row
+                continue
             if spent >= budget_s:
                 unmeasured.append((out_features, in_features, rows))
                 continue
             x = torch.randn(rows, in_features, generator=generator)
             repeats = max(1, min(20, int(2e8 // (2 * rows * in_features * out_features))))  # ~5-50 ms
-            plain, blocks = [], []
+            seconds: dict[str, list[float]] = {form: [] for form in (PLAIN, *candidates)}
             for _ in range(TUNE_ROUNDS):
-                plain.append(clock(functools.partial(F.linear, x, weight), repeats))
-                blocks.append(clock(functools.partial(blocked_linear, x, weight), repeats))
-            spent += (sum(plain) + sum(blocks)) * (repeats + 1)  # + the unmeasured call of each
-            timing = Timing(out_features, in_features, rows, min(plain) * 1e6, min(blocks) * 1e6)
+                for form, times in seconds.items():
+                    times.append(clock(functools.partial(FORM_CALLS[form], x, weight), repeats))
+            spent += sum(map(sum, seconds.values())) * (repeats + 1)  # + the unmeasured call of each
+            timing = Timing(out_features, in_features, rows, {f: min(t) * 1e6 for f, t in seconds.items()})
             timings.append(timing)
-            if timing.blocks_win:
-                blocked.add((out_features, in_features, index))
-    return PlanMeasurement(BlockPlan(frozenset(blocked)), timings, unmeasured)
+            if timing.chosen != PLAIN:
+                forms[out_features, in_features, index] = timing.chosen
+    return PlanMeasurement(MatmulPlan(forms), timings, unmeasured)
 
 
-def tune(weights: Iterable[torch.Tensor], say: Callable[[str], None] | None = None) -> BlockPlan:
+def tune(weights: Iterable[torch.Tensor], say: Callable[[str], None] | None = None) -> MatmulPlan:
     """`measure_plan` on a model's weights, made the process's plan; `say` gets one line about it."""
     start = time.perf_counter()
     found = measure_plan(weights)
     set_plan(found.plan)
     if say is not None and found.timings:
         chosen = ", ".join(
-            f"{t.out_features}x{t.in_features}@{t.rows} {'blocks' if t.blocks_win else 'plain'}"
-            f" {t.plain_us / max(t.blocks_us, 1e-9):.2f}"
-            for t in found.timings
+            f"{t.out_features}x{t.in_features}@{t.rows} {t.chosen} {t.speedup:.2f}" for t in found.timings
         )
         left = (f"; {len(found.unmeasured)} (shape, batch) pairs left plain, untimed (time budget)"
                 if found.unmeasured else "")
         say(f"CPU matmul forms measured in {time.perf_counter() - start:.1f} s "
-            f"(weight@rows form, plain/blocks speed): {chosen}{left}")
+            f"(weight@rows form kept, F.linear's time / the fastest other form's): {chosen}{left}")
     return found.plan

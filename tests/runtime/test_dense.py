@@ -1,5 +1,5 @@
-"""`layers.dense`: the column-blocked CPU matmul equals `F.linear` bit for bit, and which form runs
-is the measured plan's choice."""
+"""`layers.dense`: the column-blocked CPU matmul equals `F.linear` bit for bit, oneDNN's matches it
+to fp32 rounding, and which form runs is the measured plan's choice."""
 
 from __future__ import annotations
 
@@ -33,20 +33,59 @@ def test_blocks_equal_f_linear_bit_for_bit(rows: int, out_features: int, with_bi
     x = torch.randn(rows, 576, generator=generator)
     weight = torch.randn(out_features, 576, generator=generator)
     bias = torch.randn(out_features, generator=generator) if with_bias else None
-    assert dense.can_use_blocks(x, weight)
+    assert dense.BLOCKS in dense.candidate_forms(weight) and dense.takes_other_forms(x)
     assert torch.equal(dense.blocked_linear(x, weight, bias), F.linear(x, weight, bias))
+
+
+needs_onednn = pytest.mark.skipif(not dense.onednn_available(), reason="this torch has no oneDNN")
+
+
+@needs_onednn
+@pytest.mark.parametrize("rows", [2, 7, 32, 300])
+@pytest.mark.parametrize(
+    ("out_features", "in_features"), [(960, 576), (3072, 576), (576, 1536), (49152, 576)]
+)
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_onednn_equals_f_linear_to_fp32_rounding(
+    rows: int, out_features: int, in_features: int, with_bias: bool
+) -> None:
+    """The same fp32 product summed in another order: as close to the exact product as `F.linear`."""
+    generator = torch.Generator().manual_seed(rows * out_features + in_features)
+    x = torch.randn(rows, in_features, generator=generator)
+    weight = torch.randn(out_features, in_features, generator=generator)
+    bias = torch.randn(out_features, generator=generator) if with_bias else None
+    assert dense.ONEDNN in dense.candidate_forms(weight)
+    exact = F.linear(x.double(), weight.double(), None if bias is None else bias.double())
+    plain_error = (F.linear(x, weight, bias) - exact).abs().max().item()
+    onednn = dense.onednn_linear(x, weight, bias)
+    assert onednn.dtype == torch.float32 and onednn.shape == (rows, out_features)
+    assert (onednn - exact).abs().max().item() <= 4 * plain_error + 1e-6
 
 
 def test_linear_runs_the_form_the_plan_names(restore_plan: None) -> None:
     x, weight = torch.randn(32, 96), torch.randn(3000, 96)
-    assert not dense.uses_column_blocks(x, weight, dense.BlockPlan())  # nothing measured: plain
-    plan = dense.BlockPlan(frozenset({(3000, 96, dense.row_class(32))}))
-    assert dense.uses_column_blocks(x, weight, plan)
-    assert not dense.uses_column_blocks(x[:8], weight, plan)  # another row class
-    assert not dense.uses_column_blocks(x, torch.randn(3000, 97), plan)  # another shape
+    assert dense.form_of(x, weight, dense.MatmulPlan()) == dense.PLAIN  # nothing measured
+    plan = dense.MatmulPlan({(3000, 96, dense.row_class(32)): dense.BLOCKS})
+    assert dense.form_of(x, weight, plan) == dense.BLOCKS
+    assert dense.form_of(x[:8], weight, plan) == dense.PLAIN  # another row class
+    assert dense.form_of(x, torch.randn(3000, 97), plan) == dense.PLAIN  # another shape
     dense.set_plan(plan)
-    assert dense.uses_column_blocks(x, weight)
+    assert dense.form_of(x, weight) == dense.BLOCKS
     assert torch.equal(dense.linear(x, weight), F.linear(x, weight))
+
+
+@needs_onednn
+def test_linear_runs_onednn_where_the_plan_names_it(restore_plan: None) -> None:
+    x, weight = torch.randn(32, 200), torch.randn(3000, 200)  # 600 000 elements: a candidate
+    dense.set_plan(dense.MatmulPlan({(3000, 200, dense.row_class(32)): dense.ONEDNN}))
+    assert dense.form_of(x, weight) == dense.ONEDNN
+    assert dense.form_of(x[:8], weight) == dense.PLAIN
+    torch.testing.assert_close(dense.linear(x, weight), F.linear(x, weight), rtol=1e-5, atol=1e-4)
+    dense.set_plan(dense.MatmulPlan({(3000, 200, dense.row_class(1)): dense.ONEDNN}))
+    assert dense.form_of(x[:1], weight) == dense.ONEDNN  # one stream's decode: a matrix-vector product
+    small = torch.randn(3000, 100)  # a plan that names a form the weight cannot take runs F.linear
+    dense.set_plan(dense.MatmulPlan({(3000, 100, dense.row_class(32)): dense.ONEDNN}))
+    assert dense.form_of(x[:, :100], small) == dense.PLAIN
 
 
 def test_strided_input_and_weight_view() -> None:
@@ -55,23 +94,24 @@ def test_strided_input_and_weight_view() -> None:
     fused = torch.randn(5000, 96)
     weight = fused[1000:4500]
     assert torch.equal(dense.blocked_linear(x, weight), F.linear(x, weight))
+    if dense.onednn_available():
+        torch.testing.assert_close(dense.onednn_linear(x, weight), F.linear(x, weight), rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.parametrize(
     ("x", "weight"),
     [
-        (torch.randn(1, 64), torch.randn(4096, 64)),  # one row: a matrix-vector product
-        (torch.randn(8, 64), torch.randn(dense.COLUMN_BLOCK, 64)),  # one block already
-        (torch.randn(8, 64, dtype=torch.bfloat16), torch.randn(4096, 64, dtype=torch.bfloat16)),
+        (torch.randn(8, 64), torch.randn(dense.COLUMN_BLOCK, 64)),  # one block, below oneDNN's size
+        (torch.randn(1, 64), torch.randn(4096, 64)),  # one row: no blocks (and too small for oneDNN)
+        (torch.randn(8, 600, dtype=torch.bfloat16), torch.randn(4096, 600, dtype=torch.bfloat16)),
         (torch.randn(2, 8, 64), torch.randn(4096, 64)),  # not a flat batch
     ],
 )
 def test_other_cases_are_f_linear_whatever_the_plan(x: torch.Tensor, weight: torch.Tensor) -> None:
-    everything = dense.BlockPlan(frozenset(
-        (weight.shape[0], weight.shape[-1], c) for c in range(len(dense.ROW_CLASSES))
-    ))
-    assert not dense.can_use_blocks(x, weight)
-    assert not dense.uses_column_blocks(x, weight, everything)
+    for form in (dense.BLOCKS, dense.ONEDNN):
+        everything = dense.MatmulPlan({(weight.shape[0], weight.shape[-1], c): form
+                                       for c in range(len(dense.ROW_CLASSES))})
+        assert dense.form_of(x, weight, everything) == dense.PLAIN
 
 
 def test_blocks_cover_every_column_once() -> None:
@@ -85,63 +125,111 @@ def test_blocks_cover_every_column_once() -> None:
         assert min(widths) >= dense.COLUMN_BLOCK // 2
 
 
-def test_measure_plan_keeps_the_blocks_only_where_they_win_by_the_margin() -> None:
-    """A scripted clock: blocks 10 % faster for 3000x64 at 8 rows, 1 % faster (under the margin) for
-    2000x32 everywhere, slower elsewhere. Duplicates are timed once; narrow and bf16 weights never."""
+FORM_OF_CALL = {F.linear: dense.PLAIN, dense.blocked_linear: dense.BLOCKS, dense.onednn_linear: dense.ONEDNN}
+
+
+@needs_onednn
+def test_measure_plan_keeps_another_form_only_where_it_wins_by_the_margin() -> None:
+    """A scripted clock: blocks 10 % faster for 3000x64 at 8 rows and 1 % faster (under the margin)
+    for 2000x32 everywhere; oneDNN 20 % faster for 1024x512 at 32 rows and 2 % at 8 and 256; every
+    other form slower. Duplicates are timed once; small and bf16 weights never; each weight only in
+    the forms it can take (3000x64: blocks, from 2 rows; 1024x512, one block wide: oneDNN; 2048x512:
+    both), so at one row only the oneDNN candidates are timed."""
     timed: list[tuple[str, tuple[int, ...], int]] = []
 
     def clock(call: functools.partial[torch.Tensor], repeats: int) -> float:
         x, weight = call.args
-        blocks = call.func is dense.blocked_linear
-        assert blocks or call.func is F.linear
-        timed.append(("blocks" if blocks else "plain", tuple(weight.shape), x.shape[0]))
-        if not blocks:
+        form, shape, rows = FORM_OF_CALL[call.func], tuple(weight.shape), x.shape[0]
+        timed.append((form, shape, rows))
+        scripted = {(dense.BLOCKS, (3000, 64), 8): 0.9, (dense.ONEDNN, (1024, 512), 32): 0.8,
+                    (dense.ONEDNN, (1024, 512), 8): 0.98, (dense.ONEDNN, (1024, 512), 256): 0.98}
+        if form == dense.PLAIN:
             return 1.0
-        if tuple(weight.shape) == (3000, 64) and x.shape[0] == 8:
-            return 0.9
-        return 0.99 if tuple(weight.shape) == (2000, 32) else 1.2
+        if form == dense.BLOCKS and shape == (2000, 32):
+            return 0.99
+        return scripted.get((form, shape, rows), 1.2)
 
     weights = [torch.empty(3000, 64), torch.empty(3000, 64), torch.empty(500, 64),
-               torch.empty(3000, 64, dtype=torch.bfloat16), torch.empty(2000, 32)]
+               torch.empty(3000, 64, dtype=torch.bfloat16), torch.empty(2000, 32),
+               torch.empty(1024, 512), torch.empty(2048, 512)]
     found = dense.measure_plan(weights, clock=clock, budget_s=float("inf"))
-    assert found.plan == dense.BlockPlan(frozenset({(3000, 64, 0)}))
+    assert found.plan == dense.MatmulPlan({(3000, 64, 1): dense.BLOCKS, (1024, 512, 2): dense.ONEDNN})
+    shapes = [(1024, 512), (2000, 32), (2048, 512), (3000, 64)]
     assert [(t.out_features, t.in_features, t.rows) for t in found.timings] == [  # decode sizes first
-        (2000, 32, 8), (3000, 64, 8), (2000, 32, 32), (3000, 64, 32), (2000, 32, 256), (3000, 64, 256)
+        (1024, 512, 1), (2048, 512, 1), *((*shape, rows) for rows in (8, 32, 256) for shape in shapes)
     ]
     assert found.unmeasured == []
-    assert len(timed) == 6 * 2 * dense.TUNE_ROUNDS
-    assert {shape for _, shape, _ in timed} == {(3000, 64), (2000, 32)}
+    calls_per_round = (2 + 2) + 3 * (2 + 2 + 3 + 2)  # forms timed: at one row, then at each larger class
+    assert len(timed) == calls_per_round * dense.TUNE_ROUNDS
+    assert {(form, shape) for form, shape, _ in timed} == {
+        (dense.PLAIN, shape) for shape in shapes
+    } | {(dense.BLOCKS, (2000, 32)), (dense.BLOCKS, (2048, 512)), (dense.BLOCKS, (3000, 64)),
+         (dense.ONEDNN, (1024, 512)), (dense.ONEDNN, (2048, 512))}
+    [timing] = [t for t in found.timings if (t.out_features, t.in_features, t.rows) == (1024, 512, 32)]
+    assert timing.chosen == dense.ONEDNN and timing.speedup == pytest.approx(1.25)
 
 
 def test_measure_plan_stops_timing_at_its_budget_and_leaves_the_rest_plain() -> None:
     """A clock that says the blocks take 0.5 s a call and `F.linear` 1 s: the first pair's timed
-    calls (3 rounds x 2 forms x (repeats + 1 unmeasured) calls) exceed a 10 s budget at once."""
+    calls (3 rounds x 2 forms x (repeats + 1 unmeasured) calls) exceed a 10 s budget at once.
+    (Both weights are too small for oneDNN: blocks are their only other form.)"""
     def clock(call: functools.partial[torch.Tensor], repeats: int) -> float:
         return 0.5 if call.func is dense.blocked_linear else 1.0
 
     weights = [torch.empty(3000, 64), torch.empty(2000, 32)]
     found = dense.measure_plan(weights, clock=clock, budget_s=10.0)
     assert [(t.out_features, t.rows) for t in found.timings] == [(2000, 8)]
-    assert found.plan == dense.BlockPlan(frozenset({(2000, 32, 0)}))
+    assert found.plan == dense.MatmulPlan({(2000, 32, dense.row_class(8)): dense.BLOCKS})
     assert found.unmeasured == [
         (3000, 64, 8), (2000, 32, 32), (3000, 64, 32), (2000, 32, 256), (3000, 64, 256)
     ]
 
 
 def test_engine_measures_the_plan_at_start_and_answers_the_same_under_any_plan(restore_plan: None) -> None:
-    """The demo-size model's gate|up (2 x 704 = 1408 outputs) is the one weight wider than a block."""
+    """The demo-size model's gate|up (2 x 704 = 1408 outputs) is the one weight wider than a block,
+    and no weight reaches oneDNN's size: the plan can only name blocks, which change no bit."""
     said: list[str] = []
     engine = Engine.from_pretrained(tiny_model("mistral", "demo"), progress=said.append,
                                     max_loaded_adapters=0)
     [line] = [s for s in said if s.startswith("CPU matmul forms measured")]
-    assert "1408x256@8" in line and "1408x256@256" in line
-    assert {shape[:2] for shape in dense.current_plan().blocked} <= {(1408, 256)}
-    params = SamplingParams(max_new_tokens=6)
-    requests = [GenerationRequest(prompt, params, decoder_input_details=True)
-                for prompt in ("The adapter", "Many LoRAs on one base")]
+    assert "1408x256@8" in line and "1408x256@256" in line and "1408x256@1 " not in line
+    assert set(dense.current_plan().forms.values()) <= {dense.BLOCKS}
+    assert {key[:2] for key in dense.current_plan().forms} <= {(1408, 256)}
+    requests = _requests()
     answers = []
     with engine:
-        for plan in (dense.BlockPlan(), dense.BlockPlan(frozenset((1408, 256, c) for c in range(3)))):
+        for plan in (dense.MatmulPlan(), dense.MatmulPlan({(1408, 256, c): dense.BLOCKS for c in range(4)})):
             dense.set_plan(plan)
             answers.append([(r.tokens, r.prompt_tokens) for r in engine.generate(requests)])
     assert answers[0] == answers[1]  # ids and log-probs, prompt and generated, bit for bit
+
+
+@needs_onednn
+def test_engine_answers_under_onednn_everywhere_as_under_f_linear(
+    restore_plan: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every base matmul of the demo model through oneDNN (its size floor lowered for the test):
+    the same tokens, and log-probs equal to fp32 rounding."""
+    monkeypatch.setattr(dense, "MIN_ONEDNN_ELEMENTS", 0)
+    engine = Engine.from_pretrained(tiny_model("mistral", "demo"), progress=lambda _: None,
+                                    max_loaded_adapters=0)
+    model = engine.loop.runner.model
+    everything = {(w.shape[0], w.shape[1], c): dense.ONEDNN
+                  for w in model.dense_weights() for c in range(len(dense.ROW_CLASSES))}
+    requests = _requests()
+    answers = []
+    with engine:
+        for plan in (dense.MatmulPlan(), dense.MatmulPlan(everything)):
+            dense.set_plan(plan)
+            answers.append(engine.generate(requests))
+    for plain, onednn in zip(*answers, strict=True):
+        assert [t.id for t in onednn.tokens] == [t.id for t in plain.tokens]
+        for got, expected in ((onednn.tokens, plain.tokens), (onednn.prompt_tokens, plain.prompt_tokens)):
+            torch.testing.assert_close([t.logprob for t in got], [t.logprob for t in expected],
+                                       rtol=0, atol=1e-4)
+
+
+def _requests() -> list[GenerationRequest]:
+    params = SamplingParams(max_new_tokens=6)
+    return [GenerationRequest(prompt, params, decoder_input_details=True)
+            for prompt in ("The adapter", "Many LoRAs on one base")]
