@@ -53,9 +53,17 @@ def row_class(rows: int) -> int:
 
 @dataclass(frozen=True)
 class MatmulPlan:
-    """The form that beat `F.linear` here, by (out features, in features, row class); absent: plain."""
+    """The form that beat `F.linear` here, by (out features, in features, row class); absent: plain.
+    Every entry names a form its shape can take at its row class (checked here, once, so that the
+    per-call lookup need not)."""
 
     forms: Mapping[tuple[int, int, int], str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for (out_features, in_features, index), form in self.forms.items():
+            if not shape_takes(form, out_features, in_features, ROW_CLASSES[index]) or form == PLAIN:
+                raise ValueError(f"a {out_features}x{in_features} weight cannot run in form {form!r} "
+                                 f"at {ROW_CLASSES[index]} rows")
 
 
 @dataclass(frozen=True)
@@ -100,29 +108,36 @@ def onednn_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
+def shape_takes(form: str, out_features: int, in_features: int, rows: int) -> bool:
+    """Whether an fp32 CPU weight of this shape can run in `form` at this many rows."""
+    if form == BLOCKS:
+        return out_features > COLUMN_BLOCK and rows >= MIN_BLOCK_ROWS
+    if form == ONEDNN:
+        return out_features * in_features >= MIN_ONEDNN_ELEMENTS and onednn_available()
+    return form == PLAIN
+
+
 def candidate_forms(weight: torch.Tensor, rows: int = MIN_BLOCK_ROWS) -> tuple[str, ...]:
     """The forms other than `F.linear` that can apply to this weight at this many rows (none unless
     fp32 on the CPU)."""
     if weight.device.type != "cpu" or weight.dtype != torch.float32 or weight.dim() != 2:
         return ()
-    forms: tuple[str, ...] = (BLOCKS,) if weight.shape[0] > COLUMN_BLOCK and rows >= MIN_BLOCK_ROWS else ()
-    if weight.numel() >= MIN_ONEDNN_ELEMENTS and onednn_available():
-        forms += (ONEDNN,)
-    return forms
+    out_features, in_features = weight.shape
+    return tuple(form for form in (BLOCKS, ONEDNN) if shape_takes(form, out_features, in_features, rows))
 
 
 def takes_other_forms(x: torch.Tensor) -> bool:
-    """Whether an input can go another way than `F.linear`: a flat fp32 batch."""
-    return x.dtype == torch.float32 and x.dim() == 2 and x.shape[0] > 0
+    """Whether an input can go another way than `F.linear`: a flat fp32 batch on the CPU."""
+    return x.dtype == torch.float32 and x.dim() == 2 and x.shape[0] > 0 and x.device.type == "cpu"
 
 
 def form_of(x: torch.Tensor, weight: torch.Tensor, plan: MatmulPlan | None = None) -> str:
-    """The form `linear(x, weight)` runs under `plan` (by default the process's)."""
+    """The form `linear(x, weight)` runs under `plan` (by default the process's). The plan's entries
+    are valid for their shapes (`MatmulPlan`), so only the dtypes are left to check."""
     plan = _plan if plan is None else plan
-    if not plan.forms or not takes_other_forms(x):  # an empty plan: GPU, or nothing measured
-        return PLAIN
-    form = plan.forms.get((weight.shape[0], weight.shape[1], row_class(x.shape[0])))
-    return PLAIN if form is None or form not in candidate_forms(weight, x.shape[0]) else form
+    if not plan.forms or not takes_other_forms(x) or weight.dtype != torch.float32:
+        return PLAIN  # an empty plan: GPU, or nothing measured
+    return plan.forms.get((weight.shape[0], weight.shape[1], row_class(x.shape[0])), PLAIN)
 
 
 @functools.lru_cache(maxsize=64)  # a handful of widths per model, asked on every matmul

@@ -83,9 +83,17 @@ def test_linear_runs_onednn_where_the_plan_names_it(restore_plan: None) -> None:
     torch.testing.assert_close(dense.linear(x, weight), F.linear(x, weight), rtol=1e-5, atol=1e-4)
     dense.set_plan(dense.MatmulPlan({(3000, 200, dense.row_class(1)): dense.ONEDNN}))
     assert dense.form_of(x[:1], weight) == dense.ONEDNN  # one stream's decode: a matrix-vector product
-    small = torch.randn(3000, 100)  # a plan that names a form the weight cannot take runs F.linear
-    dense.set_plan(dense.MatmulPlan({(3000, 100, dense.row_class(32)): dense.ONEDNN}))
-    assert dense.form_of(x[:, :100], small) == dense.PLAIN
+
+
+def test_a_plan_names_only_forms_its_shapes_can_take() -> None:
+    """Checked when the plan is made, so that `linear` need not check on every call."""
+    class_of = dense.row_class
+    for bad in ({(3000, 100, class_of(32)): dense.ONEDNN},  # 300 000 elements: below oneDNN's floor
+                {(1000, 96, class_of(32)): dense.BLOCKS},  # one block wide
+                {(3000, 96, class_of(1)): dense.BLOCKS},  # one row: a matrix-vector product
+                {(3000, 96, class_of(32)): dense.PLAIN}):  # plain is the absence of an entry
+        with pytest.raises(ValueError, match="cannot run in form"):
+            dense.MatmulPlan(bad)
 
 
 def test_strided_input_and_weight_view() -> None:
@@ -109,8 +117,10 @@ def test_strided_input_and_weight_view() -> None:
 )
 def test_other_cases_are_f_linear_whatever_the_plan(x: torch.Tensor, weight: torch.Tensor) -> None:
     for form in (dense.BLOCKS, dense.ONEDNN):
-        everything = dense.MatmulPlan({(weight.shape[0], weight.shape[-1], c): form
-                                       for c in range(len(dense.ROW_CLASSES))})
+        everything = dense.MatmulPlan({
+            (weight.shape[0], weight.shape[-1], c): form for c, rows in enumerate(dense.ROW_CLASSES)
+            if dense.shape_takes(form, weight.shape[0], weight.shape[-1], rows)
+        })
         assert dense.form_of(x, weight, everything) == dense.PLAIN
 
 
@@ -198,7 +208,8 @@ def test_engine_measures_the_plan_at_start_and_answers_the_same_under_any_plan(r
     requests = _requests()
     answers = []
     with engine:
-        for plan in (dense.MatmulPlan(), dense.MatmulPlan({(1408, 256, c): dense.BLOCKS for c in range(4)})):
+        blocks = dense.MatmulPlan({(1408, 256, c): dense.BLOCKS for c in range(1, len(dense.ROW_CLASSES))})
+        for plan in (dense.MatmulPlan(), blocks):
             dense.set_plan(plan)
             answers.append([(r.tokens, r.prompt_tokens) for r in engine.generate(requests)])
     assert answers[0] == answers[1]  # ids and log-probs, prompt and generated, bit for bit
