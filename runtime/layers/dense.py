@@ -104,8 +104,17 @@ def current_plan() -> MatmulPlan:
 
 @functools.cache
 def onednn_available() -> bool:
-    """Whether this torch has oneDNN's linear op (x86 and Arm CPU builds do)."""
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    """Whether this torch has oneDNN's linear op (x86 and Arm CPU builds do) and it computes a small
+    product right on this machine (asked once per process: a build or CPU where it fails only loses
+    the form, never the engine's start)."""
+    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")):
+        return False
+    x, weight = torch.arange(8.0).reshape(2, 4), torch.arange(12.0).reshape(3, 4)
+    try:
+        product = torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")
+    except RuntimeError:
+        return False
+    return torch.equal(product, x @ weight.t())  # small integers: exact in any summation order
 
 
 def shape_takes(form: str, out_features: int, in_features: int, rows: int) -> bool:

@@ -244,3 +244,18 @@ def _requests() -> list[GenerationRequest]:
     params = SamplingParams(max_new_tokens=6)
     return [GenerationRequest(prompt, params, decoder_input_details=True)
             for prompt in ("The adapter", "Many LoRAs on one base")]
+
+
+def test_a_failing_onednn_only_loses_the_form(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A build or CPU where oneDNN's op raises: the probe says so, and no weight is offered the form."""
+    def broken(*args: object) -> torch.Tensor:
+        raise RuntimeError("could not create a primitive")
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", broken)
+    dense.onednn_available.cache_clear()
+    try:
+        assert not dense.onednn_available()
+        assert dense.candidate_forms(torch.empty(2048, 600)) == (dense.BLOCKS,)
+    finally:
+        monkeypatch.undo()
+        dense.onednn_available.cache_clear()
