@@ -7,8 +7,9 @@ keys/values at their slots, then attends:
 - decode rows (one new token per sequence) are batched: the blocks of every sequence are gathered
   into [B, max_blocks * block_size] and padded positions are masked out. The query heads that
   share a KV head go in as that head's rows ([B, KVH, H/KVH, D] against [B, KVH, C, D]), so one
-  SDPA call reads each KV head once per sequence: the same math as grouped-query attention with
-  a third to a half less time on the CPU than SDPA's own `enable_gqa` (one query row per head);
+  SDPA call reads each KV head once per sequence: the same math as SDPA's own `enable_gqa` (one
+  query row per head), in a quarter to a third less time on the CPU with 7 query heads per KV head
+  and about the same with 3 (`benchmarks/cpu_attention.py`);
 - prefill chunks run one sequence at a time with a causal mask offset by the tokens already cached.
 
 Both use `torch.nn.functional.scaled_dot_product_attention`, which on CUDA dispatches to its fused

@@ -43,7 +43,7 @@ MIN_BLOCK_ROWS = 2  # fewer rows: a matrix-vector product, where blocks only add
 ROW_CLASSES = (1, 8, 32, 256)  # rows timed per class: 1 (one stream), 2-15, 16-127 (decode), 128+
 TUNE_ROUNDS = 3  # alternations of the forms per (shape, row class); the fastest of each counts
 TUNE_MARGIN = 0.03  # another form must be this much faster, or the plain call is kept
-TUNE_BUDGET_S = 10.0  # no pair is timed once the timed calls cost this (SmolLM2 shape: 3-6 s in all)
+TUNE_BUDGET_S = 10.0  # no pair is timed once the timed calls cost this (SmolLM2 shape: ~3 s in all)
 
 
 def row_class(rows: int) -> int:
@@ -61,9 +61,10 @@ class MatmulPlan:
 
     def __post_init__(self) -> None:
         for (out_features, in_features, index), form in self.forms.items():
-            if not shape_takes(form, out_features, in_features, ROW_CLASSES[index]) or form == PLAIN:
+            rows = ROW_CLASSES[index]
+            if form not in (BLOCKS, ONEDNN) or not shape_takes(form, out_features, in_features, rows):
                 raise ValueError(f"a {out_features}x{in_features} weight cannot run in form {form!r} "
-                                 f"at {ROW_CLASSES[index]} rows")
+                                 f"at {rows} rows")
 
 
 @dataclass(frozen=True)
@@ -194,10 +195,7 @@ FORM_CALLS: dict[str, Callable[..., torch.Tensor]] = {
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """`F.linear(x, weight, bias)` for x [T, K], weight [N, K], bias [N], in whichever form the
     process's plan says is faster for this shape."""
-    form = form_of(x, weight)
-    if form == PLAIN:
-        return F.linear(x, weight, bias)
-    return FORM_CALLS[form](x, weight, bias)
+    return FORM_CALLS[form_of(x, weight)](x, weight, bias)
 
 
 def seconds_per_call(call: Callable[[], object], repeats: int) -> float:
