@@ -79,3 +79,9 @@ def test_eos_finishes_unless_ignored() -> None:
         if expected is not None:
             assert event.result is not None and event.result.generated_text == ""  # EOS text is skipped
             assert event.result.tokens[0].special
+
+
+def test_greedy_picks_the_first_of_equal_maxima_as_argmax_does() -> None:
+    rows = [SampleRequest(SamplingParams(), [], None) for _ in range(3)]
+    logits = torch.tensor([[1.0, 3.0, 3.0, 0.0], [2.0, 2.0, 2.0, 2.0], [0.0, 0.0, 1.0, 5.0]])
+    assert [out.token_id for out in sample(logits, rows)] == [1, 0, 3] == logits.argmax(-1).tolist()
