@@ -200,7 +200,7 @@ def test_probes_and_try_it_use_the_replica_key_never_the_users_token(cp: LiveCon
     response = httpx.post(f"{cp.url}/v2/endpoint/{cp.namespace}", json=body, headers=cp.headers, timeout=30)
     assert response.status_code == 200, response.text
     view = EndpointView(cp, "ep-keys")
-    wait_for(lambda: view.get()["status"].get("url"), 60, "ep-keys running")
+    view.wait_running(60)  # running and served by the gateway (its URL alone can come first)
     (url,) = view.replica_urls().values()  # the replica itself: it tells what it was sent
     key = api_key_of(cp, url)
     seen = lambda: httpx.get(f"{url}/seen", headers={"Authorization": f"Bearer {key}"}).json()  # noqa: E731
