@@ -6,9 +6,9 @@ EXTRAS := controlplane,runtime,dev,ray
 STAMP := $(VENV)/.installed
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: setup test demo lint bench browser sandbox clean
+.PHONY: setup test demo lint bench browser sandbox native clean
 
-setup: $(STAMP) browser sandbox
+setup: $(STAMP) browser sandbox native
 
 $(STAMP): pyproject.toml constraints.txt setup.py
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ sandbox:
 	@command -v bwrap >/dev/null 2>&1 || { \
 		echo "installing Debian bubblewrap for the replica sandbox"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null; }
+
+# The CPU LoRA kernel, compiled for this machine (kernels/native_cpu.py); where no compiler is,
+# the torch forms serve, so a failed build does not stop setup.
+native: $(STAMP)
+	@$(BIN)/python -m lorafleet.kernels.native_cpu
 
 test: setup
 	$(BIN)/python -m pytest

@@ -32,7 +32,9 @@ token's own rank now: S·K·PR·pages + N·rank, from the placement's host copy,
 *Planned* is the grouped form given the layer's `SlotWeights` (`torch_slot_weights`: each
 adapter's A and B copied once into whole fp32 matrices, kept while the placement is current): one
 shrink GEMM and one `addmm_` per slice per adapter, the fewest ops the grouped form can make. The
-engine's CPU layers pass theirs. Its rule is a cost model fitted on two threads
+engine's CPU layers pass theirs. Where the CPU LoRA kernel is built (`native_cpu`), a planned call whose
+slots each have at most `NATIVE_MAX_ROWS` rows, in order (decode), runs in it: one C++ call for
+every adapter of the layer call. Its rule is a cost model fitted on two threads
 (`benchmarks/kernels.py --cpu-paths`, docs/kernels.md "CPU path"): the planned form costs about
 one unit (~20 µs) per op, 1 + S ops per adapter; the in-place gathered form about 5 units plus one
 per 10^5 weight elements read (T·E). The other rules were measured on one thread, without it.
@@ -50,6 +52,7 @@ from __future__ import annotations
 import functools
 
 import torch
+from lorafleet.kernels import native_cpu
 from lorafleet.kernels.batch import LoraBatch
 from lorafleet.kernels.pages import AdapterPages, stacked_pages
 from lorafleet.kernels.torch_bags import (
@@ -78,6 +81,10 @@ PLANNED_GATHER_FIXED_OPS = 5
 # Bound on the weight elements one chunk of tokens reads (copies, for the copied form: fp32,
 # 16 MiB): larger batches are cut into chunks of tokens so memory stays flat whatever T, R, K.
 GATHER_CHUNK_ELEMENTS = 1 << 22
+# The planned form's segments of at most this many rows go to the CPU kernel where it is built
+# (`native_cpu`): a decode step's rows per adapter. Longer ones (prefill) are compute-bound GEMMs,
+# MKL's strength.
+NATIVE_MAX_ROWS = 16
 # The two gathered implementations, looked up at call time (tests spy on them by name).
 _bagged_delta = bagged_delta
 _gathered_delta = copied_delta
@@ -287,6 +294,11 @@ def _planned(
     order), else the live rows gathered once and added back with one `index_add_`.
     """
     order, segments, in_order = meta.derived(("segments", pages), _segments, meta, pages)
+    kernel = native_cpu.lora_kernel()
+    if kernel is not None and in_order and _kernel_takes(out, x, segments):
+        kernel.lora_layer(out, x, *slot_weights.native_call(
+            lora_a_pages, lora_b_pages, scales, pages, meta, segments, slice_offsets))
+        return out
     scale_of = scales.tolist()  # [S][L]: host floats, one read per layer
     num_slices = len(slice_offsets) - 1
     rows_of = x.index_select(0, order).float() if not in_order else None  # [n, K] live rows by slot
@@ -310,6 +322,12 @@ def _planned(
     if delta is not None:
         _add_rows(out, order, delta)
     return out
+
+
+def _kernel_takes(out: torch.Tensor, x: torch.Tensor, segments: list[tuple[int, int, int]]) -> bool:
+    """Whether the CPU kernel runs this call: fp32 rows, every slot's segment decode-sized."""
+    return (out.dtype == torch.float32 and x.dtype == torch.float32 and out.stride(1) == 1
+            and x.stride(1) == 1 and all(end - first <= NATIVE_MAX_ROWS for _, first, end in segments))
 
 
 def _slot_shrink(

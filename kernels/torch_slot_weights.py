@@ -14,6 +14,11 @@ slots and pages never change while it is current (the engine writes an adapter's
 the placement that points at them exists, `runtime/engine/model_runner.py`), so a copy is never
 staler than the pages themselves. Scales are not copied: they are read at each call.
 
+Where the CPU LoRA kernel is built (`kernels/native_cpu.py`), A is kept as its transpose,
+`a_rows` [S·r, K] (the rows the kernel streams), `a` being a view of it, and `native_call` hands
+the kernel one layer call's segments at once: the same arguments for every call of a step's
+metadata, built on its first call.
+
 Cost: memory. The copies hold the fp32 rank rows of every slot the grouped form ran under the
 current placement, at most one more copy of the layer's occupied pages (fp32). The engine's CPU
 layers own one `SlotWeights` each (`runtime/layers/lora_linear.py`); GPU layers none.
@@ -24,16 +29,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from lorafleet.kernels import native_cpu
+from lorafleet.kernels.batch import LoraBatch
 from lorafleet.kernels.pages import AdapterPages
+
+# The CPU kernel's arguments for one layer call: each segment's first and end rows, its slot's
+# a_rows, the slices' B and scales (segment-major), and the slices' column offsets.
+NativeCall = tuple[list[int], list[int], list[torch.Tensor], list[torch.Tensor], list[int], list[float]]
 
 
 @dataclass(frozen=True)
 class SlotMatrices:
-    """One slot's rank rows as contiguous fp32 matrices (see the module docstring)."""
+    """One slot's rank rows as fp32 matrices (see the module docstring)."""
 
     rank: int
-    a: torch.Tensor  # [K, S * rank]
-    b: tuple[torch.Tensor, ...]  # per slice [rank, N_s]
+    a: torch.Tensor  # [K, S * rank]: contiguous, or a view of a_rows where the CPU kernel is built
+    b: tuple[torch.Tensor, ...]  # per slice [rank, N_s], contiguous
+    a_rows: torch.Tensor | None = None  # [S * rank, K] contiguous: the CPU kernel's A
 
     @property
     def nbytes(self) -> int:
@@ -49,6 +61,7 @@ class SlotWeights:
     def __init__(self) -> None:
         self._placement: AdapterPages | None = None
         self._slots: dict[int, SlotMatrices] = {}
+        self._call: tuple[LoraBatch, NativeCall] | None = None  # the last step's kernel arguments
 
     @property
     def nbytes(self) -> int:
@@ -64,13 +77,55 @@ class SlotWeights:
         slice_offsets: tuple[int, ...],  # S + 1 column offsets
     ) -> SlotMatrices:
         """`slot`'s matrices under `pages`, copied from the pool on first use (rank > 0)."""
-        if pages is not self._placement:
-            self._placement = pages
-            self._slots.clear()
+        self._follow(pages)
         matrices = self._slots.get(slot)
         if matrices is None:
             matrices = self._slots[slot] = _copy_slot(lora_a_pages, lora_b_pages, pages, slot, slice_offsets)
         return matrices
+
+
+    def native_call(
+        self,
+        lora_a_pages: torch.Tensor,  # [P, S, PR, K]
+        lora_b_pages: torch.Tensor,  # [P, N, PR]
+        scales: torch.Tensor,  # [S, L] float32
+        pages: AdapterPages,
+        meta: LoraBatch,
+        segments: list[tuple[int, int, int]],  # (slot, first row, end row) of each live slot
+        slice_offsets: tuple[int, ...],
+    ) -> NativeCall:
+        """The CPU kernel's arguments for this batch's segments; built on the first call with this
+        metadata (every layer call of a step, and of the next steps while the batch keeps its rows
+        and adapters, passes the same object) and reused after. Scales are read then: like the
+        pages, a placement's scales are written before the placement exists."""
+        self._follow(pages)
+        if self._call is not None and self._call[0] is meta:
+            return self._call[1]
+        scale_of = scales.tolist()
+        firsts: list[int] = []
+        ends: list[int] = []
+        a_rows: list[torch.Tensor] = []
+        b: list[torch.Tensor] = []
+        alphas: list[float] = []
+        for slot, first, end in segments:
+            matrices = self.of(lora_a_pages, lora_b_pages, pages, slot, slice_offsets)
+            assert matrices.a_rows is not None  # made whenever the kernel is built
+            firsts.append(first)
+            ends.append(end)
+            a_rows.append(matrices.a_rows)
+            b.extend(matrices.b)
+            alphas.extend(scale_of[s][slot] for s in range(len(matrices.b)))
+        call = (firsts, ends, a_rows, b, list(slice_offsets), alphas)
+        self._call = (meta, call)
+        return call
+
+
+    def _follow(self, pages: AdapterPages) -> None:
+        """Drops every copy made for another placement than `pages`."""
+        if pages is not self._placement:
+            self._placement = pages
+            self._slots.clear()
+            self._call = None
 
 
 def _copy_slot(
@@ -85,9 +140,15 @@ def _copy_slot(
     _, num_slices, page_rank, hidden_in = lora_a_pages.shape
     # [J, S, PR, K] -> [K, S, J*PR]: rank row j*PR + q of slice s at column (s, j*PR + q)
     a = lora_a_pages.index_select(0, index).permute(3, 1, 0, 2).reshape(hidden_in, num_slices, -1)
-    a = a[:, :, :rank].reshape(hidden_in, num_slices * rank).float().contiguous()
+    a = a[:, :, :rank].reshape(hidden_in, num_slices * rank).float()
+    a_rows = None
+    if native_cpu.lora_kernel() is not None:  # the kernel's rows; MKL reads the same copy transposed
+        a_rows = a.t().contiguous()
+        a = a_rows.t()
+    else:
+        a = a.contiguous()
     b = lora_b_pages.index_select(0, index).permute(0, 2, 1).reshape(len(held) * page_rank, -1)[:rank]
     per_slice = tuple(
         b[:, slice_offsets[s] : slice_offsets[s + 1]].float().contiguous() for s in range(num_slices)
     )
-    return SlotMatrices(rank, a, per_slice)
+    return SlotMatrices(rank, a, per_slice, a_rows)

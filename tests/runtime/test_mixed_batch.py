@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from lorafleet.kernels import native_cpu, torch_lora
 from lorafleet.runtime.engine import Engine, GenerationRequest, SamplingParams
 
 from tests.fixtures import STANDARD_ADAPTERS
@@ -112,3 +113,37 @@ def test_seeded_sampling_repeats_exactly_alone_or_in_a_mixed_batch(arch: str) ->
 def test_standard_adapters_cover_ranks_and_targets() -> None:
     ranks = {spec.r for spec in STANDARD_ADAPTERS.values()}
     assert len(ranks) >= 3
+
+
+@pytest.mark.skipif(native_cpu.lora_kernel() is None, reason="no CPU LoRA kernel built on this machine")
+@pytest.mark.parametrize("arch", ["mistral", "qwen3"])
+def test_decode_rows_through_the_cpu_lora_kernel_give_the_oracles_tokens(
+    arch: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The planned form (forced: on these tiny weights the rule prefers the gathered one) sends each
+    decode step's adapters to the CPU kernel in one call per layer; prefill stays on MKL."""
+    kernel = native_cpu.lora_kernel()
+    calls: list[int] = []
+
+    class Counting:
+        @staticmethod
+        def lora_kernel():  # type: ignore[no-untyped-def]
+            return Counting
+
+        @staticmethod
+        def lora_layer(out, x, firsts, *rest):  # type: ignore[no-untyped-def]
+            calls.append(len(firsts))
+            return kernel.lora_layer(out, x, firsts, *rest)  # type: ignore[union-attr]
+
+    monkeypatch.setattr(torch_lora, "native_cpu", Counting)
+    monkeypatch.setattr(torch_lora, "choose_path", lambda *args, **kwargs: torch_lora.GROUPED)
+    adapters = [None, "r8-qv", "r16-all", "r64-rslora", "r8-qv", "r16-all", "r64-rslora", None]
+    with engine_for(arch) as engine:
+        prompts = corpus_prompts(engine, len(adapters))
+        params = SamplingParams(max_new_tokens=NUM_TOKENS, ignore_eos=True)
+        results = engine.generate([GenerationRequest(p, params, adapter_id=a)
+                                   for p, a in zip(prompts, adapters, strict=True)])
+    assert calls and max(calls) == 3  # the three adapters' decode rows, one kernel call per layer
+    for prompt, adapter, result in zip(prompts, adapters, results, strict=True):
+        expected = oracle_greedy(arch, list(prompt), adapter, NUM_TOKENS)
+        assert [t.id for t in result.tokens] == expected, adapter

@@ -1,0 +1,140 @@
+"""The CPU path's own LoRA kernel (`csrc/lora_cpu.cpp`): built once per machine, used when present.
+
+At a decode step's few rows per adapter the LoRA matmuls are bound by reading their weights from
+memory, and MKL's small GEMMs read them at a third of the machine's bandwidth (they pack each
+operand a column strip at a time). The kernel streams them instead, and does one layer call's
+every adapter in one call (docs/kernels.md, "CPU path"; docs/runtime.md, seventh pass).
+
+It is compiled for the CPU it is built on (`-march=native`), by `make setup`
+(`python -m lorafleet.kernels.native_cpu`), into `kernels/_native/<tag>/`, where the tag hashes the
+source, the flags, torch's version and this CPU's feature flags: a build for another CPU, source or
+torch is never loaded, only ignored. Nothing is compiled when a process runs: a machine without a
+build (no compiler, or setup not run) uses the torch forms, as does `LORAFLEET_CPU_NATIVE=0`.
+The folder sits beside this module so that sandboxed replicas, which see lorafleet's package
+folders read-only, load the same build.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.machinery
+import importlib.util
+import logging
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+log = logging.getLogger("lorafleet.kernels")
+
+SOURCE = Path(__file__).resolve().parent / "csrc" / "lora_cpu.cpp"
+BUILDS = Path(__file__).resolve().parent / "_native"
+CFLAGS = ("-O3", "-march=native", "-fopenmp")
+LDFLAGS = ("-fopenmp",)
+DISABLE = "LORAFLEET_CPU_NATIVE"  # "0": never load it
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def build_tag() -> str:
+    """What a build is valid for: this source, these flags, this torch, this CPU."""
+    digest = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), " ".join(CFLAGS + LDFLAGS).encode(), torch.__version__.encode(),
+                 _cpu_flags().encode(), platform.machine().encode()):
+        digest.update(part)
+    return digest.hexdigest()[:16]
+
+
+def module_name() -> str:
+    return f"lorafleet_lora_cpu_{build_tag()}"
+
+
+def build(say: Callable[[str], None] = print) -> Path:
+    """Compiles the kernel for this machine (if not built yet) and returns the library's path."""
+    from torch.utils import cpp_extension
+
+    folder = BUILDS / build_tag()
+    folder.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    cpp_extension.load(module_name(), [str(SOURCE)], extra_cflags=list(CFLAGS), extra_ldflags=list(LDFLAGS),
+                       build_directory=str(folder), verbose=False)
+    library = _library(folder)
+    assert library is not None, f"the build left no library in {folder}"
+    say(f"CPU LoRA kernel ready in {time.monotonic() - start:.1f} s: {library}")
+    return library
+
+
+def _library(folder: Path) -> Path | None:
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        candidate = folder / f"{module_name()}{suffix}"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+@functools.cache
+def lora_kernel() -> ModuleType | None:
+    """The built kernel for this machine, or None (not built, disabled, or failing its check)."""
+    if os.environ.get(DISABLE) == "0" or sys.platform != "linux":
+        return None
+    try:
+        library = _library(BUILDS / build_tag())
+        if library is None:
+            log.info("no CPU LoRA kernel built for this machine (`make setup` builds it): torch forms")
+            return None
+        spec = importlib.util.spec_from_file_location(module_name(), library)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    except Exception as error:  # a stale or foreign build: the torch forms serve
+        log.warning("CPU LoRA kernel not loaded (%s): torch forms", error)
+        return None
+    if not _computes_right(module):
+        log.warning("CPU LoRA kernel computed a wrong product on this machine: torch forms")
+        return None
+    return module
+
+
+def _computes_right(module: ModuleType) -> bool:
+    """A product of small integers (exact in any summation order) against torch's."""
+    x = torch.arange(40.0).reshape(5, 8) % 7 - 3  # [5, K=8]
+    a_rows = torch.arange(48.0).reshape(6, 8) % 5 - 2  # two slices of rank 3: [6, 8]
+    b = [torch.arange(3.0 * 40).reshape(3, 40) % 3 - 1, torch.arange(3.0 * 24).reshape(3, 24) % 4 - 2]
+    out = torch.zeros(5, 64)
+    module.lora_layer(out, x, [1], [4], [a_rows], b, [0, 40, 64], [1.0, 2.0])
+    shrunk = x[1:4] @ a_rows.t()
+    expected = torch.zeros(5, 64)
+    expected[1:4, :40] = shrunk[:, :3] @ b[0]
+    expected[1:4, 40:] = 2.0 * (shrunk[:, 3:] @ b[1])
+    return torch.equal(out, expected)
+
+
+def main() -> None:
+    if os.environ.get(DISABLE) == "0":
+        print(f"{DISABLE}=0: the CPU LoRA kernel is not built")
+        return
+    try:
+        build()
+    except Exception as error:  # no compiler or ninja: setup goes on, the torch forms serve
+        print(f"CPU LoRA kernel not built ({type(error).__name__}: {error}); the torch forms will serve")
+        return
+    if lora_kernel() is None:
+        print("CPU LoRA kernel built but not usable here; the torch forms will serve")
+
+
+if __name__ == "__main__":
+    main()
