@@ -28,6 +28,7 @@ token's own rank now: S·K·PR·pages + N·rank, from the placement's host copy,
     copied:    gathered iff  D >= 2  and  T <= 4·D  and  E <= 2^16
     planned:   gathered iff  T·E < 10^5 · (D·(1 + S) - 5)   (in place; copied: as above)
     grouped otherwise (several tokens per adapter, e.g. prefill; large weights)
+    kernel:    planned whenever the CPU kernel takes the call (every slot <= 16 rows, in order, fp32)
 
 *Planned* is the grouped form given the layer's `SlotWeights` (`torch_slot_weights`: each
 adapter's A and B copied once into whole fp32 matrices, kept while the placement is current): one
@@ -191,7 +192,9 @@ def apply_paged(
         return out
     offsets = offsets_of(slice_widths)
     in_place = reads_in_place(x, lora_a_pages, lora_b_pages)
-    chosen = path or _rule(live, lora_a_pages, lora_b_pages, in_place, slot_weights is not None)
+    planned = slot_weights is not None
+    kernel = _kernel_runs(x, meta, pages, planned)
+    chosen = path or _rule(live, lora_a_pages, lora_b_pages, in_place, planned, kernel)
     if chosen == GATHERED:
         return _gathered(out, x, lora_a_pages, lora_b_pages, scales, offsets, meta, pages, live, in_place)
     if chosen == GROUPED and slot_weights is not None:
@@ -213,12 +216,16 @@ def chosen_path(
     """The form `apply_paged` runs for this batch and these weights when no `path` is forced
     (`planned`: with `slot_weights` given)."""
     live = meta.derived(("live", pages), live_tokens, meta, pages)
-    return _rule(live, lora_a_pages, lora_b_pages, reads_in_place(x, lora_a_pages, lora_b_pages), planned)
+    in_place = reads_in_place(x, lora_a_pages, lora_b_pages)
+    return _rule(live, lora_a_pages, lora_b_pages, in_place, planned, _kernel_runs(x, meta, pages, planned))
 
 
 def _rule(
-    live: LiveTokens, lora_a_pages: torch.Tensor, lora_b_pages: torch.Tensor, in_place: bool, planned: bool
+    live: LiveTokens, lora_a_pages: torch.Tensor, lora_b_pages: torch.Tensor, in_place: bool, planned: bool,
+    kernel: bool,
 ) -> str:
+    if kernel:  # the CPU kernel takes the planned form's call: it beats every other form there
+        return GROUPED
     _, num_slices, _, hidden_in = lora_a_pages.shape
     elements = live.elements_per_token(hidden_in, num_slices, lora_b_pages.shape[1])
     return choose_path(live.num_tokens, live.num_slots, elements, in_place=in_place, planned=planned,
@@ -295,7 +302,8 @@ def _planned(
     """
     order, segments, in_order = meta.derived(("segments", pages), _segments, meta, pages)
     kernel = native_cpu.lora_kernel()
-    if kernel is not None and in_order and _kernel_takes(out, x, segments):
+    fits = out.dtype == torch.float32 and out.stride(1) == 1 and _kernel_fits(x, meta, pages)
+    if kernel is not None and fits:
         kernel.lora_layer(out, x, *slot_weights.native_call(
             lora_a_pages, lora_b_pages, scales, pages, meta, segments, slice_offsets))
         return out
@@ -324,10 +332,18 @@ def _planned(
     return out
 
 
-def _kernel_takes(out: torch.Tensor, x: torch.Tensor, segments: list[tuple[int, int, int]]) -> bool:
-    """Whether the CPU kernel runs this call: fp32 rows, every slot's segment decode-sized."""
-    return (out.dtype == torch.float32 and x.dtype == torch.float32 and out.stride(1) == 1
-            and x.stride(1) == 1 and all(end - first <= NATIVE_MAX_ROWS for _, first, end in segments))
+def _kernel_fits(x: torch.Tensor, meta: LoraBatch, pages: AdapterPages) -> bool:
+    """Whether the CPU kernel can take this batch (with an fp32 `out` of unit column stride): fp32
+    rows of x, every live slot's rows one range of the batch, of at most `NATIVE_MAX_ROWS` rows."""
+    if x.dtype != torch.float32 or x.stride(1) != 1:
+        return False
+    _, segments, in_order = meta.derived(("segments", pages), _segments, meta, pages)
+    return in_order and all(end - first <= NATIVE_MAX_ROWS for _, first, end in segments)
+
+
+def _kernel_runs(x: torch.Tensor, meta: LoraBatch, pages: AdapterPages, planned: bool) -> bool:
+    """Whether the planned form of this call would run in the CPU kernel (built, and the batch fits)."""
+    return planned and native_cpu.lora_kernel() is not None and _kernel_fits(x, meta, pages)
 
 
 def _slot_shrink(
