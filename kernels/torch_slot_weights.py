@@ -12,7 +12,9 @@ and keeps them while the placement they were built for (`AdapterPages`, one obje
 `kernels.pages`) is the one the steps run with. A new placement drops every copy: a placement's
 slots and pages never change while it is current (the engine writes an adapter's pages before
 the placement that points at them exists, `runtime/engine/model_runner.py`), so a copy is never
-staler than the pages themselves. Scales are not copied: they are read at each call.
+staler than the pages themselves. Scales are not copied: they are read at each call (but
+`native_call` keeps them with the kernel's arguments for the placement's life, which is safe
+for the same reason: a slot's scales are written with its pages, before its placement exists).
 
 Where the CPU LoRA kernel is built (`kernels/native_cpu.py`), A is kept as its transpose,
 `a_rows` [S·r, K] (the rows the kernel streams), `a` being a view of it, and `native_call` hands
@@ -83,7 +85,6 @@ class SlotWeights:
             matrices = self._slots[slot] = _copy_slot(lora_a_pages, lora_b_pages, pages, slot, slice_offsets)
         return matrices
 
-
     def native_call(
         self,
         lora_a_pages: torch.Tensor,  # [P, S, PR, K]
@@ -118,7 +119,6 @@ class SlotWeights:
         call = (firsts, ends, a_rows, b, list(slice_offsets), alphas)
         self._call = (meta, call)
         return call
-
 
     def _follow(self, pages: AdapterPages) -> None:
         """Drops every copy made for another placement than `pages`."""
