@@ -32,7 +32,7 @@ sandbox:
 # The CPU LoRA kernel, compiled for this machine (kernels/native_cpu.py); where no compiler is,
 # the torch forms serve, so a failed build does not stop setup.
 native: $(STAMP)
-	@$(BIN)/python -m lorafleet.kernels.native_cpu
+	@PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m lorafleet.kernels.native_cpu  # ninja from the venv
 
 test: setup
 	$(BIN)/python -m pytest

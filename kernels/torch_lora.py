@@ -198,7 +198,8 @@ def apply_paged(
     if chosen == GATHERED:
         return _gathered(out, x, lora_a_pages, lora_b_pages, scales, offsets, meta, pages, live, in_place)
     if chosen == GROUPED and slot_weights is not None:
-        return _planned(out, x, lora_a_pages, lora_b_pages, scales, offsets, meta, pages, slot_weights)
+        return _planned(out, x, lora_a_pages, lora_b_pages, scales, offsets, meta, pages, slot_weights,
+                        kernel)
     if chosen == GROUPED:
         return _grouped(out, x, lora_a_pages, lora_b_pages, scales, offsets, meta, pages)
     raise ValueError(f"path must be one of {PATHS} or None, got {path!r}")
@@ -293,6 +294,7 @@ def _planned(
     meta: LoraBatch,
     pages: AdapterPages,
     slot_weights: SlotWeights,
+    kernel: bool = False,  # `_kernel_runs` of this call: the CPU kernel takes it
 ) -> torch.Tensor:
     """The grouped form on each slot's whole matrices: one shrink GEMM, one `addmm_` per slice.
 
@@ -301,10 +303,10 @@ def _planned(
     order), else the live rows gathered once and added back with one `index_add_`.
     """
     order, segments, in_order = meta.derived(("segments", pages), _segments, meta, pages)
-    kernel = native_cpu.lora_kernel()
-    fits = out.dtype == torch.float32 and out.stride(1) == 1 and _kernel_fits(x, meta, pages)
-    if kernel is not None and fits:
-        kernel.lora_layer(out, x, *slot_weights.native_call(
+    takes_out = out.dtype == torch.float32 and out.stride(1) == 1
+    module = native_cpu.lora_kernel() if kernel and takes_out else None
+    if module is not None:
+        module.lora_layer(out, x, *slot_weights.native_call(
             lora_a_pages, lora_b_pages, scales, pages, meta, segments, slice_offsets))
         return out
     scale_of = scales.tolist()  # [S][L]: host floats, one read per layer

@@ -18,10 +18,10 @@ needs_kernel = pytest.mark.skipif(KERNEL is None, reason="no CPU LoRA kernel bui
 
 
 def test_setup_built_the_kernel_where_a_compiler_is() -> None:
-    """`make setup` builds it (`python -m lorafleet.kernels.native_cpu`): with a C++ compiler and
-    ninja on this machine, it must be there, or every test of it would skip unnoticed."""
-    if shutil.which("c++") is None or shutil.which("ninja") is None:
-        pytest.skip("no C++ compiler or ninja here: the torch forms serve")
+    """`make setup` builds it (`python -m lorafleet.kernels.native_cpu`): with a C++ compiler on this
+    machine, it must be there, or every test of it would skip unnoticed."""
+    if shutil.which("c++") is None:  # ninja comes with the runtime's packages
+        pytest.skip("no C++ compiler here: the torch forms serve")
     assert KERNEL is not None, "run `make setup` (it builds the CPU LoRA kernel)"
 
 
