@@ -29,7 +29,7 @@ sandbox:
 		echo "installing Debian bubblewrap for the replica sandbox"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null; }
 
-# The CPU LoRA kernel, compiled for this machine (kernels/native_cpu.py); where no compiler is,
+# The CPU kernels (LoRA, decode attention), compiled for this machine (kernels/native_cpu.py); where no compiler is,
 # the torch forms serve, so a failed build does not stop setup.
 native: $(STAMP)
 	@PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m lorafleet.kernels.native_cpu  # ninja from the venv

@@ -10,7 +10,10 @@ Timed per call, forms alternated, fastest round of each:
     gqa         gather + SDPA with `enable_gqa` (one query row per head, a bool mask): the form
                 before issue 18's sixth pass
     grouped     gather + SDPA with each KV head's query heads as its rows and the additive mask
-                built once per step: `paged_attention` as it is (the layer itself is timed)
+                built once per step: the layer's torch form (issue 18's sixth pass)
+    layer       `paged_attention` as it is (the layer itself, its KV write included): where
+                `make setup` built the CPU kernels, the decode attention kernel reading the blocks
+                in place (`kernels/csrc/attention_cpu.cpp`); else the grouped form
 
     python benchmarks/cpu_attention.py [--rounds N] [--json-out PATH]
 
@@ -29,6 +32,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from lorafleet.kernels import native_cpu
 from lorafleet.runtime.layers.attention import AttentionMetadata, DecodeGroup, paged_attention
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -64,14 +68,21 @@ def case(shape: str, context: int, rounds: int) -> dict:
                                               scale=scale, enable_gqa=True)
 
     def grouped_step() -> Callable[[torch.Tensor], object]:
-        # One step's metadata, shared by its layers as in the engine (the mask is built once).
+        # One step's mask, shared by its layers as in the engine.
+        bias = torch.zeros(visible.shape).masked_fill_(~visible, float("-inf"))
+        query = q.view(BATCH, num_kv_heads, -1, HEAD_DIM)
+        return lambda kv: F.scaled_dot_product_attention(query, gather(kv[0]), gather(kv[1]), attn_mask=bias,
+                                                         scale=scale)
+
+    def layer_step() -> Callable[[torch.Tensor], object]:
+        # One step's metadata, shared by its layers as in the engine.
         meta = AttentionMetadata(slot_mapping=slots, prefills=(), decode=DecodeGroup(
             token_index=torch.arange(BATCH), block_tables=tables, context_lens=lens))
         return lambda kv: paged_attention(q, k, k, kv[0], kv[1], meta, scale)
 
     forms: dict[str, Callable[[], Callable[[torch.Tensor], object]]] = {
-        "gather": lambda: gather_only, "gqa": lambda: gqa, "grouped": grouped_step}
-    got = grouped_step()(caches[0])  # writes k (as keys and values) at the rows' last slots
+        "gather": lambda: gather_only, "gqa": lambda: gqa, "grouped": grouped_step, "layer": layer_step}
+    got = layer_step()(caches[0])  # writes k (as keys and values) at the rows' last slots
     expected = gqa(caches[0]).squeeze(2)
     assert isinstance(got, torch.Tensor)
     best = dict.fromkeys(forms, math.inf)
@@ -85,6 +96,7 @@ def case(shape: str, context: int, rounds: int) -> dict:
     return {"shape": shape, "batch": BATCH, "context": context, "layers": layers,
             **{f"{name}_us": round(us, 1) for name, us in best.items()},
             "grouped_vs_gqa": round(best["gqa"] / best["grouped"], 2),
+            "layer_vs_grouped": round(best["grouped"] / best["layer"], 2),
             "max_abs_diff": float((got - expected).abs().max())}
 
 
@@ -97,8 +109,10 @@ def plot(report: dict, path: Path) -> None:
     rows = report["cases"]
     labels = [f"{r['shape']}\nctx {r['context']}" for r in rows]
     fig, ax = plt.subplots(figsize=(9, 4.5))
-    for offset, key in ((-0.27, "gather_us"), (0, "gqa_us"), (0.27, "grouped_us")):
-        ax.bar([i + offset for i in range(len(rows))], [r[key] for r in rows], width=0.27, label=key[:-3])
+    keys = ("gather_us", "gqa_us", "grouped_us", "layer_us")
+    for n, key in enumerate(keys):
+        positions = [i + (n - 1.5) * 0.2 for i in range(len(rows))]
+        ax.bar(positions, [r[key] for r in rows], width=0.2, label=key[:-3])
     ax.set_xticks(range(len(rows)), labels)
     ax.set(ylabel="µs per layer (32 decode rows)", title=f"CPU decode attention, {report['threads']} threads")
     ax.legend()
@@ -116,7 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         for context in CONTEXTS:
             rows.append(case(shape, context, args.rounds))
             print(json.dumps(rows[-1]), flush=True)
-    report = {"threads": torch.get_num_threads(), "dtype": "float32", "block_size": BLOCK_SIZE, "cases": rows}
+    layer_form = "kernel" if native_cpu.attention_kernel() is not None else "grouped"
+    report = {"threads": torch.get_num_threads(), "dtype": "float32", "block_size": BLOCK_SIZE,
+              "layer_form": layer_form, "cases": rows}
     args.json_out.parent.mkdir(parents=True, exist_ok=True)
     args.json_out.write_text(json.dumps(report, indent=2))
     plot(report, args.json_out.with_suffix(".png"))

@@ -1,9 +1,13 @@
-"""The CPU path's own LoRA kernel (`csrc/lora_cpu.cpp`): built once per machine, used when present.
+"""The CPU path's own kernels (`csrc/`): built once per machine, used when present.
 
-At a decode step's few rows per adapter the LoRA matmuls are bound by reading their weights from
-memory, and MKL's small GEMMs read them at a third of the machine's bandwidth (they pack each
-operand a column strip at a time). The kernel streams them instead, and does one layer call's
-every adapter in one call (docs/kernels.md, "CPU path"; docs/runtime.md, seventh pass).
+- `lora_layer` (`csrc/lora_cpu.cpp`): at a decode step's few rows per adapter the LoRA matmuls are
+  bound by reading their weights from memory, and MKL's small GEMMs read them at a third of the
+  machine's bandwidth (they pack each operand a column strip at a time). The kernel streams them
+  instead, and does one layer call's every adapter in one call (docs/kernels.md, "CPU path";
+  docs/runtime.md, seventh pass).
+- `decode_attention` (`csrc/attention_cpu.cpp`): decode rows attend to their sequences' KV blocks
+  where they lie in the paged cache, instead of gathering them into padded copies for SDPA
+  (docs/runtime.md, eighth pass).
 
 It is compiled for the CPU it is built on (`-march=native`), by `make setup`
 (`python -m lorafleet.kernels.native_cpu`), into `kernels/_native/<tag>/`, where the tag hashes the
@@ -33,7 +37,9 @@ import torch
 
 log = logging.getLogger("lorafleet.kernels")
 
-SOURCE = Path(__file__).resolve().parent / "csrc" / "lora_cpu.cpp"
+CSRC = Path(__file__).resolve().parent / "csrc"
+SOURCES = tuple(CSRC / name for name in ("bindings.cpp", "lora_cpu.cpp", "attention_cpu.cpp"))
+HEADERS = tuple(CSRC / name for name in ("kernels.h", "vec.h"))
 BUILDS = Path(__file__).resolve().parent / "_native"
 CFLAGS = ("-O3", "-march=native", "-fopenmp")
 LDFLAGS = ("-fopenmp",)
@@ -51,30 +57,30 @@ def _cpu_flags() -> str:
 
 
 def build_tag() -> str:
-    """What a build is valid for: this source, these flags, this torch, this CPU."""
+    """What a build is valid for: these sources, these flags, this torch, this CPU."""
     digest = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), " ".join(CFLAGS + LDFLAGS).encode(), torch.__version__.encode(),
-                 _cpu_flags().encode(), platform.machine().encode()):
+    for part in (*(path.read_bytes() for path in SOURCES + HEADERS), " ".join(CFLAGS + LDFLAGS).encode(),
+                 torch.__version__.encode(), _cpu_flags().encode(), platform.machine().encode()):
         digest.update(part)
     return digest.hexdigest()[:16]
 
 
 def module_name() -> str:
-    return f"lorafleet_lora_cpu_{build_tag()}"
+    return f"lorafleet_cpu_{build_tag()}"
 
 
 def build(say: Callable[[str], None] = print) -> Path:
-    """Compiles the kernel for this machine (if not built yet) and returns the library's path."""
+    """Compiles the kernels for this machine (if not built yet) and returns the library's path."""
     from torch.utils import cpp_extension
 
     folder = BUILDS / build_tag()
     folder.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
-    cpp_extension.load(module_name(), [str(SOURCE)], extra_cflags=list(CFLAGS), extra_ldflags=list(LDFLAGS),
-                       build_directory=str(folder), verbose=False)
+    cpp_extension.load(module_name(), [str(path) for path in SOURCES], extra_cflags=list(CFLAGS),
+                       extra_ldflags=list(LDFLAGS), build_directory=str(folder), verbose=False)
     library = _library(folder)
     assert library is not None, f"the build left no library in {folder}"
-    say(f"CPU LoRA kernel ready in {time.monotonic() - start:.1f} s: {library}")
+    say(f"CPU kernels ready in {time.monotonic() - start:.1f} s: {library}")
     return library
 
 
@@ -88,25 +94,56 @@ def _library(folder: Path) -> Path | None:
 
 @functools.cache
 def lora_kernel() -> ModuleType | None:
-    """The built kernel for this machine, or None (not built, disabled, or failing its check)."""
+    """The built kernels' module, where its LoRA passes its check on this machine; else None."""
+    module = _module()
+    return module if module is not None and _lora_checked(module) else None
+
+
+@functools.cache
+def attention_kernel() -> ModuleType | None:
+    """The built kernels' module, where its decode attention passes its check here; else None."""
+    module = _module()
+    return module if module is not None and _attention_checked(module) else None
+
+
+@functools.cache
+def _module() -> ModuleType | None:
+    """This machine's build, loaded once (never compiled here); None where there is none."""
     if os.environ.get(DISABLE) == "0" or sys.platform != "linux":
         return None
     try:
         library = _library(BUILDS / build_tag())
         if library is None:
-            log.info("no CPU LoRA kernel built for this machine (`make setup` builds it): torch forms")
+            log.info("no CPU kernels built for this machine (`make setup` builds them): torch forms")
             return None
         spec = importlib.util.spec_from_file_location(module_name(), library)
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
     except Exception as error:  # a stale or foreign build: the torch forms serve
-        log.warning("CPU LoRA kernel not loaded (%s): torch forms", error)
-        return None
-    if not _computes_right(module):
-        log.warning("CPU LoRA kernel computed a wrong product on this machine: torch forms")
+        log.warning("CPU kernels not loaded (%s): torch forms", error)
         return None
     return module
+
+
+def _lora_checked(module: ModuleType) -> bool:
+    if _computes_right(module):
+        return True
+    log.warning("CPU LoRA kernel computed a wrong product on this machine: torch forms")
+    return False
+
+
+def _attention_checked(module: ModuleType) -> bool:
+    if _attends_right(module):
+        return True
+    log.warning("CPU decode attention kernel disagreed with float64 attention on this machine: torch forms")
+    return False
+
+
+def forget() -> None:
+    """Drops what this process loaded and decided, so that the next lookup starts over (tests)."""
+    for cached in (lora_kernel, attention_kernel, _module):
+        cached.cache_clear()
 
 
 def _computes_right(module: ModuleType) -> bool:
@@ -123,17 +160,43 @@ def _computes_right(module: ModuleType) -> bool:
     return torch.equal(out, expected)
 
 
+def _attends_right(module: ModuleType) -> bool:
+    """Two sequences on a cache of 4-token blocks (one across two blocks), without and with a
+    sliding window, against softmax attention in float64: within fp32's rounding."""
+    gen = torch.Generator().manual_seed(0)
+    k_cache, v_cache = (torch.randn(3, 4, 2, 8, generator=gen) for _ in range(2))  # [blocks, bs, KVH, D]
+    q = torch.randn(3, 4, 8, generator=gen)  # 3 rows, 4 query heads: 2 per KV head
+    tables, lens = torch.tensor([[2, 0], [1, 0]]), torch.tensor([6, 3])
+    for window in (-1, 2):
+        out = torch.zeros(3, 4, 8)
+        rows = torch.tensor([2, 0])
+        module.decode_attention(out, q, rows, k_cache, v_cache, tables, lens, 0.5, window, 0.0)
+        for row, table, length in ((2, [2, 0], 6), (0, [1], 3)):
+            start = max(0, length - window) if window > 0 else 0
+            keys, values = (
+                cache[table].reshape(-1, 2, 8)[start:length].double().repeat_interleave(2, 1)
+                for cache in (k_cache, v_cache)
+            )
+            weights = (torch.einsum("hd,thd->ht", q[row].double(), keys) * 0.5).softmax(-1)
+            if not torch.allclose(out[row].double(), torch.einsum("ht,thd->hd", weights, values), atol=1e-5):
+                return False
+        if not out[1].eq(0).all():  # a row no decode row names is left alone
+            return False
+    return True
+
+
 def main() -> None:
     if os.environ.get(DISABLE) == "0":
-        print(f"{DISABLE}=0: the CPU LoRA kernel is not built")
+        print(f"{DISABLE}=0: the CPU kernels are not built")
         return
     try:
         build()
     except Exception as error:  # no compiler or ninja: setup goes on, the torch forms serve
-        print(f"CPU LoRA kernel not built ({type(error).__name__}: {error}); the torch forms will serve")
+        print(f"CPU kernels not built ({type(error).__name__}: {error}); the torch forms will serve")
         return
-    if lora_kernel() is None:
-        print("CPU LoRA kernel built but not usable here; the torch forms will serve")
+    for name, kernel in (("LoRA", lora_kernel), ("decode attention", attention_kernel)):
+        if kernel() is None:
+            print(f"CPU {name} kernel built but not usable here; the torch forms will serve")
 
 
 if __name__ == "__main__":

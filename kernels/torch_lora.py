@@ -191,9 +191,13 @@ def apply_paged(
     if live.num_tokens == 0:
         return out
     offsets = offsets_of(slice_widths)
-    in_place = reads_in_place(x, lora_a_pages, lora_b_pages)
     planned = slot_weights is not None
     kernel = _kernel_runs(x, meta, pages, planned)
+    if kernel and path in (None, GROUPED):  # the rule's first case, decided without the rest of it
+        assert slot_weights is not None
+        return _planned(out, x, lora_a_pages, lora_b_pages, scales, offsets, meta, pages, slot_weights,
+                        kernel)
+    in_place = reads_in_place(x, lora_a_pages, lora_b_pages)
     chosen = path or _rule(live, lora_a_pages, lora_b_pages, in_place, planned, kernel)
     if chosen == GATHERED:
         return _gathered(out, x, lora_a_pages, lora_b_pages, scales, offsets, meta, pages, live, in_place)

@@ -4,7 +4,9 @@ The cache of one layer is `k_cache`/`v_cache` [num_blocks, block_size, KVH, D]; 
 tokens live in the blocks its block table lists, in order. Each step first writes the new
 keys/values at their slots, then attends:
 
-- decode rows (one new token per sequence) are batched: the blocks of every sequence are gathered
+- decode rows (one new token per sequence) are batched. Where the CPU kernels are built
+  (`kernels/native_cpu.py`), fp32 rows on the CPU attend to their blocks in place, one call a
+  layer (`kernels/csrc/attention_cpu.cpp`). Otherwise the blocks of every sequence are gathered
   into [B, max_blocks * block_size] and padded positions are masked out. The query heads that
   share a KV head go in as that head's rows ([B, KVH, H/KVH, D] against [B, KVH, C, D]), so one
   SDPA call reads each KV head once per sequence: the same math as SDPA's own `enable_gqa` (one
@@ -25,9 +27,11 @@ instead, which reads the cache in place: `layers/attention_cuda.py`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import ModuleType
 
 import torch
 import torch.nn.functional as F
+from lorafleet.kernels import native_cpu
 from lorafleet.runtime.layers import attention_cuda
 
 
@@ -103,11 +107,19 @@ def paged_attention(
     num_kv_heads, head_dim = k_cache.shape[2], k_cache.shape[3]
     k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, meta.slot_mapping, k)
     v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, meta.slot_mapping, v)
-    out = torch.empty_like(q)
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     if meta.decode is not None:
-        out.index_copy_(0, meta.decode.token_index, _decode(
-            q, k_cache, v_cache, meta.decode, scale, sliding_window, soft_cap
-        ))
+        kernel = _decode_kernel(q)
+        if kernel is not None:  # writes the decode rows of `out` in place
+            group = meta.decode
+            kernel.decode_attention(
+                out, q, group.token_index, k_cache, v_cache, group.block_tables, group.context_lens, scale,
+                -1 if sliding_window is None else sliding_window, 0.0 if soft_cap is None else soft_cap,
+            )
+        else:
+            out.index_copy_(0, meta.decode.token_index, _decode(
+                q, k_cache, v_cache, meta.decode, scale, sliding_window, soft_cap
+            ))
     for span in meta.prefills:
         if span.start_pos == 0:  # nothing cached before this chunk: attend to its own keys/values
             rows = slice(span.token_start, span.token_end)
@@ -117,6 +129,13 @@ def paged_attention(
                 q, k_cache, v_cache, span, scale, sliding_window, soft_cap
             )
     return out
+
+
+def _decode_kernel(q: torch.Tensor) -> ModuleType | None:
+    """The CPU decode attention kernel where it is built and takes these rows (fp32 on the CPU)."""
+    if q.device.type != "cpu" or q.dtype != torch.float32:
+        return None
+    return native_cpu.attention_kernel()
 
 
 def _gather(cache: torch.Tensor, block_tables: torch.Tensor) -> torch.Tensor:

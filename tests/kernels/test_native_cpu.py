@@ -1,5 +1,6 @@
-"""The CPU LoRA kernel (`kernels/native_cpu.py`, `kernels/csrc/lora_cpu.cpp`): built by `make setup`
-where a compiler is, equal to the float64 product, and the planned form's engine for decode rows."""
+"""The CPU kernels (`kernels/native_cpu.py`, `kernels/csrc/`): built by `make setup` where a compiler
+is. The LoRA kernel equals the float64 product and is the planned form's engine for decode rows; the
+decode attention kernel equals float64 attention over the paged cache and refuses bad arguments."""
 
 from __future__ import annotations
 
@@ -150,13 +151,15 @@ def test_without_a_kernel_the_planned_form_is_mkls(monkeypatch: pytest.MonkeyPat
 
 def test_disabled_by_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(native_cpu.DISABLE, "0")
-    native_cpu.lora_kernel.cache_clear()
+    native_cpu.forget()
     try:
         assert native_cpu.lora_kernel() is None
+        assert native_cpu.attention_kernel() is None
     finally:
         monkeypatch.delenv(native_cpu.DISABLE)
-        native_cpu.lora_kernel.cache_clear()
+        native_cpu.forget()
     assert (native_cpu.lora_kernel() is None) == (KERNEL is None)
+    assert (native_cpu.attention_kernel() is None) == (KERNEL is None)
 
 
 def test_a_build_is_tagged_with_its_source_and_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -182,3 +185,136 @@ def test_the_rule_gives_the_kernel_every_call_it_takes(monkeypatch: pytest.Monke
     monkeypatch.setattr(torch_lora.native_cpu, "lora_kernel", lambda: None)
     without = torch_lora.chosen_path(case.x, case.a_pages, case.b_pages, meta, case.pages, planned=True)
     assert without == torch_lora.GATHERED
+
+
+def _paged_attention_case(  # type: ignore[no-untyped-def]
+    seed: int, lens: list[int], block_size: int, kv_heads: int, groups: int, head_dim: int
+):
+    """Sequences of these lengths scattered over a shuffled cache; q's rows are strided (a view of a
+    wider tensor) and one row of the batch is no sequence's."""
+    generator = torch.Generator().manual_seed(seed)
+    widest = max(-(-n // block_size) for n in lens)
+    num_blocks = sum(-(-n // block_size) for n in lens) + 3
+    shape = (num_blocks, block_size, kv_heads, head_dim)
+    k_cache, v_cache = (torch.randn(shape, generator=generator) for _ in range(2))
+    free = torch.randperm(num_blocks, generator=generator).tolist()
+    tables = torch.zeros(len(lens), widest, dtype=torch.int64)
+    for row, n in enumerate(lens):
+        for j in range(-(-n // block_size)):
+            tables[row, j] = free.pop()
+    heads = kv_heads * groups
+    q = torch.randn(len(lens) + 1, heads, head_dim + 3, generator=generator)[:, :, :head_dim]
+    token_index = torch.randperm(len(lens) + 1, generator=generator)[: len(lens)]
+    return q, token_index, k_cache, v_cache, tables, torch.tensor(lens)
+
+
+def _attention_reference(q, token_index, k_cache, v_cache, tables, lens, scale, window, soft_cap):  # type: ignore[no-untyped-def]
+    expected = {}
+    kv_heads, head_dim = k_cache.shape[2], k_cache.shape[3]
+    groups = q.shape[1] // kv_heads
+    for row, n in enumerate(lens.tolist()):
+        start = max(0, n - window) if window > 0 else 0
+        keys, values = (
+            cache[tables[row]].reshape(-1, kv_heads, head_dim)[start:n].double().repeat_interleave(groups, 1)
+            for cache in (k_cache, v_cache)
+        )
+        scores = torch.einsum("hd,thd->ht", q[token_index[row]].double(), keys) * scale
+        if soft_cap > 0:
+            scores = soft_cap * torch.tanh(scores / soft_cap)
+        expected[int(token_index[row])] = torch.einsum("ht,thd->hd", scores.softmax(-1), values)
+    return expected
+
+
+needs_attention = pytest.mark.skipif(native_cpu.attention_kernel() is None, reason="no CPU kernels built")
+
+
+@needs_attention
+@pytest.mark.parametrize(
+    ("lens", "block_size", "kv_heads", "groups", "head_dim", "window", "soft_cap"),
+    [
+        ([1, 17, 40, 16, 33], 16, 3, 3, 64, -1, 0.0),  # SmolLM2's heads, contexts on and off block edges
+        ([5, 70, 9], 16, 2, 7, 64, -1, 0.0),  # Qwen2.5's
+        ([3, 12, 25], 4, 1, 4, 40, 6, 0.0),  # D off the vector size, a sliding window
+        ([8, 31], 8, 2, 2, 80, -1, 50.0),  # Gemma 2's soft cap
+        ([2, 9], 4, 4, 1, 8, 3, 5.0),  # D under one vector, window and cap, one query head per KV head
+    ],
+)
+def test_decode_attention_matches_float64_attention(
+    lens: list[int], block_size: int, kv_heads: int, groups: int, head_dim: int, window: int, soft_cap: float
+) -> None:
+    kernel = native_cpu.attention_kernel()
+    assert kernel is not None
+    q, token_index, k_cache, v_cache, tables, context = _paged_attention_case(
+        len(lens) * 7 + head_dim, lens, block_size, kv_heads, groups, head_dim
+    )
+    out = torch.full(q.shape, 7.0)
+    scale = head_dim**-0.5
+    kernel.decode_attention(out, q, token_index, k_cache, v_cache, tables, context, scale, window, soft_cap)
+    expected = _attention_reference(q, token_index, k_cache, v_cache, tables, context, scale, window,
+                                    soft_cap)
+    for row in range(q.shape[0]):
+        if row in expected:
+            torch.testing.assert_close(out[row].double(), expected[row], atol=1e-5, rtol=1e-5)
+        else:  # no decode row: untouched
+            assert out[row].eq(7.0).all()
+
+
+@needs_attention
+def test_decode_attention_on_two_threads_equals_one_thread() -> None:
+    kernel = native_cpu.attention_kernel()
+    assert kernel is not None
+    case = _paged_attention_case(5, [30, 2, 64, 17, 5, 48], 16, 3, 3, 64)
+    outs = []
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            out = torch.zeros(case[0].shape)
+            kernel.decode_attention(out, *case, 0.125, -1, 0.0)
+            outs.append(out)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(outs[0], outs[1])  # one task per (sequence, KV head): the same sums either way
+
+
+@needs_attention
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ("block", "block table entry out of range"),
+        ("negative block", "block table entry out of range"),
+        ("context", "context_lens out of range"),
+        ("empty context", "context_lens out of range"),
+        ("token", "token_index out of range"),
+        ("dtype", "fp32"),
+        ("int32 tables", "int64"),
+        ("heads", "multiple of the KV heads"),
+        ("window", "window"),
+    ],
+)
+def test_decode_attention_refuses_arguments_that_would_reach_out_of_bounds(change: str, match: str) -> None:
+    kernel = native_cpu.attention_kernel()
+    assert kernel is not None
+    q, token_index, k_cache, v_cache, tables, lens = _paged_attention_case(3, [5, 9], 4, 2, 2, 16)
+    window = -1
+    if change == "block":
+        tables[1, 2] = k_cache.shape[0]
+    elif change == "negative block":
+        tables[0, 0] = -1
+    elif change == "context":
+        lens[1] = tables.shape[1] * 4 + 1
+    elif change == "empty context":
+        lens[0] = 0
+    elif change == "token":
+        token_index[0] = q.shape[0]
+    elif change == "dtype":
+        q = q.double()
+    elif change == "int32 tables":
+        tables = tables.int()
+    elif change == "heads":
+        q = q[:, :3]
+    elif change == "window":
+        window = 0
+    out = torch.zeros(q.shape, dtype=q.dtype)
+    with pytest.raises(RuntimeError, match=match):
+        kernel.decode_attention(out, q, token_index, k_cache, v_cache, tables, lens, 0.25, window, 0.0)

@@ -3,13 +3,16 @@
 The model oracles check attention through whole models; this checks the paged layer alone on
 shapes those models do not reach: sequences scattered over non-adjacent blocks, grouped-query
 heads, decode rows beside prefill chunks (fresh and continuing) in one call, a sliding window,
-and Gemma 2's soft-capping.
+and Gemma 2's soft-capping. Each case runs twice on the CPU: through the decode attention kernel
+(`kernels/native_cpu.py`, where `make setup` built it) and through the torch form it replaces.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
+from lorafleet.kernels import native_cpu
+from lorafleet.runtime.layers import attention
 from lorafleet.runtime.layers.attention import (
     AttentionMetadata,
     DecodeGroup,
@@ -19,7 +22,27 @@ from lorafleet.runtime.layers.attention import (
 
 BLOCK_SIZE = 4
 NUM_BLOCKS = 32
-HEAD_DIM = 8
+KERNEL = native_cpu.attention_kernel()
+
+
+@pytest.fixture(params=["kernel", "torch"])
+def decode_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> list[int] | None:
+    """Which form the decode rows take: the kernel's (its calls, counted) or the torch form's (None)."""
+    if request.param == "torch":
+        monkeypatch.setattr(attention.native_cpu, "attention_kernel", lambda: None)
+        return None
+    calls: list[int] = []
+    if KERNEL is None:
+        pytest.skip("no CPU kernels built on this machine")
+
+    class Counting:
+        @staticmethod
+        def decode_attention(*args):  # type: ignore[no-untyped-def]
+            calls.append(1)
+            return KERNEL.decode_attention(*args)
+
+    monkeypatch.setattr(attention.native_cpu, "attention_kernel", lambda: Counting)
+    return calls
 
 
 def reference(
@@ -46,18 +69,20 @@ def reference(
     return (torch.softmax(scores, dim=-1) @ v).transpose(0, 1).float()
 
 
+@pytest.mark.parametrize("head_dim", [8, 64])
 @pytest.mark.parametrize(
     ("num_heads", "num_kv_heads", "window", "soft_cap"),
     [(6, 2, None, None), (4, 4, None, None), (6, 3, 5, None), (4, 2, None, 30.0), (4, 1, 3, 5.0)],
 )
 def test_paged_attention_matches_attention_per_sequence(
-    num_heads: int, num_kv_heads: int, window: int | None, soft_cap: float | None
+    num_heads: int, num_kv_heads: int, window: int | None, soft_cap: float | None, head_dim: int,
+    decode_path: list[int] | None,
 ) -> None:
-    generator = torch.Generator().manual_seed(num_heads * 10 + num_kv_heads)
+    generator = torch.Generator().manual_seed(num_heads * 10 + num_kv_heads + head_dim)
     # Each sequence: (tokens already cached, tokens this step). One token with a cache = decode.
     sequences = [(9, 1), (2, 1), (14, 1), (0, 7), (6, 5), (3, 1)]
     free_blocks = torch.randperm(NUM_BLOCKS, generator=generator).tolist()
-    shape = (NUM_BLOCKS, BLOCK_SIZE, num_kv_heads, HEAD_DIM)
+    shape = (NUM_BLOCKS, BLOCK_SIZE, num_kv_heads, head_dim)
     k_cache = torch.randn(shape, generator=generator)
     v_cache = torch.randn(shape, generator=generator)
 
@@ -67,16 +92,16 @@ def test_paged_attention_matches_attention_per_sequence(
         tables.append(torch.tensor(blocks))
         positions = torch.arange(cached + new)
         seq_slots = torch.tensor(blocks)[positions // BLOCK_SIZE] * BLOCK_SIZE + positions % BLOCK_SIZE
-        keys = torch.randn(cached + new, num_kv_heads, HEAD_DIM, generator=generator)
-        values = torch.randn(cached + new, num_kv_heads, HEAD_DIM, generator=generator)
-        k_cache.view(-1, num_kv_heads, HEAD_DIM)[seq_slots[:cached]] = keys[:cached]
-        v_cache.view(-1, num_kv_heads, HEAD_DIM)[seq_slots[:cached]] = values[:cached]
+        keys = torch.randn(cached + new, num_kv_heads, head_dim, generator=generator)
+        values = torch.randn(cached + new, num_kv_heads, head_dim, generator=generator)
+        k_cache.view(-1, num_kv_heads, head_dim)[seq_slots[:cached]] = keys[:cached]
+        v_cache.view(-1, num_kv_heads, head_dim)[seq_slots[:cached]] = values[:cached]
         whole_keys.append(keys)
         whole_values.append(values)
         slots.append(seq_slots[cached:])
 
     # The flat batch lists the sequences in order; the decode rows are those with one new token.
-    q = torch.randn(sum(new for _, new in sequences), num_heads, HEAD_DIM, generator=generator)
+    q = torch.randn(sum(new for _, new in sequences), num_heads, head_dim, generator=generator)
     starts = torch.tensor([0] + [new for _, new in sequences]).cumsum(0).tolist()
     k = torch.cat([keys[cached:] for keys, (cached, _) in zip(whole_keys, sequences, strict=True)])
     v = torch.cat([vals[cached:] for vals, (cached, _) in zip(whole_values, sequences, strict=True)])
@@ -98,7 +123,7 @@ def test_paged_attention_matches_attention_per_sequence(
             context_lens=torch.tensor([sum(sequences[i]) for i in decoding]),
         ),
     )
-    scale = HEAD_DIM**-0.5
+    scale = head_dim**-0.5
 
     out = paged_attention(q, k, v, k_cache, v_cache, meta, scale, window, soft_cap)
 
@@ -106,3 +131,4 @@ def test_paged_attention_matches_attention_per_sequence(
         rows = slice(starts[i], starts[i + 1])
         expected = reference(q[rows], keys, whole_values[i], scale, window, soft_cap)
         torch.testing.assert_close(out[rows], expected, atol=1e-5, rtol=1e-5, msg=f"sequence {i}")
+    assert decode_path is None or decode_path == [1]  # the kernel's path: one call for the decode rows
