@@ -8,6 +8,8 @@
 - `decode_attention` (`csrc/attention_cpu.cpp`): decode rows attend to their sequences' KV blocks
   where they lie in the paged cache, instead of gathering them into padded copies for SDPA
   (docs/runtime.md, eighth pass).
+- `rms_norm`, `add_rms_norm`, `rotary` (`csrc/layers_cpu.cpp`): the decoder's RMSNorm (with the
+  residual add before it) and RoPE, one pass over each row instead of five to ten torch ops.
 
 It is compiled for the CPU it is built on (`-march=native`), by `make setup`
 (`python -m lorafleet.kernels.native_cpu`), into `kernels/_native/<tag>/`, where the tag hashes the
@@ -38,7 +40,8 @@ import torch
 log = logging.getLogger("lorafleet.kernels")
 
 CSRC = Path(__file__).resolve().parent / "csrc"
-SOURCES = tuple(CSRC / name for name in ("bindings.cpp", "lora_cpu.cpp", "attention_cpu.cpp"))
+SOURCES = tuple(CSRC / name for name in (
+    "bindings.cpp", "lora_cpu.cpp", "attention_cpu.cpp", "layers_cpu.cpp"))
 HEADERS = tuple(CSRC / name for name in ("kernels.h", "vec.h"))
 BUILDS = Path(__file__).resolve().parent / "_native"
 CFLAGS = ("-O3", "-march=native", "-fopenmp")
@@ -96,14 +99,21 @@ def _library(folder: Path) -> Path | None:
 def lora_kernel() -> ModuleType | None:
     """The built kernels' module, where its LoRA passes its check on this machine; else None."""
     module = _module()
-    return module if module is not None and _lora_checked(module) else None
+    return module if module is not None and _checked(module, _computes_right, "LoRA") else None
 
 
 @functools.cache
 def attention_kernel() -> ModuleType | None:
     """The built kernels' module, where its decode attention passes its check here; else None."""
     module = _module()
-    return module if module is not None and _attention_checked(module) else None
+    return module if module is not None and _checked(module, _attends_right, "decode attention") else None
+
+
+@functools.cache
+def norm_rope_kernel() -> ModuleType | None:
+    """The built kernels' module, where its RMSNorm and RoPE pass their check here; else None."""
+    module = _module()
+    return module if module is not None and _checked(module, _norms_and_rope_right, "RMSNorm/RoPE") else None
 
 
 @functools.cache
@@ -126,23 +136,16 @@ def _module() -> ModuleType | None:
     return module
 
 
-def _lora_checked(module: ModuleType) -> bool:
-    if _computes_right(module):
+def _checked(module: ModuleType, check: Callable[[ModuleType], bool], name: str) -> bool:
+    if check(module):
         return True
-    log.warning("CPU LoRA kernel computed a wrong product on this machine: torch forms")
-    return False
-
-
-def _attention_checked(module: ModuleType) -> bool:
-    if _attends_right(module):
-        return True
-    log.warning("CPU decode attention kernel disagreed with float64 attention on this machine: torch forms")
+    log.warning("CPU %s kernel failed its check on this machine (wrong result): torch forms", name)
     return False
 
 
 def forget() -> None:
     """Drops what this process loaded and decided, so that the next lookup starts over (tests)."""
-    for cached in (lora_kernel, attention_kernel, _module):
+    for cached in (lora_kernel, attention_kernel, norm_rope_kernel, _module):
         cached.cache_clear()
 
 
@@ -185,6 +188,34 @@ def _attends_right(module: ModuleType) -> bool:
     return True
 
 
+def _norms_and_rope_right(module: ModuleType) -> bool:
+    """RMSNorm (plain, after a residual add, Gemma's offset) within fp32 rounding of the eager
+    form's; RoPE bit for bit."""
+    gen = torch.Generator().manual_seed(0)
+    x, residual = torch.randn(3, 40, generator=gen), torch.randn(3, 40, generator=gen)
+    weight = torch.randn(40, generator=gen)
+    for offset in (0.0, 1.0):
+        total = x + residual
+        normed = total * torch.rsqrt(total.pow(2).mean(-1, keepdim=True) + 1e-6)
+        expected = normed * (offset + weight) if offset else weight * normed
+        out, got_total, plain = torch.empty(3, 40), torch.empty(3, 40), torch.empty(3, 40)
+        module.add_rms_norm(out, got_total, x, residual, weight, 1e-6, offset)
+        module.rms_norm(plain, total, weight, 1e-6, offset)
+        if not (torch.equal(got_total, total) and torch.allclose(out, expected, atol=1e-5, rtol=1e-5)
+                and torch.allclose(plain, expected, atol=1e-5, rtol=1e-5)):
+            return False
+    q, k = torch.randn(3, 4, 8, generator=gen), torch.randn(3, 2, 8, generator=gen)
+    angles = torch.randn(3, 1, 8, generator=gen)
+    cos, sin = angles.cos(), angles.sin()
+    q_out, k_out = torch.empty(3, 4, 8), torch.empty(3, 2, 8)
+    module.rotary(q_out, k_out, q, k, cos, sin)
+
+    def rotated(t: torch.Tensor) -> torch.Tensor:
+        return t * cos + torch.cat((-t[..., 4:], t[..., :4]), dim=-1) * sin
+
+    return torch.equal(q_out, rotated(q)) and torch.equal(k_out, rotated(k))
+
+
 def main() -> None:
     if os.environ.get(DISABLE) == "0":
         print(f"{DISABLE}=0: the CPU kernels are not built")
@@ -194,7 +225,8 @@ def main() -> None:
     except Exception as error:  # no compiler or ninja: setup goes on, the torch forms serve
         print(f"CPU kernels not built ({type(error).__name__}: {error}); the torch forms will serve")
         return
-    for name, kernel in (("LoRA", lora_kernel), ("decode attention", attention_kernel)):
+    for name, kernel in (("LoRA", lora_kernel), ("decode attention", attention_kernel),
+                         ("RMSNorm/RoPE", norm_rope_kernel)):
         if kernel() is None:
             print(f"CPU {name} kernel built but not usable here; the torch forms will serve")
 

@@ -12,3 +12,11 @@ void lora_layer(at::Tensor out, at::Tensor x, std::vector<int64_t> lo, std::vect
 void decode_attention(at::Tensor out, at::Tensor q, at::Tensor token_index, at::Tensor k_cache, at::Tensor v_cache,
                       at::Tensor block_tables, at::Tensor context_lens, double scale, int64_t window,
                       double soft_cap);
+
+// RMSNorm of rows, and the residual add before it (`layers_cpu.cpp`).
+void rms_norm(at::Tensor out, at::Tensor x, at::Tensor weight, double eps, double offset);
+void add_rms_norm(at::Tensor out, at::Tensor total, at::Tensor x, at::Tensor residual, at::Tensor weight, double eps,
+                  double offset);
+
+// RoPE of q and k, rotate-half layout, by per-token cos/sin tables (`layers_cpu.cpp`).
+void rotary(at::Tensor q_out, at::Tensor k_out, at::Tensor q, at::Tensor k, at::Tensor cos, at::Tensor sin);

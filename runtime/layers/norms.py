@@ -6,12 +6,17 @@ differs in half precision, so the order matters for bit-level agreement with the
 
 On CUDA (with the Triton backend, `kernels.fused.fused_layers`) both forms, and the decoder's
 residual add before a norm (`add_and_norm`), run as one fused kernel that rounds as this code does
-(`lorafleet.kernels.fused_norm`); elsewhere the eager code below runs.
+(`lorafleet.kernels.fused_norm`). On the CPU, fp32 rows go through the CPU kernels where `make setup`
+built them (`kernels/native_cpu.py`: one pass per row, the sum of squares in another order, so within
+fp32 rounding of the eager form); elsewhere the eager code below runs.
 """
 
 from __future__ import annotations
 
+from types import ModuleType
+
 import torch
+from lorafleet.kernels import native_cpu
 from lorafleet.kernels.fused import fused_layers
 from torch import nn
 
@@ -34,6 +39,12 @@ class RMSNorm(nn.Module):
             from lorafleet.kernels import fused_norm
 
             return fused_norm.rms_norm(x, self.weight, self.eps, self.offset)
+        kernel = self._cpu_kernel(x)
+        if kernel is not None:
+            rows = x.view(-1, x.shape[-1])
+            out = torch.empty(rows.shape, dtype=x.dtype)
+            kernel.rms_norm(out, rows, self.weight, self.eps, self.offset)
+            return out.view(x.shape)
         hidden = x.float()
         hidden = hidden * torch.rsqrt(hidden.pow(2).mean(-1, keepdim=True) + self.eps)
         if self.offset:
@@ -48,5 +59,18 @@ class RMSNorm(nn.Module):
             from lorafleet.kernels import fused_norm
 
             return fused_norm.add_rms_norm(x, residual, self.weight, self.eps, self.offset)
+        kernel = self._cpu_kernel(x) if x.shape == residual.shape and x.dim() == 2 else None
+        if kernel is not None and residual.is_contiguous():
+            total, out = torch.empty(x.shape, dtype=x.dtype), torch.empty(x.shape, dtype=x.dtype)
+            kernel.add_rms_norm(out, total, x, residual, self.weight, self.eps, self.offset)
+            return total, out
         total = x + residual
         return total, self(total)
+
+    def _cpu_kernel(self, x: torch.Tensor) -> ModuleType | None:
+        """The CPU kernels where built and these rows are theirs: fp32, contiguous, on the CPU."""
+        if x.device.type != "cpu" or x.dtype != torch.float32 or self.weight.dtype != torch.float32:
+            return None
+        if not x.is_contiguous():
+            return None
+        return native_cpu.norm_rope_kernel()

@@ -10,16 +10,20 @@ same way. Both agree for every sequence within the original length (the tests' c
 
 On CUDA (with the Triton backend, `kernels.fused.fused_layers`) q and k are rotated in place by
 one fused kernel that computes cos/sin itself, rounded as this code rounds them
-(`lorafleet.kernels.fused_rotary`); elsewhere the eager code below runs.
+(`lorafleet.kernels.fused_rotary`). On the CPU, fp32 q and k of a full-width rotation go through
+the CPU kernels where `make setup` built them (`kernels/native_cpu.py`: the same products and sums,
+bit for bit, in one pass); elsewhere the eager code below runs.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from types import ModuleType
 from typing import Any
 
 import torch
+from lorafleet.kernels import native_cpu
 from lorafleet.kernels.fused import fused_layers
 from torch import nn
 
@@ -90,6 +94,15 @@ def _tables(
     return (emb.cos() * factor).to(dtype)[:, None, :], (emb.sin() * factor).to(dtype)[:, None, :]
 
 
+def _cpu_kernel(q: torch.Tensor, k: torch.Tensor) -> ModuleType | None:
+    """The CPU kernels where built and q, k are theirs: fp32 on the CPU, each head's values contiguous."""
+    if q.device.type != "cpu" or q.dtype != torch.float32 or k.dtype != torch.float32:
+        return None
+    if q.stride(-1) != 1 or k.stride(-1) != 1:
+        return None
+    return native_cpu.norm_rope_kernel()
+
+
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
@@ -136,6 +149,11 @@ class RotaryEmbedding(nn.Module):
             return self._fused(positions, q, k)
         cos, sin = self._cos_sin(positions, q.dtype)
         if self.rotary_dim == q.shape[-1]:
+            kernel = _cpu_kernel(q, k)
+            if kernel is not None:  # the same products and sums, bit for bit, in one pass
+                q_out, k_out = torch.empty(q.shape, dtype=q.dtype), torch.empty(k.shape, dtype=k.dtype)
+                kernel.rotary(q_out, k_out, q, k, cos, sin)
+                return q_out, k_out
             return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
         r = self.rotary_dim
         q_rot, k_rot = q[..., :r], k[..., :r]

@@ -318,3 +318,82 @@ def test_decode_attention_refuses_arguments_that_would_reach_out_of_bounds(chang
     out = torch.zeros(q.shape, dtype=q.dtype)
     with pytest.raises(RuntimeError, match=match):
         kernel.decode_attention(out, q, token_index, k_cache, v_cache, tables, lens, 0.25, window, 0.0)
+
+
+needs_norm_rope = pytest.mark.skipif(native_cpu.norm_rope_kernel() is None, reason="no CPU kernels built")
+
+
+def _eager_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, offset: float) -> torch.Tensor:
+    normed = x.double() * torch.rsqrt(x.double().pow(2).mean(-1, keepdim=True) + eps)
+    return normed * (offset + weight.double()) if offset else weight.double() * normed
+
+
+@needs_norm_rope
+@pytest.mark.parametrize(("rows", "dim"), [(1, 576), (33, 896), (7, 40), (2, 8)])
+@pytest.mark.parametrize("offset", [0.0, 1.0])
+def test_rms_norm_and_the_add_before_it_match_float64(rows: int, dim: int, offset: float) -> None:
+    kernel = native_cpu.norm_rope_kernel()
+    assert kernel is not None
+    generator = torch.Generator().manual_seed(rows * dim)
+    x = torch.randn(rows, dim, generator=generator) * 3
+    residual = torch.randn(rows, dim, generator=generator)
+    weight = torch.randn(dim, generator=generator)
+    out, total = torch.empty(rows, dim), torch.empty(rows, dim)
+    kernel.add_rms_norm(out, total, x, residual, weight, 1e-5, offset)
+    assert torch.equal(total, x + residual)  # the sum itself is exact: one rounding, as torch's
+    torch.testing.assert_close(out.double(), _eager_norm(total, weight, 1e-5, offset), atol=1e-5, rtol=1e-5)
+    plain = torch.empty(rows, dim)
+    kernel.rms_norm(plain, x, weight, 1e-5, offset)
+    torch.testing.assert_close(plain.double(), _eager_norm(x, weight, 1e-5, offset), atol=1e-5, rtol=1e-5)
+
+
+@needs_norm_rope
+def test_rotary_is_the_eager_rotation_bit_for_bit() -> None:
+    """q and k as the attention layer has them: strided views into one fused q|k|v output."""
+    kernel = native_cpu.norm_rope_kernel()
+    assert kernel is not None
+    generator = torch.Generator().manual_seed(3)
+    tokens, heads, kv_heads, dim = 37, 9, 3, 64
+    qkv = torch.randn(tokens, (heads + 2 * kv_heads) * dim, generator=generator)
+    q = qkv[:, : heads * dim].view(tokens, heads, dim)
+    k = qkv[:, heads * dim : (heads + kv_heads) * dim].view(tokens, kv_heads, dim)
+    angles = torch.randn(tokens, 1, dim, generator=generator) * 50
+    cos, sin = angles.cos(), angles.sin()
+    q_out, k_out = torch.empty(q.shape), torch.empty(k.shape)
+    kernel.rotary(q_out, k_out, q, k, cos, sin)
+
+    def eager(t: torch.Tensor) -> torch.Tensor:
+        return t * cos + torch.cat((-t[..., dim // 2 :], t[..., : dim // 2]), dim=-1) * sin
+
+    assert torch.equal(q_out, eager(q))
+    assert torch.equal(k_out, eager(k))
+
+
+@needs_norm_rope
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [("norm rows", "x: \\[rows, dim\\]"), ("norm weight", "weight"), ("norm dtype", "fp32"),
+     ("add shapes", "residual"), ("rope width", "rotary width"), ("rope tables", "cos, sin"),
+     ("rope out", "q_out, k_out")],
+)
+def test_norm_and_rope_kernels_refuse_mismatched_tensors(call: str, match: str) -> None:
+    kernel = native_cpu.norm_rope_kernel()
+    assert kernel is not None
+    x, weight = torch.randn(4, 16), torch.randn(16)
+    q, k, cos = torch.randn(4, 2, 8), torch.randn(4, 1, 8), torch.randn(4, 1, 8)
+    with pytest.raises(RuntimeError, match=match):
+        if call == "norm rows":
+            kernel.rms_norm(torch.empty(4, 16), torch.randn(16, 4).t(), weight, 1e-6, 0.0)  # strided rows
+        elif call == "norm weight":
+            kernel.rms_norm(torch.empty(4, 16), x, torch.randn(15), 1e-6, 0.0)
+        elif call == "norm dtype":
+            kernel.rms_norm(torch.empty(4, 16, dtype=torch.float64), x.double(), weight, 1e-6, 0.0)
+        elif call == "add shapes":
+            short = torch.randn(3, 16)
+            kernel.add_rms_norm(torch.empty(4, 16), torch.empty(4, 16), x, short, weight, 1e-6, 0.0)
+        elif call == "rope width":
+            kernel.rotary(torch.empty(4, 2, 6), torch.empty(4, 1, 6), q[..., :6], k[..., :6], cos, cos)
+        elif call == "rope tables":
+            kernel.rotary(torch.empty(q.shape), torch.empty(k.shape), q, k, cos[:3], cos)
+        else:
+            kernel.rotary(torch.empty(4, 2, 8), torch.empty(4, 2, 8), q, k, cos, cos)
