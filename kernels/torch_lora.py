@@ -209,6 +209,28 @@ def apply_paged(
     raise ValueError(f"path must be one of {PATHS} or None, got {path!r}")
 
 
+def repeat_kernel_call(
+    out: torch.Tensor,  # [T, N]
+    x: torch.Tensor,  # [T, K]
+    meta: LoraBatch,
+    pages: AdapterPages,
+    slot_weights: SlotWeights,
+) -> bool:
+    """`apply_paged`'s call again, without its decisions, where the layer's last call had this
+    metadata and placement and ran on the CPU kernel (a decode step's every layer call after the
+    first step with these rows): True if it ran. Whether the kernel takes a call depends on the
+    metadata, the placement and the dtypes and strides of x and out, which are checked here."""
+    call = slot_weights.last_call(meta, pages)
+    if call is None or x.dtype != torch.float32 or out.dtype != torch.float32:
+        return False
+    if x.stride(1) != 1 or out.stride(1) != 1:
+        return False
+    module = native_cpu.lora_kernel()
+    assert module is not None  # the last call ran on it
+    module.lora_layer(out, x, *call)
+    return True
+
+
 def chosen_path(
     x: torch.Tensor,  # [T, K]
     lora_a_pages: torch.Tensor,  # [P, S, PR, K]

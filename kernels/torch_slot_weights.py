@@ -120,6 +120,14 @@ class SlotWeights:
         self._call = (meta, call)
         return call
 
+    def last_call(self, meta: LoraBatch, pages: AdapterPages) -> NativeCall | None:
+        """The kernel's arguments of the last call that ran on it, if it had this metadata under
+        this placement; else None."""
+        call = self._call
+        if call is not None and call[0] is meta and pages is self._placement:
+            return call[1]
+        return None
+
     def _follow(self, pages: AdapterPages) -> None:
         """Drops every copy made for another placement than `pages`."""
         if pages is not self._placement:

@@ -158,6 +158,8 @@ class LoRABuffers(nn.Module):
     ) -> torch.Tensor:  # out += LoRA(x) for each row's slot in `meta`
         # The buffers are this layer's own, consistent by construction: no checks on this path.
         if self.slot_weights is not None and backend.name == "torch":
+            if torch_lora.repeat_kernel_call(out, x, meta, pages, self.slot_weights):  # decode steps
+                return out
             return torch_lora.apply_paged(out, x, self.lora_a, self.lora_b, self.lora_scales,
                                           self.slice_widths, meta, pages, slot_weights=self.slot_weights)
         return backend.apply_paged(

@@ -5,6 +5,7 @@ decode attention kernel equals float64 attention over the paged cache and refuse
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 
 import pytest
 import torch
@@ -134,6 +135,31 @@ def test_planned_form_runs_decode_rows_on_the_kernel_and_longer_ones_on_mkl(
             first = weights.native_call(case.a_pages, case.b_pages, case.scales, case.pages, meta,
                                         [(0, 0, 2), (1, 2, 5), (2, 5, 6)], (0, 24, 32, 40))
             assert first is weights._call[1]  # type: ignore[index]  # built once for this metadata
+
+
+@needs_kernel
+def test_a_call_like_the_last_one_repeats_it_on_the_kernel() -> None:
+    """`repeat_kernel_call`: the layer's next call with the same metadata and placement (a decode
+    step's) goes straight to the kernel with the arguments of the last one; anything else does not."""
+    case = make_paged_case([0, 0, 1, 1, 1, 2, -1], hidden_in=40, slice_widths=(24, 8, 8),
+                           ranks=[8, 16, 64], dtype=torch.float32, device=CPU, per_slice_scales=True,
+                           row_layout=True)
+    meta = prepare_lora_batch(case.token_lora, case.pages.num_slots)
+    weights = SlotWeights()
+    assert not torch_lora.repeat_kernel_call(case.out.clone(), case.x, meta, case.pages, weights)  # none yet
+    torch_lora.apply_paged(case.out.clone(), case.x, case.a_pages, case.b_pages, case.scales,
+                           case.slice_widths, meta, case.pages, slot_weights=weights)
+    again = case.out.clone()
+    assert torch_lora.repeat_kernel_call(again, case.x, meta, case.pages, weights)
+    assert_close_to_reference(again, case.expected())
+    other_meta = prepare_lora_batch(case.token_lora, case.pages.num_slots)  # equal, but another step's
+    assert not torch_lora.repeat_kernel_call(case.out.clone(), case.x, other_meta, case.pages, weights)
+    assert not torch_lora.repeat_kernel_call(case.out.clone().double(), case.x, meta, case.pages, weights)
+    wide = torch.zeros(case.x.shape[0], case.x.shape[1] * 2)[:, ::2]  # x's values with a column stride of 2
+    wide.copy_(case.x)
+    assert not torch_lora.repeat_kernel_call(case.out.clone(), wide, meta, case.pages, weights)
+    weights.of(case.a_pages, case.b_pages, replace(case.pages), 0, (0, 24, 32, 40))  # a new placement
+    assert not torch_lora.repeat_kernel_call(case.out.clone(), case.x, meta, case.pages, weights)
 
 
 def test_without_a_kernel_the_planned_form_is_mkls(monkeypatch: pytest.MonkeyPatch) -> None:
