@@ -226,7 +226,8 @@ def repeat_kernel_call(
     if x.stride(1) != 1 or out.stride(1) != 1:
         return False
     module = native_cpu.lora_kernel()
-    assert module is not None  # the last call ran on it
+    if module is None:  # switched off since the last call (tests, benchmarks)
+        return False
     module.lora_layer(out, x, *call)
     return True
 
