@@ -31,11 +31,10 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(BENCH.parent))
 
-from engine_shapes import NEW_TOKENS, prompts_and_adapters  # noqa: E402
+from engine_shapes import NEW_TOKENS, shape_engine  # noqa: E402
 from lorafleet.kernels import native_cpu, torch_lora  # noqa: E402
-from lorafleet.runtime.engine import Engine, GenerationRequest, SamplingParams  # noqa: E402
+from lorafleet.runtime.engine import GenerationRequest, SamplingParams  # noqa: E402
 from lorafleet.runtime.layers import attention, norms, rotary  # noqa: E402
-from shapes import real_shape_adapters, real_shape_model  # noqa: E402
 
 # kernel -> (the modules whose `native_cpu` is swapped, the lookup that finds no kernel when off)
 SWITCHES: dict[str, tuple[tuple[types.ModuleType, ...], str]] = {
@@ -55,19 +54,16 @@ def switch(kernel: str, on: bool) -> None:
 def measure(shape: str, kernel: str, rounds: int) -> dict[str, Any]:
     if getattr(native_cpu, SWITCHES[kernel][1])() is None:
         raise SystemExit(f"no CPU {kernel} kernel on this machine (`make setup` builds the kernels)")
-    model_dir = real_shape_model(shape)
-    adapters = {name: str(path) for name, path in real_shape_adapters(model_dir).items()}
-    engine = Engine.from_pretrained(
-        model_dir, adapters=adapters, max_loaded_adapters=4, prefix_caching=False, progress=lambda _: None
-    )
-    work = prompts_and_adapters(engine.tokenizer.encode, engine.tokenizer.decode)
+    engine, work = shape_engine(shape)
     params = SamplingParams(max_new_tokens=NEW_TOKENS, ignore_eos=True)
     runs: dict[str, list[float]] = {f"{scenario} {state}": [] for scenario in ("base", "mixed")
                                     for state in ("off", "on")}
     try:
         with engine:
             warm_up = SamplingParams(max_new_tokens=4, ignore_eos=True)
-            engine.generate([GenerationRequest(p, warm_up) for p in work["prompts"]])
+            for scenario in ("base", "mixed"):  # the mixed one loads the adapters
+                engine.generate([GenerationRequest(p, warm_up, adapter_id=a)
+                                 for p, a in zip(work["prompts"], work[scenario], strict=True)])
             for round_ in range(rounds):
                 for on in (False, True) if round_ % 2 == 0 else (True, False):
                     switch(kernel, on)

@@ -3,13 +3,16 @@
 Random weights of a real model's shape (`shapes.py`: smollm2-135m, qwen2.5-0.5b), the three
 adapter kinds of issue 18 (r8 q/v; r16 all-linear rsLoRA; r64 o/gate/up/down). 32 requests x 64
 new tokens (ignore_eos), ~32-token prompts, two scenarios: `base` (every request on the base)
-and `mixed` (8 requests each on the base and the three adapters). Each system first runs the 32
-prompts for `WARM_UP_TOKENS` tokens, untimed: a process's first large prefill pays seconds of
-first-touch allocation on the CPU, once, which would otherwise land on whichever scenario runs
-first. The prefix cache is off in both lorafleet systems: the warm-up (on the base) would otherwise
-leave the base scenario's prompts cached and not the adapters' (the cache is per adapter), so `base`
-would skip its prefill and `mixed` would not (`engine_prefix.py` measures the cache). Measured, each
-system in its own process so no two share an OpenMP pool, in interleaved
+and `mixed` (8 requests each on the base and the three adapters). Each system first runs both
+scenarios' requests for `WARM_UP_TOKENS` tokens, untimed: a process's first large prefill pays
+seconds of first-touch allocation on the CPU, once, which would otherwise land on whichever
+scenario runs first; and a process's first run on the adapters is slower than its next ones
+(three processes, SmolLM2's shape, tokens/s of the first mixed run then the next: 421 / 492, 439 /
+443, 441 / 481): the one-time costs of an adapter's first use (the CPU path's slot copies among
+them), not throughput; peft loads its adapters before any timing too. The prefix cache
+is off in both lorafleet systems: the warm-up would otherwise leave every prompt cached (per
+adapter), and the timed runs would skip their prefill (`engine_prefix.py` measures the cache).
+Measured, each system in its own process so no two share an OpenMP pool, in interleaved
 rounds (a noisy moment on this shared machine hits every system alike), median over rounds:
 
 - engine: `Engine.generate` of the 32 requests at once (one continuous batch);
@@ -51,6 +54,20 @@ def prompts_and_adapters(tokenizer_encode, tokenizer_decode) -> dict[str, list]:
             "mixed": [kinds[i % 4] for i in range(NUM_REQUESTS)]}
 
 
+def shape_engine(shape: str) -> tuple[Any, dict[str, list]]:
+    """The engine on `shape`'s random weights with issue 18's three adapters (not started; prefix
+    cache off), and `prompts_and_adapters` for its tokenizer: what the in-process benchmarks run."""
+    sys.path.insert(0, str(BENCH))
+    from lorafleet.runtime.engine import Engine
+    from shapes import real_shape_adapters, real_shape_model
+
+    model_dir = real_shape_model(shape)
+    adapters = {name: str(path) for name, path in real_shape_adapters(model_dir).items()}
+    engine = Engine.from_pretrained(model_dir, adapters=adapters, max_loaded_adapters=4,
+                                    prefix_caching=False, progress=lambda _: None)
+    return engine, prompts_and_adapters(engine.tokenizer.encode, engine.tokenizer.decode)
+
+
 def run_worker(system: str, shape: str) -> dict[str, Any]:
     """One system's tokens/s for both scenarios, in this (fresh) process."""
     sys.path.insert(0, str(BENCH))
@@ -79,7 +96,9 @@ def _engine(model_dir: Path, adapters: dict[str, str]) -> dict[str, Any]:
     out = {}
     with engine:
         warm_up = SamplingParams(max_new_tokens=WARM_UP_TOKENS, ignore_eos=True)
-        engine.generate([GenerationRequest(p, warm_up) for p in work["prompts"]])
+        for scenario in ("base", "mixed"):
+            engine.generate([GenerationRequest(p, warm_up, adapter_id=a)
+                             for p, a in zip(work["prompts"], work[scenario], strict=True)])
         for scenario in ("base", "mixed"):
             requests = [GenerationRequest(p, params, adapter_id=a)
                         for p, a in zip(work["prompts"], work[scenario], strict=True)]
@@ -115,7 +134,8 @@ def _server(model_dir: Path, adapters: dict[str, str]) -> dict[str, Any]:
 
         limits = httpx.Limits(max_connections=NUM_REQUESTS + 4)
         async with httpx.AsyncClient(base_url=url, timeout=900, limits=limits) as client:
-            await asyncio.gather(*(one(client, p, None, WARM_UP_TOKENS) for p in work["prompts"]))
+            await asyncio.gather(*(one(client, p, a, WARM_UP_TOKENS)
+                                   for p, a in zip(work["prompts"], adapter_ids, strict=True)))
             start = time.perf_counter()
             counts = await asyncio.gather(*(one(client, p, a) for p, a in zip(work["prompts"], adapter_ids,
                                                                                 strict=True)))
@@ -138,8 +158,10 @@ def _peft(model_dir: Path, adapters: dict[str, str]) -> dict[str, Any]:
     out = {}
     inputs = tokenizer(work["prompts"], return_tensors="pt", padding=True, return_token_type_ids=False)
     with torch.no_grad():
-        model.generate(**inputs, adapter_names=["__base__"] * NUM_REQUESTS, max_new_tokens=WARM_UP_TOKENS,
-                       min_new_tokens=WARM_UP_TOKENS, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        for scenario in ("base", "mixed"):
+            model.generate(**inputs, adapter_names=[a or "__base__" for a in work[scenario]],
+                           max_new_tokens=WARM_UP_TOKENS, min_new_tokens=WARM_UP_TOKENS, do_sample=False,
+                           pad_token_id=tokenizer.pad_token_id)
     for scenario in ("base", "mixed"):
         names = [a or "__base__" for a in work[scenario]]
         start = time.perf_counter()

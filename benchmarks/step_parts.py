@@ -36,11 +36,10 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(BENCH.parent))
 
-from engine_shapes import NEW_TOKENS, prompts_and_adapters  # noqa: E402
-from lorafleet.runtime.engine import Engine, GenerationRequest, SamplingParams, loop, model_runner  # noqa: E402
+from engine_shapes import NEW_TOKENS, shape_engine  # noqa: E402
+from lorafleet.runtime.engine import GenerationRequest, SamplingParams, loop, model_runner  # noqa: E402
 from lorafleet.runtime.layers import lora_linear, norms, rotary  # noqa: E402
 from lorafleet.runtime.models import decoder  # noqa: E402
-from shapes import real_shape_adapters, real_shape_model  # noqa: E402
 
 # (owner, attribute, part): the calls timed. `step` is the model runner's whole step.
 TIMED = (
@@ -111,12 +110,7 @@ def timing(clock: StepClock) -> Iterator[None]:
 
 
 def measure(shape: str, repeats: int) -> dict[str, Any]:
-    model_dir = real_shape_model(shape)
-    adapters = {name: str(path) for name, path in real_shape_adapters(model_dir).items()}
-    engine = Engine.from_pretrained(
-        model_dir, adapters=adapters, max_loaded_adapters=4, prefix_caching=False, progress=lambda _: None
-    )
-    work = prompts_and_adapters(engine.tokenizer.encode, engine.tokenizer.decode)
+    engine, work = shape_engine(shape)
     params = SamplingParams(max_new_tokens=NEW_TOKENS, ignore_eos=True)
     runs: dict[str, list[dict[str, Any]]] = {"base": [], "mixed": []}
     with engine:
