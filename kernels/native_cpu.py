@@ -95,25 +95,31 @@ def _library(folder: Path) -> Path | None:
     return None
 
 
-@functools.cache
 def lora_kernel() -> ModuleType | None:
     """The built kernels' module, where its LoRA passes its check on this machine; else None."""
-    module = _module()
-    return module if module is not None and _checked(module, _computes_right, "LoRA") else None
+    return _usable("LoRA")
 
 
-@functools.cache
 def attention_kernel() -> ModuleType | None:
     """The built kernels' module, where its decode attention passes its check here; else None."""
-    module = _module()
-    return module if module is not None and _checked(module, _attends_right, "decode attention") else None
+    return _usable("decode attention")
+
+
+def norm_rope_kernel() -> ModuleType | None:
+    """The built kernels' module, where its RMSNorm and RoPE pass their check here; else None."""
+    return _usable("RMSNorm/RoPE")
 
 
 @functools.cache
-def norm_rope_kernel() -> ModuleType | None:
-    """The built kernels' module, where its RMSNorm and RoPE pass their check here; else None."""
+def _usable(kernel: str) -> ModuleType | None:
+    """The module where `kernel` passes its check (`CHECKS`, run once per process); else None."""
     module = _module()
-    return module if module is not None and _checked(module, _norms_and_rope_right, "RMSNorm/RoPE") else None
+    if module is None:
+        return None
+    if CHECKS[kernel](module):
+        return module
+    log.warning("CPU %s kernel failed its check on this machine (wrong result): torch forms", kernel)
+    return None
 
 
 @functools.cache
@@ -136,17 +142,10 @@ def _module() -> ModuleType | None:
     return module
 
 
-def _checked(module: ModuleType, check: Callable[[ModuleType], bool], name: str) -> bool:
-    if check(module):
-        return True
-    log.warning("CPU %s kernel failed its check on this machine (wrong result): torch forms", name)
-    return False
-
-
 def forget() -> None:
     """Drops what this process loaded and decided, so that the next lookup starts over (tests)."""
-    for cached in (lora_kernel, attention_kernel, norm_rope_kernel, _module):
-        cached.cache_clear()
+    _usable.cache_clear()
+    _module.cache_clear()
 
 
 def _computes_right(module: ModuleType) -> bool:
@@ -216,6 +215,12 @@ def _norms_and_rope_right(module: ModuleType) -> bool:
     return torch.equal(q_out, rotated(q)) and torch.equal(k_out, rotated(k))
 
 
+# Each kernel's check at first use: a small case against torch's result.
+CHECKS: dict[str, Callable[[ModuleType], bool]] = {
+    "LoRA": _computes_right, "decode attention": _attends_right, "RMSNorm/RoPE": _norms_and_rope_right,
+}
+
+
 def main() -> None:
     if os.environ.get(DISABLE) == "0":
         print(f"{DISABLE}=0: the CPU kernels are not built")
@@ -225,10 +230,9 @@ def main() -> None:
     except Exception as error:  # no compiler or ninja: setup goes on, the torch forms serve
         print(f"CPU kernels not built ({type(error).__name__}: {error}); the torch forms will serve")
         return
-    for name, kernel in (("LoRA", lora_kernel), ("decode attention", attention_kernel),
-                         ("RMSNorm/RoPE", norm_rope_kernel)):
-        if kernel() is None:
-            print(f"CPU {name} kernel built but not usable here; the torch forms will serve")
+    for kernel in CHECKS:
+        if _usable(kernel) is None:
+            print(f"CPU {kernel} kernel built but not usable here; the torch forms will serve")
 
 
 if __name__ == "__main__":

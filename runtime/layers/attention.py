@@ -109,7 +109,7 @@ def paged_attention(
     v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, meta.slot_mapping, v)
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     if meta.decode is not None:
-        kernel = _decode_kernel(q)
+        kernel = _decode_kernel(q, k_cache)
         if kernel is not None:  # writes the decode rows of `out` in place
             group = meta.decode
             kernel.decode_attention(
@@ -131,9 +131,10 @@ def paged_attention(
     return out
 
 
-def _decode_kernel(q: torch.Tensor) -> ModuleType | None:
-    """The CPU decode attention kernel where it is built and takes these rows (fp32 on the CPU)."""
-    if q.device.type != "cpu" or q.dtype != torch.float32:
+def _decode_kernel(q: torch.Tensor, k_cache: torch.Tensor) -> ModuleType | None:
+    """The CPU decode attention kernel where it is built and takes these rows (fp32 on the CPU,
+    an fp32 cache)."""
+    if q.device.type != "cpu" or q.dtype != torch.float32 or k_cache.dtype != torch.float32:
         return None
     return native_cpu.attention_kernel()
 

@@ -19,12 +19,14 @@ KERNEL = native_cpu.lora_kernel()
 needs_kernel = pytest.mark.skipif(KERNEL is None, reason="no CPU LoRA kernel built on this machine")
 
 
-def test_setup_built_the_kernel_where_a_compiler_is() -> None:
-    """`make setup` builds it (`python -m lorafleet.kernels.native_cpu`): with a C++ compiler on this
-    machine, it must be there, or every test of it would skip unnoticed."""
+def test_setup_built_the_kernels_where_a_compiler_is() -> None:
+    """`make setup` builds them (`python -m lorafleet.kernels.native_cpu`): with a C++ compiler on
+    this machine, each must be there and pass its check, or every test of it would skip unnoticed."""
     if shutil.which("c++") is None:  # ninja comes with the runtime's packages
         pytest.skip("no C++ compiler here: the torch forms serve")
-    assert KERNEL is not None, "run `make setup` (it builds the CPU LoRA kernel)"
+    assert KERNEL is not None, "run `make setup` (it builds the CPU kernels)"
+    assert native_cpu.attention_kernel() is not None, "the decode attention kernel failed its check"
+    assert native_cpu.norm_rope_kernel() is not None, "the RMSNorm/RoPE kernel failed its check"
 
 
 def _segments_case(seed: int, rank: int, widths: tuple[int, ...], hidden_in: int, rows: list[int]):  # type: ignore[no-untyped-def]
@@ -186,6 +188,19 @@ def test_disabled_by_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         native_cpu.forget()
     assert (native_cpu.lora_kernel() is None) == (KERNEL is None)
     assert (native_cpu.attention_kernel() is None) == (KERNEL is None)
+
+
+@needs_kernel
+def test_a_kernel_failing_its_check_is_not_used_and_the_others_are(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(native_cpu.CHECKS, "decode attention", lambda module: False)  # a wrong result
+    native_cpu.forget()
+    try:
+        assert native_cpu.attention_kernel() is None
+        assert native_cpu.lora_kernel() is not None and native_cpu.norm_rope_kernel() is not None
+    finally:
+        monkeypatch.undo()
+        native_cpu.forget()
+    assert native_cpu.attention_kernel() is not None
 
 
 def test_a_build_is_tagged_with_its_source_and_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
